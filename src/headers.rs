@@ -1,0 +1,61 @@
+//! Names of the message headers actix-outbox owns, and the user-header rules.
+//!
+//! Every header we set starts with `x-outbox-`. None reuses a name RabbitMQ sets itself
+//! (`x-death`, `x-delivery-count`, `x-first-death-*`, `x-last-death-*`), which would clash on
+//! quorum queues and dead-lettering.
+
+use crate::error::{Error, Result};
+
+/// The chain of message ids that led to this event (oldest first, this event last).
+pub const TRACKING_IDS: &str = "x-outbox-tracking-ids";
+/// The absolute deadline (RFC 3339) after which the event is dead-lettered, not handled.
+pub const DEADLINE: &str = "x-outbox-deadline";
+/// The delivery attempt of this copy: 1 for the first delivery, 2 after one retry, …
+pub const ATTEMPT: &str = "x-outbox-attempt";
+/// The routing key the event was emitted with (retries travel through other exchanges).
+pub const ROUTING_KEY: &str = "x-outbox-routing-key";
+/// Why a message was dead-lettered (handler error, decode error, expiry).
+pub const REASON: &str = "x-outbox-reason";
+/// Which queue's handler dead-lettered the message.
+pub const HANDLER: &str = "x-outbox-handler";
+
+/// Header prefixes reserved for actix-outbox and for RabbitMQ.
+const RESERVED: [&str; 5] = [
+    "x-outbox-",
+    "x-death",
+    "x-delivery-count",
+    "x-first-death-",
+    "x-last-death-",
+];
+
+/// Checks a user header name: non-empty, at most 128 bytes, and not reserved.
+pub(crate) fn check_user_header(name: &str) -> Result<()> {
+    let reason = if name.is_empty() {
+        "must not be empty"
+    } else if name.len() > 128 {
+        "longer than 128 bytes"
+    } else if RESERVED.iter().any(|p| name.starts_with(p)) {
+        "reserved for actix-outbox (`x-outbox-*`) or RabbitMQ (`x-death`, `x-delivery-count`, …)"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidConfig {
+        field: "header",
+        reason: format!("header name {name:?} {reason}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserved_names_are_refused() {
+        for bad in ["", "x-outbox-attempt", "x-death", "x-delivery-count", "x-first-death-queue"] {
+            assert!(check_user_header(bad).is_err(), "{bad:?}");
+        }
+        for ok in ["tenant", "x-request-id", "traceparent"] {
+            assert!(check_user_header(ok).is_ok(), "{ok:?}");
+        }
+    }
+}

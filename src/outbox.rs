@@ -1,0 +1,256 @@
+//! `Outbox`: the emit side. `setup` the table once, then `emit` inside your transactions.
+
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::Alias;
+use sea_orm::{
+    ActiveValue::{NotSet, Set},
+    ConnectionTrait, DbBackend, EntityTrait, QueryTrait, TransactionTrait,
+};
+use serde::Serialize;
+use tracing::trace;
+use uuid::Uuid;
+
+use crate::error::Result;
+use crate::outbox_event::OutboxEvent;
+use crate::outbox_message::{ActiveModel, Entity};
+use crate::schema;
+use crate::table_name::TableName;
+
+/// Rows per `INSERT` statement in [`Outbox::emit_many`]: 8 bound columns a row stays far
+/// below PostgreSQL's 65,535 and SQLite's 32,766 parameter limits.
+const ROWS_PER_STATEMENT: usize = 1_000;
+
+/// The emit side of the outbox, bound to one outbox table.
+///
+/// The free functions [`setup`](crate::setup), [`emit`](crate::emit),
+/// [`emit_event`](crate::emit_event) and [`emit_many`](crate::emit_many) use the default table
+/// `outbox`; build an `Outbox` to use another one. It is cheap to clone.
+///
+/// # Examples
+///
+/// ```no_run
+/// use actix_outbox::{Outbox, TableName};
+/// use sea_orm::{Database, TransactionTrait};
+///
+/// # async fn run() -> Result<(), actix_outbox::Error> {
+/// let db = Database::connect("postgres://outbox:outbox@127.0.0.1:5432/outbox").await?;
+/// let outbox = Outbox::new(TableName::new("billing_outbox")?);
+/// outbox.setup(&db).await?;
+///
+/// let txn = db.begin().await?;
+/// // ... insert the invoice row through `txn` ...
+/// outbox.emit(&txn, "invoice.issued", &serde_json::json!({"invoice": 42})).await?;
+/// txn.commit().await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Outbox {
+    /// The table events are written to (validated).
+    table: TableName,
+}
+
+impl Outbox {
+    /// An outbox writing to `table`.
+    #[must_use]
+    pub fn new(table: TableName) -> Self {
+        Self { table }
+    }
+
+    /// The table this outbox writes to.
+    #[must_use]
+    pub fn table(&self) -> &TableName {
+        &self.table
+    }
+
+    /// Gets or creates the outbox table, its indexes and, on PostgreSQL, the NOTIFY trigger
+    /// that wakes relays when an emitting transaction commits.
+    ///
+    /// Idempotent and safe to call from many processes at once; when everything exists it only
+    /// reads the catalog. See `migrations-free.md` for the exact DDL.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Db`](crate::Error::Db) when the database refuses,
+    /// [`Error::SchemaMismatch`](crate::Error::SchemaMismatch) when a table of that name exists
+    /// with other columns, [`Error::UnsupportedBackend`](crate::Error::UnsupportedBackend) for
+    /// MySQL.
+    pub async fn setup<C>(&self, db: &C) -> Result<()>
+    where
+        C: ConnectionTrait + TransactionTrait,
+    {
+        schema::setup(db, &self.table).await
+    }
+
+    /// Emits one JSON event through `db`, normally the caller's open transaction: the event
+    /// exists if and only if that transaction commits. Returns the message id.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidRoutingKey`](crate::Error::InvalidRoutingKey) (nothing is written),
+    /// [`Error::Json`](crate::Error::Json), or [`Error::Db`](crate::Error::Db).
+    pub async fn emit<C, T>(&self, db: &C, routing_key: &str, payload: &T) -> Result<Uuid>
+    where
+        C: ConnectionTrait,
+        T: Serialize + ?Sized,
+    {
+        self.emit_event(db, OutboxEvent::json(routing_key, payload)?)
+            .await
+    }
+
+    /// Emits one prepared [`OutboxEvent`] (eta, expiration, headers, other codecs).
+    /// Returns its message id.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Db`](crate::Error::Db) when the insert fails.
+    pub async fn emit_event<C: ConnectionTrait>(&self, db: &C, event: OutboxEvent) -> Result<Uuid> {
+        let id = event.message_id;
+        let now = Utc::now();
+        let model = active_model(event, db.get_database_backend(), now);
+        let mut insert = Entity::insert(model);
+        insert.query().into_table(Alias::new(self.table.as_str()));
+        insert.exec_without_returning(db).await?;
+        trace!(table = %self.table, message_id = %id, "emitted");
+        Ok(id)
+    }
+
+    /// Emits many events with as few statements as possible (1,000 rows a statement), in the
+    /// given order: ids grow in that order. Returns the message ids in the same order.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Db`](crate::Error::Db) when an insert fails; inside a transaction nothing is
+    /// then written once it rolls back.
+    pub async fn emit_many<C, I>(&self, db: &C, events: I) -> Result<Vec<Uuid>>
+    where
+        C: ConnectionTrait,
+        I: IntoIterator<Item = OutboxEvent>,
+    {
+        let backend = db.get_database_backend();
+        let now = Utc::now();
+        let events: Vec<OutboxEvent> = events.into_iter().collect();
+        let ids: Vec<Uuid> = events.iter().map(|e| e.message_id).collect();
+        let mut rows = events.into_iter().peekable();
+        while let Some(first) = rows.next() {
+            let shape = has_eta(&first);
+            let mut chunk = vec![active_model(first, backend, now)];
+            while chunk.len() < ROWS_PER_STATEMENT {
+                match rows.next_if(|e| has_eta(e) == shape) {
+                    Some(event) => chunk.push(active_model(event, backend, now)),
+                    None => break,
+                }
+            }
+            let mut insert = Entity::insert_many(chunk);
+            insert.query().into_table(Alias::new(self.table.as_str()));
+            insert.exec_without_returning(db).await?;
+        }
+        trace!(table = %self.table, count = ids.len(), "emitted many");
+        Ok(ids)
+    }
+}
+
+/// Rows of one multi-row `INSERT` must set the same columns; on PostgreSQL an event without
+/// eta leaves `send_after` to the database clock, so runs are split where this changes.
+fn has_eta(event: &OutboxEvent) -> bool {
+    event.eta.is_some()
+}
+
+/// The active model of one event. On PostgreSQL `created_at` and a missing eta are left to
+/// the column defaults (`now()`, the database clock); SQLite gets this host's time, written in
+/// the one text format all of actix-outbox compares with.
+fn active_model(event: OutboxEvent, backend: DbBackend, now: DateTime<Utc>) -> ActiveModel {
+    let headers = event.headers_json();
+    let db_clock = backend == DbBackend::Postgres;
+    ActiveModel {
+        id: NotSet,
+        message_id: Set(event.message_id),
+        routing_key: Set(event.routing_key.into_string()),
+        payload: Set(event.payload),
+        content_type: Set(event.content_type),
+        headers: Set(headers),
+        created_at: if db_clock { NotSet } else { Set(now) },
+        send_after: match event.eta {
+            Some(eta) => Set(eta),
+            None if db_clock => NotSet,
+            None => Set(now),
+        },
+        expires_at: Set(event.expires_at),
+        attempts: NotSet,
+        last_error: NotSet,
+        sent_at: NotSet,
+        parked_at: NotSet,
+    }
+}
+
+/// Gets or creates the default outbox table `outbox`. See [`Outbox::setup`].
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn run() -> Result<(), actix_outbox::Error> {
+/// let db = sea_orm::Database::connect("sqlite://outbox.sqlite?mode=rwc").await?;
+/// actix_outbox::setup(&db).await?;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Errors
+///
+/// As [`Outbox::setup`].
+pub async fn setup<C>(db: &C) -> Result<()>
+where
+    C: ConnectionTrait + TransactionTrait,
+{
+    Outbox::default().setup(db).await
+}
+
+/// Emits one JSON event into the default table inside `db` (your transaction). See
+/// [`Outbox::emit`].
+///
+/// # Examples
+///
+/// ```no_run
+/// use sea_orm::TransactionTrait;
+///
+/// # async fn run(db: sea_orm::DatabaseConnection) -> Result<(), actix_outbox::Error> {
+/// let txn = db.begin().await?;
+/// // ... save the user through `txn` ...
+/// actix_outbox::emit(&txn, "user.created", &serde_json::json!({"id": 123})).await?;
+/// txn.commit().await?;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Errors
+///
+/// As [`Outbox::emit`].
+pub async fn emit<C, T>(db: &C, routing_key: &str, payload: &T) -> Result<Uuid>
+where
+    C: ConnectionTrait,
+    T: Serialize + ?Sized,
+{
+    Outbox::default().emit(db, routing_key, payload).await
+}
+
+/// Emits one prepared event into the default table. See [`Outbox::emit_event`].
+///
+/// # Errors
+///
+/// As [`Outbox::emit_event`].
+pub async fn emit_event<C: ConnectionTrait>(db: &C, event: OutboxEvent) -> Result<Uuid> {
+    Outbox::default().emit_event(db, event).await
+}
+
+/// Emits many events into the default table. See [`Outbox::emit_many`].
+///
+/// # Errors
+///
+/// As [`Outbox::emit_many`].
+pub async fn emit_many<C, I>(db: &C, events: I) -> Result<Vec<Uuid>>
+where
+    C: ConnectionTrait,
+    I: IntoIterator<Item = OutboxEvent>,
+{
+    Outbox::default().emit_many(db, events).await
+}

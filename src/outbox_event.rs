@@ -1,0 +1,262 @@
+//! `OutboxEvent`: an event about to be emitted, with its options (eta, expiration, headers).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::codec::{Codec, OCTET_STREAM};
+use crate::error::{Error, Result};
+use crate::headers;
+use crate::routing_key::RoutingKey;
+
+/// An event to emit: routing key, encoded payload and delivery options.
+///
+/// Build one with [`OutboxEvent::json`] (or [`bytes`](Self::bytes), [`encoded`](Self::encoded)),
+/// refine it with the `with_*` methods, then hand it to [`emit_event`](crate::emit_event) or
+/// [`emit_many`](crate::emit_many). The payload is encoded and the routing key validated when
+/// the event is built, so a bad event never reaches the database.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use actix_outbox::OutboxEvent;
+///
+/// let event = OutboxEvent::json("user.created", &serde_json::json!({"id": 123}))?
+///     .with_delay(Duration::from_secs(30))
+///     .with_expiration(Duration::from_secs(300))
+///     .with_header("tenant", "acme")?;
+/// assert_eq!(event.routing_key().as_str(), "user.created");
+/// # Ok::<(), actix_outbox::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct OutboxEvent {
+    /// Where the relay publishes it (validated).
+    pub(crate) routing_key: RoutingKey,
+    /// The encoded payload.
+    pub(crate) payload: Vec<u8>,
+    /// How `payload` is encoded.
+    pub(crate) content_type: String,
+    /// Stable id: the AMQP message id and the last tracking id.
+    pub(crate) message_id: Uuid,
+    /// User headers (names checked on insert).
+    pub(crate) headers: Map<String, Value>,
+    /// Ids of the events that caused this one, oldest first.
+    pub(crate) tracking_ids: Vec<String>,
+    /// Publish no earlier than this; `None` means now by the database clock.
+    pub(crate) eta: Option<DateTime<Utc>>,
+    /// Absolute deadline; past it the event is dead-lettered instead of handled.
+    pub(crate) expires_at: Option<DateTime<Utc>>,
+}
+
+impl OutboxEvent {
+    /// An event whose payload is `payload` encoded as JSON.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidRoutingKey`] for a bad key, [`Error::Json`] when serialization fails.
+    pub fn json<T: Serialize + ?Sized>(routing_key: &str, payload: &T) -> Result<Self> {
+        Self::encoded(routing_key, Codec::Json, payload)
+    }
+
+    /// An event whose payload is `payload` encoded with `codec`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidRoutingKey`] for a bad key, an encoding error from the codec.
+    pub fn encoded<T: Serialize + ?Sized>(
+        routing_key: &str,
+        codec: Codec,
+        payload: &T,
+    ) -> Result<Self> {
+        let key = RoutingKey::new(routing_key)?;
+        let bytes = codec.encode(payload)?;
+        Ok(Self::raw(key, bytes, codec.content_type().to_owned()))
+    }
+
+    /// An event whose payload is `payload` as is (`application/octet-stream`; change it with
+    /// [`with_content_type`](Self::with_content_type)). No base64, no copy into JSON.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidRoutingKey`] for a bad key.
+    pub fn bytes(routing_key: &str, payload: impl Into<Vec<u8>>) -> Result<Self> {
+        let key = RoutingKey::new(routing_key)?;
+        Ok(Self::raw(key, payload.into(), OCTET_STREAM.to_owned()))
+    }
+
+    fn raw(routing_key: RoutingKey, payload: Vec<u8>, content_type: String) -> Self {
+        Self {
+            routing_key,
+            payload,
+            content_type,
+            message_id: Uuid::now_v7(),
+            headers: Map::new(),
+            tracking_ids: Vec::new(),
+            eta: None,
+            expires_at: None,
+        }
+    }
+
+    /// Sets the content type of the payload. Defaults to the codec's type.
+    #[must_use]
+    pub fn with_content_type(mut self, content_type: impl Into<String>) -> Self {
+        self.content_type = content_type.into();
+        self
+    }
+
+    /// Sets the message id, for producers that derive ids from their own data (idempotent
+    /// emits). Defaults to a fresh time-ordered UUID (v7).
+    #[must_use]
+    pub fn with_message_id(mut self, id: Uuid) -> Self {
+        self.message_id = id;
+        self
+    }
+
+    /// Publishes the event no earlier than `eta`. Defaults to now, by the database clock on
+    /// PostgreSQL.
+    #[must_use]
+    pub fn with_eta(mut self, eta: DateTime<Utc>) -> Self {
+        self.eta = Some(eta);
+        self
+    }
+
+    /// Publishes the event no earlier than `delay` from now (this host's clock).
+    #[must_use]
+    pub fn with_delay(self, delay: Duration) -> Self {
+        self.with_eta(Utc::now() + to_chrono(delay))
+    }
+
+    /// Dead-letters the event instead of handling it once `deadline` has passed, however many
+    /// retries it went through. Defaults to no deadline.
+    #[must_use]
+    pub fn with_expires_at(mut self, deadline: DateTime<Utc>) -> Self {
+        self.expires_at = Some(deadline);
+        self
+    }
+
+    /// Dead-letters the event if it is not handled within `ttl` from now (this host's clock).
+    #[must_use]
+    pub fn with_expiration(self, ttl: Duration) -> Self {
+        self.with_expires_at(Utc::now() + to_chrono(ttl))
+    }
+
+    /// Adds a user header that travels with the message.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] when `name` is empty, longer than 128 bytes, or reserved
+    /// (`x-outbox-*`, or a name RabbitMQ sets such as `x-death`).
+    pub fn with_header(mut self, name: &str, value: impl Into<Value>) -> Result<Self> {
+        headers::check_user_header(name)?;
+        self.headers.insert(name.to_owned(), value.into());
+        Ok(self)
+    }
+
+    /// Continues a tracking chain: pass the tracking ids of the event being handled so the
+    /// chain of causes follows the new event. This event's own id is appended on emit.
+    #[must_use]
+    pub fn with_tracking_ids<I, S>(mut self, ids: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.tracking_ids = ids.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The routing key.
+    #[must_use]
+    pub fn routing_key(&self) -> &RoutingKey {
+        &self.routing_key
+    }
+
+    /// The message id the event will be published with.
+    #[must_use]
+    pub fn message_id(&self) -> Uuid {
+        self.message_id
+    }
+
+    /// The encoded payload.
+    #[must_use]
+    pub fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+
+    /// The headers column: user headers plus the tracking chain ending in this event's id.
+    pub(crate) fn headers_json(&self) -> Value {
+        let mut map = self.headers.clone();
+        let mut chain: Vec<Value> = self.tracking_ids.iter().cloned().map(Value::from).collect();
+        chain.push(Value::from(self.message_id.to_string()));
+        map.insert(headers::TRACKING_IDS.to_owned(), Value::Array(chain));
+        Value::Object(map)
+    }
+}
+
+/// Converts a std duration, saturating at chrono's range (about 292 million years).
+fn to_chrono(d: Duration) -> chrono::TimeDelta {
+    chrono::TimeDelta::from_std(d).unwrap_or(chrono::TimeDelta::MAX)
+}
+
+impl TryFrom<(&str, Value)> for OutboxEvent {
+    type Error = Error;
+    /// `(routing_key, json)` pairs, for quick `emit_many` calls.
+    fn try_from((key, value): (&str, Value)) -> Result<Self> {
+        Self::json(key, &value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_keys_fail_before_encoding() {
+        assert!(matches!(
+            OutboxEvent::json("user.*", &1),
+            Err(Error::InvalidRoutingKey { .. })
+        ));
+        assert!(matches!(
+            OutboxEvent::bytes("", vec![1]),
+            Err(Error::InvalidRoutingKey { .. })
+        ));
+    }
+
+    #[test]
+    fn headers_carry_the_tracking_chain() {
+        let event = OutboxEvent::json("a.b", &1)
+            .expect("valid")
+            .with_tracking_ids(["root"])
+            .with_header("tenant", "acme")
+            .expect("allowed header");
+        let headers = event.headers_json();
+        assert_eq!(headers["tenant"], "acme");
+        let chain = headers[headers::TRACKING_IDS].as_array().expect("array");
+        assert_eq!(chain.len(), 2);
+        assert_eq!(chain[0], "root");
+        assert_eq!(chain[1], event.message_id().to_string());
+    }
+
+    #[test]
+    fn reserved_headers_are_refused() {
+        let event = OutboxEvent::json("a.b", &1).expect("valid");
+        assert!(event.with_header("x-outbox-attempt", 3).is_err());
+    }
+
+    #[test]
+    fn delay_and_expiration_are_absolute() {
+        let before = Utc::now();
+        let event = OutboxEvent::bytes("a", vec![])
+            .expect("valid")
+            .with_delay(Duration::from_secs(60))
+            .with_expiration(Duration::from_secs(120));
+        let eta = event.eta.expect("eta");
+        let deadline = event.expires_at.expect("deadline");
+        assert!(eta >= before + chrono::TimeDelta::seconds(60));
+        assert!(deadline >= before + chrono::TimeDelta::seconds(120));
+        assert_eq!(event.content_type, OCTET_STREAM);
+    }
+}
