@@ -83,7 +83,9 @@ mod tests {
     use super::*;
 
     fn m(pattern: &str, key: &str) -> bool {
-        BindingKey::new(pattern).expect("valid pattern").matches(key)
+        BindingKey::new(pattern)
+            .expect("valid pattern")
+            .matches(key)
     }
 
     #[test]

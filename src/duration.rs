@@ -42,12 +42,13 @@ pub fn parse_duration(input: &str) -> Result<Duration> {
         if digits == 0 {
             return Err(err("expected a number, as in `1m30s`"));
         }
-        let number: u64 = rest[..digits].parse().map_err(|_| err("number too large"))?;
+        let number: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| err("number too large"))?;
         rest = &rest[digits..];
         let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
-        let part = unit(&rest[..unit_len], number).ok_or_else(|| {
-            err("unknown or missing unit (use ms, s, m, h or d)")
-        })?;
+        let part = unit(&rest[..unit_len], number)
+            .ok_or_else(|| err("unknown or missing unit (use ms, s, m, h or d)"))?;
         total = total.checked_add(part).ok_or_else(|| err("too large"))?;
         rest = &rest[unit_len..];
     }
@@ -109,7 +110,18 @@ mod tests {
 
     #[test]
     fn rejects_malformed_input() {
-        for bad in ["", "10", "s", "10x", "1.5s", "-1s", "0s", "0ms", "1m 30s", "99999999999999999999s"] {
+        for bad in [
+            "",
+            "10",
+            "s",
+            "10x",
+            "1.5s",
+            "-1s",
+            "0s",
+            "0ms",
+            "1m 30s",
+            "99999999999999999999s",
+        ] {
             assert!(
                 matches!(parse_duration(bad), Err(Error::InvalidDuration { .. })),
                 "{bad:?} should be rejected"

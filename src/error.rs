@@ -1,6 +1,6 @@
 //! The one error type of actix-outbox.
 
-use derive_more::{Display, Error, From};
+use derive_more::{Display, From};
 use sea_orm::DbErr;
 
 /// Everything that can go wrong in actix-outbox, from invalid configuration to a lost broker.
@@ -11,7 +11,7 @@ use sea_orm::DbErr;
 ///
 /// Handler outcomes (retry, abort, reject) are not errors of the library: see
 /// [`HandlerError`](crate::HandlerError).
-#[derive(Debug, Display, Error, From)]
+#[derive(Debug, Display, derive_more::Error, From)]
 #[non_exhaustive]
 pub enum Error {
     /// A table name is not a plain SQL identifier.

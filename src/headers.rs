@@ -51,7 +51,13 @@ mod tests {
 
     #[test]
     fn reserved_names_are_refused() {
-        for bad in ["", "x-outbox-attempt", "x-death", "x-delivery-count", "x-first-death-queue"] {
+        for bad in [
+            "",
+            "x-outbox-attempt",
+            "x-death",
+            "x-delivery-count",
+            "x-first-death-queue",
+        ] {
             assert!(check_user_header(bad).is_err(), "{bad:?}");
         }
         for ok in ["tenant", "x-request-id", "traceparent"] {

@@ -111,3 +111,8 @@ pub mod prelude {
         RoutingKey, TableName, emit, emit_event, emit_many, setup,
     };
 }
+
+/// The README's code blocks, compiled as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

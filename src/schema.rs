@@ -128,9 +128,14 @@ where
 {
     let backend = db.get_database_backend();
     let statements = ddl(backend, table)?;
-    if is_complete(db, table).await? {
+    let state = inspect(db, table).await?;
+    if state.table_exists {
+        // A foreign table of the same name must be reported as such, not as a failing index.
+        check_columns(db, table).await?;
+    }
+    if state.complete {
         debug!(table = %table, "outbox table already set up");
-        return check_columns(db, table).await;
+        return Ok(());
     }
     let txn = db.begin().await?;
     if backend == DbBackend::Postgres {
@@ -145,21 +150,31 @@ where
     check_columns(db, table).await
 }
 
-/// True when the table, the due index and (on PostgreSQL) the trigger all exist.
-async fn is_complete<C: ConnectionTrait>(db: &C, table: &TableName) -> Result<bool> {
+/// What of the outbox schema exists already.
+struct SchemaState {
+    /// A table of that name exists (ours or not).
+    table_exists: bool,
+    /// The table, both indexes and (on PostgreSQL) the trigger exist.
+    complete: bool,
+}
+
+async fn inspect<C: ConnectionTrait>(db: &C, table: &TableName) -> Result<SchemaState> {
     let backend = db.get_database_backend();
     let t = table.as_str();
     let sql = match backend {
         DbBackend::Postgres => format!(
-            "SELECT (to_regclass('{t}') IS NOT NULL
-                 AND to_regclass('{t}_due_idx') IS NOT NULL
-                 AND to_regclass('{t}_sent_idx') IS NOT NULL
-                 AND EXISTS (SELECT 1 FROM pg_trigger
-                             WHERE tgname = '{t}_notify' AND tgrelid = to_regclass('{t}')))
-             AS complete"
+            "SELECT to_regclass('{t}') IS NOT NULL AS table_exists,
+                    (to_regclass('{t}') IS NOT NULL
+                     AND to_regclass('{t}_due_idx') IS NOT NULL
+                     AND to_regclass('{t}_sent_idx') IS NOT NULL
+                     AND EXISTS (SELECT 1 FROM pg_trigger
+                                 WHERE tgname = '{t}_notify' AND tgrelid = to_regclass('{t}')))
+                    AS complete"
         ),
         _ => format!(
-            "SELECT (SELECT count(*) FROM sqlite_master
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '{t}')
+                    AS table_exists,
+                    (SELECT count(*) FROM sqlite_master
                      WHERE name IN ('{t}', '{t}_due_idx', '{t}_sent_idx')) = 3 AS complete"
         ),
     };
@@ -170,7 +185,10 @@ async fn is_complete<C: ConnectionTrait>(db: &C, table: &TableName) -> Result<bo
             table: t.to_owned(),
             detail: "catalog query returned no row".into(),
         })?;
-    Ok(row.try_get::<bool>("", "complete")?)
+    Ok(SchemaState {
+        table_exists: row.try_get::<bool>("", "table_exists")?,
+        complete: row.try_get::<bool>("", "complete")?,
+    })
 }
 
 /// Selects every expected column from the table, so a table made by an older or foreign

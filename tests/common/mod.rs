@@ -1,0 +1,130 @@
+//! Shared setup of the service tests: a fresh PostgreSQL schema or SQLite file per test.
+//!
+//! Service tests only compile with `--features service-tests` (`scripts/test` turns it on).
+//! Once on, a missing `DATABASE_URL` or `AMQP_URL` fails the test loudly: run `scripts/test`,
+//! or `scripts/services` and export the URLs it prints.
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, Statement};
+
+/// Reads a required environment variable or fails the test with instructions.
+pub fn require_env(name: &str) -> String {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => v,
+        _ => panic!(
+            "{name} is not set. The service tests need real PostgreSQL and RabbitMQ: run \
+             `scripts/test`, or start them with `scripts/services` and export the URLs it prints."
+        ),
+    }
+}
+
+/// A short unique suffix for schema, table, exchange and queue names.
+pub fn unique(prefix: &str) -> String {
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    format!("{prefix}_{}", &id[id.len() - 12..])
+}
+
+/// A database of one test: its own PostgreSQL schema or its own SQLite file.
+pub struct TestDb {
+    pub db: DatabaseConnection,
+    /// The schema (PostgreSQL) or file path (SQLite) this test owns.
+    pub name: String,
+}
+
+impl TestDb {
+    /// A fresh schema in the PostgreSQL database of `DATABASE_URL`, set as the search path of
+    /// every pooled connection.
+    pub async fn postgres() -> Self {
+        let url = require_env("DATABASE_URL");
+        let admin = Database::connect(&url)
+            .await
+            .expect("connect to DATABASE_URL");
+        let name = unique("t");
+        admin
+            .execute_unprepared(&format!("CREATE SCHEMA {name}"))
+            .await
+            .expect("create test schema");
+        admin.close().await.expect("close admin connection");
+        let mut options = ConnectOptions::new(url);
+        options
+            .set_schema_search_path(name.clone())
+            .max_connections(10)
+            .sqlx_logging(false);
+        let db = Database::connect(options)
+            .await
+            .expect("connect to test schema");
+        Self { db, name }
+    }
+
+    /// A fresh SQLite file in the temp directory.
+    pub async fn sqlite() -> Self {
+        let path = std::env::temp_dir().join(format!("{}.sqlite", unique("actix_outbox")));
+        let name = path.display().to_string();
+        let mut options = ConnectOptions::new(format!("sqlite://{name}?mode=rwc"));
+        options.sqlx_logging(false);
+        let db = Database::connect(options).await.expect("open sqlite file");
+        Self { db, name }
+    }
+
+    /// Runs `sql` and returns the first column of every row as i64.
+    pub async fn ints(&self, sql: &str) -> Vec<i64> {
+        let backend = self.db.get_database_backend();
+        let rows = self
+            .db
+            .query_all_raw(Statement::from_string(backend, sql.to_owned()))
+            .await
+            .unwrap_or_else(|e| panic!("query {sql:?} failed: {e}"));
+        rows.iter()
+            .map(|r| r.try_get_by_index::<i64>(0).expect("an integer column"))
+            .collect()
+    }
+
+    /// Runs `sql` and returns its single integer.
+    pub async fn int(&self, sql: &str) -> i64 {
+        let values = self.ints(sql).await;
+        assert_eq!(values.len(), 1, "{sql:?} should return one row");
+        values[0]
+    }
+
+    /// Removes what the test created (best effort; CI machines are thrown away anyway).
+    pub async fn cleanup(self) {
+        if self.db.get_database_backend() == sea_orm::DbBackend::Postgres {
+            let _ = self
+                .db
+                .execute_unprepared(&format!("DROP SCHEMA {} CASCADE", self.name))
+                .await;
+        }
+        let _ = self.db.close().await;
+        if !self.name.contains('/') {
+            return;
+        }
+        let _ = std::fs::remove_file(&self.name);
+    }
+}
+
+/// Both backends, for tests that must hold on each.
+pub async fn both_backends() -> [TestDb; 2] {
+    [TestDb::postgres().await, TestDb::sqlite().await]
+}
+
+/// Polls `check` until it returns `Some`, or fails after `timeout` with `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,62 @@
+//! `setup` is idempotent, safe from many tasks at once, and refuses a foreign table.
+#![cfg(feature = "service-tests")]
+
+mod common;
+
+use actix_outbox::{Error, Outbox, TableName, setup};
+use sea_orm::ConnectionTrait;
+
+/// Twice in a row, then from 8 concurrent tasks: no error, one table, one trigger.
+#[tokio::test]
+async fn setup_twice_and_concurrently() {
+    for t in common::both_backends().await {
+        setup(&t.db).await.expect("first setup");
+        setup(&t.db).await.expect("second setup");
+        let table = TableName::new("concurrent_outbox").expect("valid");
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let db = t.db.clone();
+                let outbox = Outbox::new(table.clone());
+                tokio::spawn(async move { outbox.setup(&db).await })
+            })
+            .collect();
+        for task in tasks {
+            task.await.expect("task").expect("concurrent setup");
+        }
+        let count = if t.name.contains('/') {
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'concurrent_outbox'"
+                .to_owned()
+        } else {
+            format!(
+                "SELECT count(*) FROM pg_tables WHERE schemaname = '{}' \
+                 AND tablename = 'concurrent_outbox'",
+                t.name
+            )
+        };
+        assert_eq!(t.int(&count).await, 1, "{}", t.name);
+        if !t.name.contains('/') {
+            let triggers = t
+                .int("SELECT count(*) FROM pg_trigger WHERE tgname = 'concurrent_outbox_notify'")
+                .await;
+            assert!(triggers >= 1, "the NOTIFY trigger exists");
+        }
+        t.cleanup().await;
+    }
+}
+
+/// A table named like the outbox but with other columns is a typed error naming the table.
+#[tokio::test]
+async fn foreign_table_is_a_schema_mismatch() {
+    for t in common::both_backends().await {
+        t.db.execute_unprepared("CREATE TABLE outbox (id INTEGER PRIMARY KEY, body TEXT)")
+            .await
+            .expect("foreign table");
+        let err = setup(&t.db).await.expect_err("must refuse");
+        assert!(
+            matches!(&err, Error::SchemaMismatch { table, .. } if table == "outbox"),
+            "{}: {err}",
+            t.name
+        );
+        t.cleanup().await;
+    }
+}
