@@ -36,6 +36,7 @@
 //! - `event` / `outcome` — [`Event<T>`], [`HandlerError`], [`HandlerResult`].
 //! - [`headers`] — the `x-outbox-*` header names.
 //! - `duration` — [`parse_duration`] (`"500ms"`, `"1m30s"`).
+//! - `redact` — [`redact_url`]: passwords never reach logs.
 //! - `error` — [`Error`], [`Result`].
 //!
 //! ## Feature flags
@@ -81,6 +82,7 @@ mod outbox;
 mod outbox_event;
 pub mod outbox_message;
 mod outcome;
+mod redact;
 mod routing_key;
 mod schema;
 mod table_name;
@@ -93,6 +95,7 @@ pub use event::Event;
 pub use outbox::{Outbox, emit, emit_event, emit_many, setup};
 pub use outbox_event::OutboxEvent;
 pub use outcome::{HandlerError, HandlerResult};
+pub use redact::redact_url;
 pub use routing_key::{MAX_KEY_LEN, RoutingKey};
 pub use schema::ddl;
 pub use table_name::{MAX_TABLE_NAME_LEN, TableName};

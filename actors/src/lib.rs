@@ -1,9 +1,59 @@
 //! # actix-outbox-actors
 //!
 //! The moving parts of [actix-outbox](actix_outbox): the actors that relay outbox rows to
-//! RabbitMQ and consume them into your handlers. This crate re-exports `actix_outbox`, so a
-//! relay or worker process needs this one dependency.
+//! RabbitMQ (and, later, consume them into your handlers). This crate re-exports
+//! `actix_outbox`, so a relay or worker process needs this one dependency.
+//!
+//! ## Actors
+//!
+//! - [`ConnectionSupervisor`] — owns the RabbitMQ connection, hands out channels, reconnects
+//!   with backoff and jitter, tells subscribers ([`BrokerStatus`]).
+//! - [`RelayActor`] — claims due outbox rows in batches, publishes them to the topic exchange
+//!   with publisher confirms and `mandatory`, deletes (or marks) them once confirmed. Wakes on
+//!   PostgreSQL NOTIFY, a poll, and the next due row.
+//!
+//! ## Running a relay
+//!
+//! ```no_run
+//! use actix_outbox_actors::{BrokerConfig, ConnectionSupervisor, RelayActor, RelayConfig, StopRelay};
+//! use actix::Actor;
+//!
+//! #[actix::main]
+//! async fn main() -> Result<(), actix_outbox::Error> {
+//!     let db = sea_orm::Database::connect("postgres://outbox:outbox@127.0.0.1:5432/outbox").await?;
+//!     actix_outbox::setup(&db).await?;
+//!     let broker = ConnectionSupervisor::start_supervised(BrokerConfig::from_env()?)?;
+//!     let relay = RelayActor::new(db.clone(), broker.clone(), RelayConfig::default())?.start();
+//!     tokio::signal::ctrl_c().await.ok();
+//!     relay.send(StopRelay).await?;                       // finish the batch in flight
+//!     broker.send(actix_outbox_actors::Shutdown).await?;  // then the broker connection
+//!     db.close().await?;                                   // then the database
+//!     Ok(())
+//! }
+//! ```
+//!
+//! Shut down in that order — relay, broker connection, database — so nothing holds a pooled
+//! connection or an open transaction when the System stops.
 #![doc = ""]
+
+mod backoff;
+mod broker_config;
+mod connection_supervisor;
+mod envelope;
+mod notify_listener;
+mod relay_actor;
+mod relay_batch;
+mod relay_config;
+mod relay_sql;
+mod topology;
 
 pub use actix_outbox;
 pub use actix_outbox::prelude;
+pub use backoff::Backoff;
+pub use broker_config::BrokerConfig;
+pub use connection_supervisor::{
+    BrokerState, BrokerStatus, ConnectionSupervisor, GetBrokerState, GetChannel, Shutdown,
+    Subscribe,
+};
+pub use relay_actor::{GetRelayStats, RelayActor, RelayStats, StopRelay, WakeUp};
+pub use relay_config::{Cleanup, RelayConfig, TopologyMode, Unroutable};

@@ -128,3 +128,6 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+pub mod broker;
+pub mod relay;

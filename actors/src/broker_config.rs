@@ -1,0 +1,182 @@
+//! `BrokerConfig`: where the broker is and how to reconnect to it.
+
+use std::fmt;
+use std::time::Duration;
+
+use actix_outbox::{Error, Result, redact_url};
+
+use crate::backoff::Backoff;
+
+/// How to reach RabbitMQ and how to behave when the connection is lost.
+///
+/// `Debug` shows the URL with its password masked; logs only ever print that form.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use actix_outbox_actors::BrokerConfig;
+///
+/// let config = BrokerConfig::new("amqp://outbox:s3cret@127.0.0.1:5672/%2f")?
+///     .with_reconnect(Duration::from_millis(200), Duration::from_secs(10))?;
+/// assert!(!format!("{config:?}").contains("s3cret"));
+/// # Ok::<(), actix_outbox::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct BrokerConfig {
+    /// The AMQP URL with credentials (`amqp://` or `amqps://`).
+    url: String,
+    /// Reconnect delays: from `min`, doubling, capped at `max`, with jitter.
+    reconnect: Backoff,
+    /// Shown in the RabbitMQ management UI.
+    connection_name: String,
+    /// How long one connection attempt may take.
+    connect_timeout: Duration,
+}
+
+impl BrokerConfig {
+    /// A config for the broker at `url` (`amqp://user:password@host:port/vhost`, the vhost
+    /// URL-encoded: `%2f` is `/`; `amqps://` for TLS).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] when `url` does not parse as an AMQP URL.
+    pub fn new(url: impl Into<String>) -> Result<Self> {
+        let url = url.into();
+        if let Err(reason) = url.parse::<lapin::uri::AMQPUri>() {
+            return Err(Error::InvalidConfig {
+                field: "amqp_url",
+                reason: format!("{:?} is not an AMQP URL: {reason}", redact_url(&url)),
+            });
+        }
+        Ok(Self {
+            url,
+            reconnect: Backoff::new(Duration::from_millis(100), Duration::from_secs(30)),
+            connection_name: "actix-outbox".to_owned(),
+            connect_timeout: Duration::from_secs(10),
+        })
+    }
+
+    /// Reads `AMQP_URL`, falling back to `amqp://outbox:outbox@127.0.0.1:5672/%2f` (the URL
+    /// of `scripts/services` and `docker-compose.yml`).
+    ///
+    /// # Errors
+    ///
+    /// As [`BrokerConfig::new`].
+    pub fn from_env() -> Result<Self> {
+        let url = std::env::var("AMQP_URL")
+            .unwrap_or_else(|_| "amqp://outbox:outbox@127.0.0.1:5672/%2f".to_owned());
+        Self::new(url)
+    }
+
+    /// Sets the reconnect backoff: the first retry after `min`, doubling up to `max`, each
+    /// with jitter. Defaults to 100 ms up to 30 s.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] when a duration is zero or `min > max`.
+    pub fn with_reconnect(mut self, min: Duration, max: Duration) -> Result<Self> {
+        actix_outbox::__private::require_positive("reconnect_min", min)?;
+        if min > max {
+            return Err(Error::InvalidConfig {
+                field: "reconnect_max",
+                reason: format!("must be at least reconnect_min ({min:?}), got {max:?}"),
+            });
+        }
+        self.reconnect = Backoff::new(min, max);
+        Ok(self)
+    }
+
+    /// Sets the connection name shown by RabbitMQ. Defaults to `actix-outbox`.
+    #[must_use]
+    pub fn with_connection_name(mut self, name: impl Into<String>) -> Self {
+        self.connection_name = name.into();
+        self
+    }
+
+    /// Sets how long one connection attempt may take. Defaults to 10 s.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] when zero.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Result<Self> {
+        actix_outbox::__private::require_positive("connect_timeout", timeout)?;
+        self.connect_timeout = timeout;
+        Ok(self)
+    }
+
+    /// The URL with its password masked.
+    #[must_use]
+    pub fn redacted_url(&self) -> String {
+        redact_url(&self.url)
+    }
+
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub(crate) fn reconnect(&self) -> Backoff {
+        self.reconnect
+    }
+
+    pub(crate) fn connection_name(&self) -> &str {
+        &self.connection_name
+    }
+
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+}
+
+impl fmt::Debug for BrokerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BrokerConfig")
+            .field("url", &self.redacted_url())
+            .field("reconnect", &self.reconnect)
+            .field("connection_name", &self.connection_name)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_urls_are_typed_errors_without_the_password() {
+        let err = BrokerConfig::new("http://u:hunter2@host").expect_err("not amqp");
+        assert!(matches!(
+            err,
+            Error::InvalidConfig {
+                field: "amqp_url",
+                ..
+            }
+        ));
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn debug_redacts_the_password() {
+        let config = BrokerConfig::new("amqp://outbox:hunter2@localhost:5672/%2f").expect("valid");
+        let shown = format!("{config:?}");
+        assert!(shown.contains("outbox:***@localhost"), "{shown}");
+        assert!(!shown.contains("hunter2"));
+    }
+
+    #[test]
+    fn reconnect_bounds_are_checked() {
+        let config = BrokerConfig::new("amqp://localhost").expect("valid");
+        assert!(
+            config
+                .clone()
+                .with_reconnect(Duration::ZERO, Duration::from_secs(1))
+                .is_err()
+        );
+        assert!(
+            config
+                .with_reconnect(Duration::from_secs(2), Duration::from_secs(1))
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,416 @@
+//! `ConnectionSupervisor`: owns the one RabbitMQ connection of a process.
+//!
+//! **Owns** the lapin connection and the small tokio runtime lapin's I/O runs on (so a busy or
+//! blocked actix thread never stalls heartbeats, publishes or confirms).
+//! **Receives** [`GetChannel`] (from the relay and the consumers), [`Subscribe`],
+//! [`GetBrokerState`] and [`Shutdown`].
+//! **Sends** [`BrokerStatus`] to subscribers whenever the connection comes up or is lost.
+//!
+//! When the connection is lost — broker restart, connection force-closed, network error,
+//! missed heartbeats — it reconnects by itself with exponential backoff and jitter. Channel
+//! requests made meanwhile wait for the new connection; callers bound that wait with their own
+//! timeout. Users of a channel notice its loss on their next operation and simply ask for a
+//! new one: this pull model is the one recovery path for every failure kind.
+//!
+//! **Restart**: started under an actix [`Supervisor`](actix::Supervisor); a restart drops the
+//! current connection and connects again. Channels handed out before are then dead, and their
+//! owners ask for new ones. No message is lost by a restart: the outbox rows and the broker's
+//! unacked deliveries are the source of truth, not this actor's state.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use actix_outbox::{Error, Result};
+use futures_util::StreamExt;
+use lapin::{Channel, Connection, ConnectionProperties};
+use tokio::sync::oneshot;
+use tracing::{debug, info, warn};
+
+use crate::broker_config::BrokerConfig;
+
+/// Asks for a fresh channel on the current connection; waits while (re)connecting.
+///
+/// Fails with [`Error::Shutdown`] after [`Shutdown`], or with [`Error::Amqp`] when the
+/// connection broke while the channel was being opened (ask again).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Channel>")]
+pub struct GetChannel;
+
+/// Subscribes a recipient to [`BrokerStatus`] changes.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Subscribe(pub Recipient<BrokerStatus>);
+
+/// A change of the broker connection, sent to subscribers.
+#[derive(Debug, Clone, Message, PartialEq, Eq)]
+#[rtype(result = "()")]
+pub enum BrokerStatus {
+    /// Connection number `generation` is up (1 for the first, +1 per reconnect).
+    Connected {
+        /// Counts connections made so far.
+        generation: u64,
+    },
+    /// Connection number `generation` was lost; a reconnect is under way.
+    Lost {
+        /// The connection that was lost.
+        generation: u64,
+        /// Why, as reported by lapin.
+        reason: String,
+    },
+}
+
+/// Asks for a snapshot of the connection state (for health checks and tests).
+#[derive(Debug, Message)]
+#[rtype(result = "BrokerState")]
+pub struct GetBrokerState;
+
+/// A snapshot of the connection state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BrokerState {
+    /// A connection is up.
+    pub connected: bool,
+    /// Connections made so far (reconnects are `generation - 1`).
+    pub generation: u64,
+    /// Failed connection attempts since the last success.
+    pub failed_attempts: u32,
+}
+
+/// Closes the connection (bounded by 5 s) and refuses further channel requests. Send it after
+/// the relay and consumers have stopped.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+/// The outcome of one connection attempt.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ConnectAttempt(Result<Connection>);
+
+/// Connection `generation` reported an error or is no longer connected.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ConnectionLost {
+    generation: u64,
+    reason: String,
+}
+
+/// Owner of the broker connection. See the module docs for its lifecycle.
+pub struct ConnectionSupervisor {
+    /// URL (with credentials), backoff, names.
+    config: BrokerConfig,
+    /// lapin's own runtime; `None` once shut down.
+    runtime: LapinRuntime,
+    /// The live connection, shared with channel-opening futures.
+    connection: Option<Arc<Connection>>,
+    /// Counts successful connections; tells stale loss reports from current ones.
+    generation: u64,
+    /// A connection attempt is in flight or scheduled.
+    connecting: bool,
+    /// Failed attempts since the last success (drives the backoff).
+    failed_attempts: u32,
+    /// Channel requests waiting for a connection.
+    waiters: Vec<oneshot::Sender<Arc<Connection>>>,
+    /// Who hears about [`BrokerStatus`] changes.
+    subscribers: Vec<Recipient<BrokerStatus>>,
+    /// [`Shutdown`] was received.
+    shut_down: bool,
+}
+
+impl std::fmt::Debug for ConnectionSupervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionSupervisor")
+            .field("config", &self.config)
+            .field("connected", &self.connection.is_some())
+            .field("generation", &self.generation)
+            .field("failed_attempts", &self.failed_attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConnectionSupervisor {
+    /// A supervisor for the broker in `config`; nothing connects until it is started.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] when lapin's runtime thread cannot be created.
+    pub fn new(config: BrokerConfig) -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("actix-outbox-amqp")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::InvalidConfig {
+                field: "runtime",
+                reason: format!("cannot start the AMQP I/O thread: {e}"),
+            })?;
+        Ok(Self {
+            config,
+            runtime: LapinRuntime(Some(runtime)),
+            connection: None,
+            generation: 0,
+            connecting: false,
+            failed_attempts: 0,
+            waiters: Vec::new(),
+            subscribers: Vec::new(),
+            shut_down: false,
+        })
+    }
+
+    /// Starts a supervisor for `config` under actix supervision (in the current System).
+    ///
+    /// # Errors
+    ///
+    /// As [`ConnectionSupervisor::new`].
+    pub fn start_supervised(config: BrokerConfig) -> Result<Addr<Self>> {
+        let actor = Self::new(config)?;
+        let mut slot = Some(actor);
+        Ok(actix::Supervisor::start(move |_| {
+            slot.take()
+                .unwrap_or_else(|| unreachable!("the factory runs once"))
+        }))
+    }
+}
+
+impl Actor for ConnectionSupervisor {
+    type Context = Context<Self>;
+
+    /// Connects, and checks once a second that the connection is still up (a safety net for
+    /// losses lapin reports without an error event).
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.connect(ctx);
+        ctx.run_interval(Duration::from_secs(1), |act, ctx| {
+            if let Some(conn) = &act.connection {
+                if !conn.status().connected() {
+                    let generation = act.generation;
+                    ctx.notify(ConnectionLost {
+                        generation,
+                        reason: "connection no longer connected".to_owned(),
+                    });
+                }
+            }
+        });
+    }
+
+    /// Frees lapin's runtime without blocking the actix thread.
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.runtime.shut_down();
+    }
+}
+
+impl Supervised for ConnectionSupervisor {
+    /// Drops the current connection; `started` then connects again.
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        warn!("broker connection supervisor restarting");
+        self.connection = None;
+        self.connecting = false;
+    }
+}
+
+impl Handler<GetChannel> for ConnectionSupervisor {
+    type Result = ResponseFuture<Result<Channel>>;
+
+    fn handle(&mut self, _: GetChannel, ctx: &mut Context<Self>) -> Self::Result {
+        if self.shut_down {
+            return Box::pin(async { Err(Error::Shutdown) });
+        }
+        let (tx, rx) = oneshot::channel();
+        match &self.connection {
+            Some(conn) if conn.status().connected() => {
+                let _ = tx.send(conn.clone());
+            }
+            _ => {
+                self.waiters.push(tx);
+                self.connect(ctx);
+            }
+        }
+        Box::pin(async move {
+            let conn = rx.await.map_err(|_| Error::Shutdown)?;
+            Ok(conn.create_channel().await?)
+        })
+    }
+}
+
+impl Handler<Subscribe> for ConnectionSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) {
+        if self.connection.is_some() {
+            msg.0.do_send(BrokerStatus::Connected {
+                generation: self.generation,
+            });
+        }
+        self.subscribers.push(msg.0);
+    }
+}
+
+impl Handler<GetBrokerState> for ConnectionSupervisor {
+    type Result = MessageResult<GetBrokerState>;
+
+    fn handle(&mut self, _: GetBrokerState, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(BrokerState {
+            connected: self
+                .connection
+                .as_ref()
+                .is_some_and(|c| c.status().connected()),
+            generation: self.generation,
+            failed_attempts: self.failed_attempts,
+        })
+    }
+}
+
+impl Handler<Shutdown> for ConnectionSupervisor {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _: Shutdown, _: &mut Context<Self>) -> Self::Result {
+        self.shut_down = true;
+        self.waiters.clear();
+        let conn = self.connection.take();
+        let close = async move {
+            if let Some(conn) = conn {
+                let closing = conn.close(200, "actix-outbox shutting down".into());
+                let _ = tokio::time::timeout(Duration::from_secs(5), closing).await;
+            }
+        };
+        Box::pin(close.into_actor(self).map(|(), act, _| {
+            act.runtime.shut_down();
+            info!("broker connection closed");
+        }))
+    }
+}
+
+impl Handler<ConnectAttempt> for ConnectionSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ConnectAttempt, ctx: &mut Context<Self>) {
+        self.connecting = false;
+        if self.shut_down {
+            return;
+        }
+        match msg.0 {
+            Ok(conn) => self.on_connected(conn, ctx),
+            Err(e) => {
+                let delay = self
+                    .config
+                    .reconnect()
+                    .delay_with_jitter(self.failed_attempts);
+                self.failed_attempts = self.failed_attempts.saturating_add(1);
+                warn!(
+                    url = %self.config.redacted_url(),
+                    error = %e,
+                    attempt = self.failed_attempts,
+                    retry_in = ?delay,
+                    "broker connection failed"
+                );
+                self.connecting = true;
+                ctx.run_later(delay, |act, ctx| {
+                    act.connecting = false;
+                    act.connect(ctx);
+                });
+            }
+        }
+    }
+}
+
+impl Handler<ConnectionLost> for ConnectionSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ConnectionLost, ctx: &mut Context<Self>) {
+        if msg.generation != self.generation || self.connection.is_none() || self.shut_down {
+            return; // a stale report about a connection already replaced
+        }
+        warn!(generation = msg.generation, reason = %msg.reason, "broker connection lost");
+        self.connection = None;
+        self.broadcast(BrokerStatus::Lost {
+            generation: msg.generation,
+            reason: msg.reason,
+        });
+        self.connect(ctx);
+    }
+}
+
+/// lapin's runtime, shut down without blocking whenever it goes away: dropping a tokio runtime
+/// the ordinary way from inside the actix runtime would panic.
+struct LapinRuntime(Option<tokio::runtime::Runtime>);
+
+impl LapinRuntime {
+    fn shut_down(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Drop for LapinRuntime {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}
+
+impl ConnectionSupervisor {
+    /// Starts one connection attempt on lapin's runtime, unless one is under way.
+    fn connect(&mut self, ctx: &mut Context<Self>) {
+        if self.connecting || self.shut_down || self.connection.is_some() {
+            return;
+        }
+        let Some(runtime) = &self.runtime.0 else {
+            return;
+        };
+        self.connecting = true;
+        let handle = runtime.handle().clone();
+        let url = self.config.url().to_owned();
+        let timeout = self.config.connect_timeout();
+        let props = ConnectionProperties::default()
+            .with_connection_name(self.config.connection_name().into());
+        let addr = ctx.address();
+        debug!(url = %self.config.redacted_url(), "connecting to broker");
+        runtime.spawn(async move {
+            let lapin_rt = async_rs::Runtime::tokio_with_handle(handle);
+            let attempt = Connection::connect_with_runtime(&url, props, lapin_rt);
+            let result = match tokio::time::timeout(timeout, attempt).await {
+                Ok(result) => result.map_err(Error::from),
+                Err(_) => Err(Error::Timeout {
+                    what: "connecting to the broker",
+                    after: timeout,
+                }),
+            };
+            addr.do_send(ConnectAttempt(result));
+        });
+    }
+
+    /// Installs a fresh connection: watch it, serve waiting channel requests, tell subscribers.
+    fn on_connected(&mut self, conn: Connection, ctx: &mut Context<Self>) {
+        self.generation += 1;
+        self.failed_attempts = 0;
+        let generation = self.generation;
+        let mut events = conn.events_listener();
+        let addr = ctx.address();
+        if let Some(runtime) = &self.runtime.0 {
+            runtime.spawn(async move {
+                while let Some(event) = events.next().await {
+                    if let lapin::Event::Error(e) = event {
+                        addr.do_send(ConnectionLost {
+                            generation,
+                            reason: e.to_string(),
+                        });
+                        return;
+                    }
+                }
+            });
+        }
+        let conn = Arc::new(conn);
+        for waiter in self.waiters.drain(..) {
+            let _ = waiter.send(conn.clone());
+        }
+        self.connection = Some(conn);
+        info!(url = %self.config.redacted_url(), generation, "broker connected");
+        self.broadcast(BrokerStatus::Connected { generation });
+    }
+
+    fn broadcast(&mut self, status: BrokerStatus) {
+        self.subscribers.retain(|s| s.connected());
+        for s in &self.subscribers {
+            s.do_send(status.clone());
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! One relay batch: claim due rows, publish them pipelined, await every confirm, settle.
+//!
+//! The actor only sequences batches; everything that touches the database and the broker
+//! for one batch is here.
+
+use std::time::Instant;
+
+use actix_outbox::Result;
+use actix_outbox::outbox_message::{Entity, Model};
+use chrono::Utc;
+use lapin::Confirmation;
+use lapin::options::BasicPublishOptions;
+use lapin::{Channel, PublisherConfirm};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, TransactionTrait};
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::envelope;
+use crate::relay_config::{Cleanup, RelayConfig, Unroutable};
+use crate::relay_sql::RelaySql;
+
+/// What happened to one published row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Fate {
+    /// Confirmed by the broker: delete or mark sent.
+    Sent,
+    /// Returned as unroutable in drop mode: counted, then treated as sent.
+    DroppedUnroutable,
+    /// The broker refused it (nack, or unroutable with no alternate route): one more attempt.
+    Refused(String),
+    /// Unknown (channel broke, confirm timed out, never published): the row is released
+    /// untouched and goes out again later.
+    Unknown,
+}
+
+/// Counts of one batch.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct BatchReport {
+    pub(crate) claimed: usize,
+    pub(crate) sent: usize,
+    pub(crate) dropped_unroutable: usize,
+    pub(crate) refused: usize,
+    pub(crate) parked: usize,
+    pub(crate) expired: usize,
+    pub(crate) released: usize,
+    /// Why the channel can no longer be used, if it broke during the batch.
+    pub(crate) channel_error: Option<String>,
+}
+
+/// Runs one batch on `db` through `channel`.
+///
+/// PostgreSQL: claim, publish and settle happen in one transaction holding the claimed rows'
+/// locks (`SKIP LOCKED` keeps other relays off them). SQLite: rows are read outside any
+/// transaction (one relay per file) and settled in a short write transaction, so emitting
+/// applications are not blocked while the broker confirms.
+///
+/// # Errors
+///
+/// Database errors. Broker errors are not errors of the batch: they show up as
+/// [`Fate::Unknown`] rows and [`BatchReport::channel_error`].
+pub(crate) async fn run_batch(
+    db: &DatabaseConnection,
+    channel: &Channel,
+    config: &RelayConfig,
+    sql: &RelaySql,
+) -> Result<BatchReport> {
+    let span = info_span!("relay_batch", table = %config.table(), claimed = tracing::field::Empty);
+    async move {
+        let started = Instant::now();
+        let report = match sql.backend() {
+            DbBackend::Postgres => {
+                let txn = db.begin().await?;
+                let rows = claim(&txn, config, sql).await?;
+                let report = publish_and_settle(&txn, channel, config, sql, rows).await?;
+                txn.commit().await?;
+                report
+            }
+            _ => {
+                let rows = claim(db, config, sql).await?;
+                let fates = publish(channel, config, &rows).await;
+                let txn = db.begin().await?;
+                let report = settle(&txn, config, sql, &rows, fates).await?;
+                txn.commit().await?;
+                report
+            }
+        };
+        tracing::Span::current().record("claimed", report.claimed);
+        if report.claimed > 0 {
+            debug!(
+                sent = report.sent,
+                refused = report.refused,
+                released = report.released,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "batch done"
+            );
+        }
+        Ok(report)
+    }
+    .instrument(span)
+    .await
+}
+
+async fn claim<C: ConnectionTrait>(
+    db: &C,
+    config: &RelayConfig,
+    sql: &RelaySql,
+) -> Result<Vec<Model>> {
+    let stmt = sql.claim(config.batch_size, Utc::now());
+    Ok(Entity::find().from_raw_sql(stmt).all(db).await?)
+}
+
+async fn publish_and_settle<C: ConnectionTrait>(
+    txn: &C,
+    channel: &Channel,
+    config: &RelayConfig,
+    sql: &RelaySql,
+    rows: Vec<Model>,
+) -> Result<BatchReport> {
+    let fates = publish(channel, config, &rows).await;
+    settle(txn, config, sql, &rows, fates).await
+}
+
+/// The outcome of publishing a batch: one fate per row, plus a channel error if any.
+pub(crate) struct Published {
+    fates: Vec<Fate>,
+    channel_error: Option<String>,
+}
+
+/// Publishes every row (pipelined: all frames first), then awaits the confirms in order under
+/// one deadline. Never returns early on a broker error: rows it could not confirm are
+/// [`Fate::Unknown`].
+pub(crate) async fn publish(channel: &Channel, config: &RelayConfig, rows: &[Model]) -> Published {
+    let now = Utc::now();
+    let exchange = config.exchange();
+    let mut pending: Vec<PublisherConfirm> = Vec::with_capacity(rows.len());
+    let mut channel_error = None;
+    for row in rows {
+        let published = channel
+            .basic_publish(
+                exchange.into(),
+                row.routing_key.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    immediate: false,
+                },
+                &row.payload,
+                envelope::properties(row, now),
+            )
+            .await;
+        match published {
+            Ok(confirm) => pending.push(confirm),
+            Err(e) => {
+                channel_error = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let deadline = tokio::time::Instant::now() + config.confirm_timeout;
+    let mut fates = Vec::with_capacity(rows.len());
+    for (row, confirm) in rows.iter().zip(pending) {
+        let fate = match tokio::time::timeout_at(deadline, confirm).await {
+            Ok(Ok(confirmation)) => fate_of(confirmation, config),
+            Ok(Err(e)) => {
+                channel_error.get_or_insert_with(|| e.to_string());
+                Fate::Unknown
+            }
+            Err(_) => {
+                channel_error.get_or_insert_with(|| {
+                    format!("no confirm within {:?}", config.confirm_timeout)
+                });
+                Fate::Unknown
+            }
+        };
+        if let Fate::Refused(reason) = &fate {
+            warn!(message_id = %row.message_id, routing_key = %row.routing_key, %reason, "publish refused");
+        }
+        fates.push(fate);
+    }
+    fates.resize(rows.len(), Fate::Unknown);
+    Published {
+        fates,
+        channel_error,
+    }
+}
+
+fn fate_of(confirmation: Confirmation, config: &RelayConfig) -> Fate {
+    match confirmation {
+        Confirmation::Ack(None) => Fate::Sent,
+        Confirmation::Ack(Some(_)) if config.unroutable == Unroutable::Drop => {
+            Fate::DroppedUnroutable
+        }
+        Confirmation::Ack(Some(_)) => Fate::Refused(
+            "unroutable: no queue is bound for this routing key and the alternate exchange \
+             did not take it"
+                .to_owned(),
+        ),
+        Confirmation::Nack(_) => Fate::Refused("nacked by the broker".to_owned()),
+        Confirmation::NotRequested => Fate::Unknown,
+    }
+}
+
+/// Applies the fates: finish sent rows in one statement, record each refusal, leave unknown
+/// rows untouched.
+async fn settle<C: ConnectionTrait>(
+    db: &C,
+    config: &RelayConfig,
+    sql: &RelaySql,
+    rows: &[Model],
+    published: Published,
+) -> Result<BatchReport> {
+    let now = Utc::now();
+    let mut report = BatchReport {
+        claimed: rows.len(),
+        channel_error: published.channel_error,
+        ..BatchReport::default()
+    };
+    let mut done = Vec::with_capacity(rows.len());
+    for (row, fate) in rows.iter().zip(&published.fates) {
+        match fate {
+            Fate::Sent | Fate::DroppedUnroutable => {
+                done.push(row.id);
+                report.sent += usize::from(*fate == Fate::Sent);
+                report.expired += usize::from(envelope::is_expired(row, now));
+                if *fate == Fate::DroppedUnroutable {
+                    report.dropped_unroutable += 1;
+                    warn!(message_id = %row.message_id, routing_key = %row.routing_key, "unroutable message dropped (Unroutable::Drop)");
+                }
+            }
+            Fate::Refused(reason) => {
+                let attempts = u32::try_from(row.attempts).unwrap_or(0).saturating_add(1);
+                let park = attempts >= config.max_attempts;
+                let retry_in = config.retry_backoff.delay_with_jitter(attempts - 1);
+                db.execute_raw(sql.record_failure(row.id, reason, retry_in, park, now))
+                    .await?;
+                report.refused += 1;
+                if park {
+                    report.parked += 1;
+                    warn!(message_id = %row.message_id, attempts, %reason, "row parked after too many refused publishes");
+                }
+            }
+            Fate::Unknown => report.released += 1,
+        }
+    }
+    if !done.is_empty() {
+        let keep = matches!(config.cleanup, Cleanup::Keep { .. });
+        db.execute_raw(sql.finish(&done, keep, now)).await?;
+    }
+    Ok(report)
+}
+
+/// Purges sent rows older than the retention (keep mode); returns how many went.
+pub(crate) async fn purge(
+    db: &DatabaseConnection,
+    config: &RelayConfig,
+    sql: &RelaySql,
+) -> Result<u64> {
+    let Cleanup::Keep { retention } = config.cleanup else {
+        return Ok(0);
+    };
+    let result = db
+        .execute_raw(sql.purge(retention, 1_000, Utc::now()))
+        .await?;
+    Ok(result.rows_affected())
+}
+
+/// How long until the earliest unsent row is due (`None` when there is none).
+pub(crate) async fn next_due(
+    db: &DatabaseConnection,
+    sql: &RelaySql,
+) -> Result<Option<std::time::Duration>> {
+    let row = db.query_one_raw(sql.next_due(Utc::now())).await?;
+    let Some(row) = row else { return Ok(None) };
+    let next: Option<chrono::DateTime<Utc>> = row.try_get("", "next")?;
+    let now: chrono::DateTime<Utc> = row.try_get("", "db_now")?;
+    Ok(next.map(|next| (next - now).to_std().unwrap_or_default()))
+}

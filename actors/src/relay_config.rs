@@ -1,0 +1,327 @@
+//! `RelayConfig`: what the relay publishes where, how fast, and what it does on failure.
+
+use std::time::Duration;
+
+use actix_outbox::{Error, Result, TableName};
+
+use crate::backoff::Backoff;
+
+/// What happens to rows once the broker confirmed them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Cleanup {
+    /// Delete the row in the claiming transaction. The default.
+    #[default]
+    Delete,
+    /// Keep the row with `sent_at` set; rows sent more than `retention` ago are purged in
+    /// small batches between publishing batches.
+    Keep {
+        /// How long sent rows are kept.
+        retention: Duration,
+    },
+}
+
+/// What happens to messages whose routing key matches no binding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Unroutable {
+    /// The exchange gets an alternate exchange `<exchange>.unroutable` (fanout) bound to a
+    /// durable queue of the same name, so unroutable messages are kept there; the relay
+    /// watches that queue's depth and warns when it grows. The default.
+    #[default]
+    AlternateExchange,
+    /// Fire-and-forget: the broker drops unroutable messages; the relay sees them returned
+    /// (published `mandatory`), counts and logs them, and deletes their rows.
+    Drop,
+}
+
+/// Whether the relay declares its topology or only checks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum TopologyMode {
+    /// Declare the exchange (and alternate exchange and queue) at start. The default.
+    #[default]
+    Declare,
+    /// Least privilege: declare nothing, only check (passive declare) that the exchange
+    /// exists, and fail at start naming what is missing.
+    CheckOnly,
+}
+
+/// Settings of a [`RelayActor`](crate::RelayActor). `Default` + consuming `with_*` setters;
+/// [`validate`](Self::validate) runs when the relay is built.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use actix_outbox_actors::{Cleanup, RelayConfig};
+///
+/// let config = RelayConfig::default()
+///     .with_exchange("events")
+///     .with_batch_size(500)
+///     .with_poll_interval(Duration::from_secs(5))
+///     .with_cleanup(Cleanup::Keep { retention: Duration::from_secs(86_400) });
+/// config.validate()?;
+/// # Ok::<(), actix_outbox::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// The outbox table to drain.
+    pub(crate) table: TableName,
+    /// The topic exchange to publish to.
+    pub(crate) exchange: String,
+    /// Most rows claimed and published per batch.
+    pub(crate) batch_size: u32,
+    /// Safety-net poll when no NOTIFY arrives (and the only wake-up on SQLite).
+    pub(crate) poll_interval: Duration,
+    /// Longest wait for the broker's confirms of one batch.
+    pub(crate) confirm_timeout: Duration,
+    /// Failed publish attempts after which a row is parked.
+    pub(crate) max_attempts: u32,
+    /// Delay before re-publishing a refused row, by attempt.
+    pub(crate) retry_backoff: Backoff,
+    /// Delay after a broker or database error before the next batch, by consecutive error.
+    pub(crate) error_backoff: Backoff,
+    /// Delete or keep sent rows.
+    pub(crate) cleanup: Cleanup,
+    /// Alternate exchange, or drop and count.
+    pub(crate) unroutable: Unroutable,
+    /// Declare or only check the topology.
+    pub(crate) topology: TopologyMode,
+    /// Listen for PostgreSQL NOTIFY (ignored on SQLite).
+    pub(crate) listen: bool,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            table: TableName::default(),
+            exchange: "outbox".to_owned(),
+            batch_size: 500,
+            poll_interval: Duration::from_secs(5),
+            confirm_timeout: Duration::from_secs(15),
+            max_attempts: 10,
+            retry_backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(300)),
+            error_backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
+            cleanup: Cleanup::Delete,
+            unroutable: Unroutable::AlternateExchange,
+            topology: TopologyMode::Declare,
+            listen: true,
+        }
+    }
+}
+
+impl RelayConfig {
+    /// Sets the outbox table to drain. Defaults to `outbox`.
+    #[must_use]
+    pub fn with_table(mut self, table: TableName) -> Self {
+        self.table = table;
+        self
+    }
+
+    /// Sets the topic exchange. Defaults to `outbox`.
+    #[must_use]
+    pub fn with_exchange(mut self, exchange: impl Into<String>) -> Self {
+        self.exchange = exchange.into();
+        self
+    }
+
+    /// Sets the most rows per batch (1..=10,000). Defaults to 500.
+    #[must_use]
+    pub fn with_batch_size(mut self, batch_size: u32) -> Self {
+        self.batch_size = batch_size;
+        self
+    }
+
+    /// Sets the safety-net poll interval. Defaults to 5 s.
+    #[must_use]
+    pub fn with_poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
+    /// Sets the longest wait for one batch's confirms. Defaults to 15 s.
+    #[must_use]
+    pub fn with_confirm_timeout(mut self, timeout: Duration) -> Self {
+        self.confirm_timeout = timeout;
+        self
+    }
+
+    /// Sets after how many refused publishes a row is parked. Defaults to 10.
+    #[must_use]
+    pub fn with_max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts;
+        self
+    }
+
+    /// Sets the delay before re-publishing a refused row: `min` doubling up to `max`.
+    /// Defaults to 1 s up to 5 min.
+    #[must_use]
+    pub fn with_retry_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.retry_backoff = Backoff::new(min, max);
+        self
+    }
+
+    /// Sets the pause after a broker or database error. Defaults to 100 ms up to 10 s.
+    #[must_use]
+    pub fn with_error_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.error_backoff = Backoff::new(min, max);
+        self
+    }
+
+    /// Sets what happens to confirmed rows. Defaults to [`Cleanup::Delete`].
+    #[must_use]
+    pub fn with_cleanup(mut self, cleanup: Cleanup) -> Self {
+        self.cleanup = cleanup;
+        self
+    }
+
+    /// Sets how unroutable messages are handled. Defaults to
+    /// [`Unroutable::AlternateExchange`].
+    #[must_use]
+    pub fn with_unroutable(mut self, unroutable: Unroutable) -> Self {
+        self.unroutable = unroutable;
+        self
+    }
+
+    /// Sets whether topology is declared or only checked. Defaults to
+    /// [`TopologyMode::Declare`].
+    #[must_use]
+    pub fn with_topology(mut self, mode: TopologyMode) -> Self {
+        self.topology = mode;
+        self
+    }
+
+    /// Turns PostgreSQL NOTIFY wake-ups on or off (polling only). Defaults to on.
+    #[must_use]
+    pub fn with_listen(mut self, listen: bool) -> Self {
+        self.listen = listen;
+        self
+    }
+
+    /// The table this relay drains.
+    #[must_use]
+    pub fn table(&self) -> &TableName {
+        &self.table
+    }
+
+    /// The exchange this relay publishes to.
+    #[must_use]
+    pub fn exchange(&self) -> &str {
+        &self.exchange
+    }
+
+    /// The alternate exchange and queue for unroutable messages: `<exchange>.unroutable`.
+    #[must_use]
+    pub fn unroutable_name(&self) -> String {
+        format!("{}.unroutable", self.exchange)
+    }
+
+    /// Checks every setting.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] naming the first bad setting: batch size outside 1..=10,000,
+    /// a zero duration, `max_attempts` of 0, a backoff whose minimum exceeds its maximum, or an
+    /// exchange name that is empty, longer than 200 bytes, starts with `amq.` (reserved by
+    /// RabbitMQ) or has characters outside `[A-Za-z0-9_.:-]`.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field, reason: &str| {
+            Err(Error::InvalidConfig {
+                field,
+                reason: reason.to_owned(),
+            })
+        };
+        if !(1..=10_000).contains(&self.batch_size) {
+            return bad("batch_size", "must be between 1 and 10000");
+        }
+        if self.max_attempts == 0 {
+            return bad("max_attempts", "must be at least 1");
+        }
+        check_exchange_name(&self.exchange)?;
+        let positive = actix_outbox::__private::require_positive;
+        positive("poll_interval", self.poll_interval)?;
+        positive("confirm_timeout", self.confirm_timeout)?;
+        for (field, b) in [
+            ("retry_backoff", self.retry_backoff),
+            ("error_backoff", self.error_backoff),
+        ] {
+            positive(field, b.min)?;
+            if b.min > b.max {
+                return bad(field, "minimum must not exceed maximum");
+            }
+        }
+        if let Cleanup::Keep { retention } = self.cleanup {
+            positive("retention", retention)?;
+        }
+        Ok(())
+    }
+}
+
+/// Exchange (and queue) names: what RabbitMQ accepts, minus the reserved `amq.` prefix.
+pub(crate) fn check_exchange_name(name: &str) -> Result<()> {
+    let reason = if name.is_empty() {
+        "must not be empty"
+    } else if name.len() > 200 {
+        "longer than 200 bytes"
+    } else if name.starts_with("amq.") {
+        "names starting with `amq.` are reserved by RabbitMQ"
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+    {
+        "may only contain ASCII letters, digits, `_`, `.`, `:` and `-`"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidConfig {
+        field: "exchange",
+        reason: format!("{name:?} {reason}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(config: RelayConfig) -> &'static str {
+        match config.validate() {
+            Err(Error::InvalidConfig { field, .. }) => field,
+            other => panic!("expected InvalidConfig, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        RelayConfig::default().validate().expect("defaults");
+    }
+
+    #[test]
+    fn each_bad_setting_is_named() {
+        let d = RelayConfig::default;
+        assert_eq!(field_of(d().with_batch_size(0)), "batch_size");
+        assert_eq!(field_of(d().with_batch_size(10_001)), "batch_size");
+        assert_eq!(field_of(d().with_max_attempts(0)), "max_attempts");
+        assert_eq!(
+            field_of(d().with_poll_interval(Duration::ZERO)),
+            "poll_interval"
+        );
+        assert_eq!(
+            field_of(d().with_confirm_timeout(Duration::ZERO)),
+            "confirm_timeout"
+        );
+        assert_eq!(field_of(d().with_exchange("")), "exchange");
+        assert_eq!(field_of(d().with_exchange("amq.topic")), "exchange");
+        assert_eq!(field_of(d().with_exchange("bad name")), "exchange");
+        assert_eq!(
+            field_of(d().with_retry_backoff(Duration::from_secs(2), Duration::from_secs(1))),
+            "retry_backoff"
+        );
+        assert_eq!(
+            field_of(d().with_cleanup(Cleanup::Keep {
+                retention: Duration::ZERO
+            })),
+            "retention"
+        );
+    }
+}

@@ -1,0 +1,248 @@
+//! The relay's SQL, per backend: claim, finish, record failures, next due time, purge.
+//!
+//! Pure statement builders (unit-tested below); `relay_batch` runs them. Ids are inlined as
+//! integers read from the database, the table name is a validated identifier, and everything
+//! else is bound.
+
+use std::time::Duration;
+
+use actix_outbox::__private::COLUMNS;
+use actix_outbox::TableName;
+use chrono::{DateTime, Utc};
+use sea_orm::{DbBackend, Statement, Value};
+
+/// Builds the relay's statements for one table on one backend.
+#[derive(Debug, Clone)]
+pub(crate) struct RelaySql {
+    backend: DbBackend,
+    table: TableName,
+}
+
+impl RelaySql {
+    pub(crate) fn new(backend: DbBackend, table: TableName) -> Self {
+        Self { backend, table }
+    }
+
+    pub(crate) fn backend(&self) -> DbBackend {
+        self.backend
+    }
+
+    /// Up to `limit` due rows, oldest due first. On PostgreSQL the rows are locked with
+    /// `SKIP LOCKED`, so concurrent relays claim disjoint batches; the partial due index
+    /// makes this a range scan whatever the backlog.
+    pub(crate) fn claim(&self, limit: u32, now: DateTime<Utc>) -> Statement {
+        let t = &self.table;
+        let due = "sent_at IS NULL AND parked_at IS NULL";
+        match self.backend {
+            DbBackend::Postgres => Statement::from_string(
+                self.backend,
+                format!(
+                    "SELECT {COLUMNS} FROM {t} WHERE {due} AND send_after <= now() \
+                     ORDER BY send_after, id LIMIT {limit} FOR UPDATE SKIP LOCKED"
+                ),
+            ),
+            _ => Statement::from_sql_and_values(
+                self.backend,
+                format!(
+                    "SELECT {COLUMNS} FROM {t} WHERE {due} AND send_after <= ? \
+                     ORDER BY send_after, id LIMIT {limit}"
+                ),
+                [Value::from(now)],
+            ),
+        }
+    }
+
+    /// Deletes confirmed rows, or (keep mode) marks them sent.
+    pub(crate) fn finish(&self, ids: &[i64], keep: bool, now: DateTime<Utc>) -> Statement {
+        let t = &self.table;
+        let ids = id_list(ids);
+        match (keep, self.backend) {
+            (false, _) => {
+                Statement::from_string(self.backend, format!("DELETE FROM {t} WHERE id IN ({ids})"))
+            }
+            (true, DbBackend::Postgres) => Statement::from_string(
+                self.backend,
+                format!("UPDATE {t} SET sent_at = now() WHERE id IN ({ids})"),
+            ),
+            (true, _) => Statement::from_sql_and_values(
+                self.backend,
+                format!("UPDATE {t} SET sent_at = ? WHERE id IN ({ids})"),
+                [Value::from(now)],
+            ),
+        }
+    }
+
+    /// Records a refused publish of row `id`: one more attempt, the error, a later due time,
+    /// and (when `park`) the parking time.
+    pub(crate) fn record_failure(
+        &self,
+        id: i64,
+        error: &str,
+        retry_in: Duration,
+        park: bool,
+        now: DateTime<Utc>,
+    ) -> Statement {
+        let t = &self.table;
+        let error = Value::from(truncate(error, 1_000).to_owned());
+        match self.backend {
+            DbBackend::Postgres => Statement::from_sql_and_values(
+                self.backend,
+                format!(
+                    "UPDATE {t} SET attempts = attempts + 1, last_error = $1, \
+                     send_after = now() + $2 * interval '1 millisecond', \
+                     parked_at = CASE WHEN $3 THEN now() ELSE NULL END WHERE id = {id}"
+                ),
+                [error, Value::from(millis(retry_in)), Value::from(park)],
+            ),
+            _ => {
+                let due = now + chrono::TimeDelta::from_std(retry_in).unwrap_or_default();
+                let parked = park.then_some(now);
+                Statement::from_sql_and_values(
+                    self.backend,
+                    format!(
+                        "UPDATE {t} SET attempts = attempts + 1, last_error = ?, \
+                         send_after = ?, parked_at = ? WHERE id = {id}"
+                    ),
+                    [error, Value::from(due), Value::from(parked)],
+                )
+            }
+        }
+    }
+
+    /// The earliest due time of the unsent rows, and the database's "now" to compare it with
+    /// (on SQLite, this host's clock: `now` is bound back).
+    pub(crate) fn next_due(&self, now: DateTime<Utc>) -> Statement {
+        let t = &self.table;
+        let due = "sent_at IS NULL AND parked_at IS NULL";
+        match self.backend {
+            DbBackend::Postgres => Statement::from_string(
+                self.backend,
+                format!("SELECT min(send_after) AS next, now() AS db_now FROM {t} WHERE {due}"),
+            ),
+            _ => Statement::from_sql_and_values(
+                self.backend,
+                format!("SELECT min(send_after) AS next, ? AS db_now FROM {t} WHERE {due}"),
+                [Value::from(now)],
+            ),
+        }
+    }
+
+    /// Deletes up to `limit` rows sent more than `retention` ago (keep mode).
+    pub(crate) fn purge(&self, retention: Duration, limit: u32, now: DateTime<Utc>) -> Statement {
+        let t = &self.table;
+        match self.backend {
+            DbBackend::Postgres => Statement::from_sql_and_values(
+                self.backend,
+                format!(
+                    "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} WHERE sent_at IS NOT NULL \
+                     AND sent_at < now() - $1 * interval '1 millisecond' LIMIT {limit})"
+                ),
+                [Value::from(millis(retention))],
+            ),
+            _ => {
+                let cutoff = now - chrono::TimeDelta::from_std(retention).unwrap_or_default();
+                Statement::from_sql_and_values(
+                    self.backend,
+                    format!(
+                        "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} WHERE sent_at IS NOT NULL \
+                         AND sent_at < ? LIMIT {limit})"
+                    ),
+                    [Value::from(cutoff)],
+                )
+            }
+        }
+    }
+}
+
+fn id_list(ids: &[i64]) -> String {
+    let mut out = String::with_capacity(ids.len() * 8);
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&id.to_string());
+    }
+    out
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sql(backend: DbBackend) -> RelaySql {
+        RelaySql::new(backend, TableName::new("app_outbox").expect("valid"))
+    }
+
+    #[test]
+    fn postgres_claim_skips_locked_rows_in_due_order() {
+        let s = sql(DbBackend::Postgres).claim(500, Utc::now()).to_string();
+        assert!(s.contains("FROM app_outbox WHERE sent_at IS NULL AND parked_at IS NULL"));
+        assert!(s.contains("send_after <= now()"), "database clock: {s}");
+        assert!(
+            s.ends_with("ORDER BY send_after, id LIMIT 500 FOR UPDATE SKIP LOCKED"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn sqlite_claim_binds_the_time_and_locks_nothing() {
+        let stmt = sql(DbBackend::Sqlite).claim(10, Utc::now());
+        assert!(stmt.sql.contains("send_after <= ?"));
+        assert!(!stmt.sql.contains("FOR UPDATE"));
+        assert_eq!(stmt.values.map(|v| v.0.len()), Some(1));
+    }
+
+    #[test]
+    fn finish_deletes_or_marks() {
+        let now = Utc::now();
+        let delete = sql(DbBackend::Postgres).finish(&[3, 1, 2], false, now);
+        assert_eq!(delete.sql, "DELETE FROM app_outbox WHERE id IN (3,1,2)");
+        let keep = sql(DbBackend::Postgres).finish(&[7], true, now);
+        assert_eq!(
+            keep.sql,
+            "UPDATE app_outbox SET sent_at = now() WHERE id IN (7)"
+        );
+    }
+
+    #[test]
+    fn failure_record_truncates_long_errors() {
+        let long = "é".repeat(2_000);
+        let stmt = sql(DbBackend::Sqlite).record_failure(
+            9,
+            &long,
+            Duration::from_secs(1),
+            true,
+            Utc::now(),
+        );
+        let values = stmt.values.expect("bound").0;
+        match &values[0] {
+            Value::String(Some(s)) => assert!(s.len() <= 1_000),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(stmt.sql.ends_with("WHERE id = 9"));
+    }
+
+    #[test]
+    fn purge_is_bounded() {
+        let s = sql(DbBackend::Postgres)
+            .purge(Duration::from_secs(60), 1_000, Utc::now())
+            .sql;
+        assert!(s.contains("LIMIT 1000"), "{s}");
+    }
+}

@@ -1,0 +1,248 @@
+//! Broker helpers for service tests: a per-test exchange, queues bound to it, and draining.
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+
+use super::{require_env, unique};
+
+/// A test's view of the broker: its own exchange name and the queues it created.
+pub struct TestBroker {
+    pub url: String,
+    pub exchange: String,
+    conn: Connection,
+    pub channel: Channel,
+    queues: Vec<String>,
+}
+
+impl TestBroker {
+    /// Connects to `AMQP_URL` and picks a unique exchange name (not declared: the relay does).
+    pub async fn new() -> Self {
+        let url = require_env("AMQP_URL");
+        let conn = Connection::connect(&url, ConnectionProperties::default())
+            .await
+            .expect("connect to AMQP_URL");
+        let channel = conn.create_channel().await.expect("channel");
+        Self {
+            url,
+            exchange: unique("ex"),
+            conn,
+            channel,
+            queues: Vec::new(),
+        }
+    }
+
+    /// Declares the topic exchange the way the relay does (durable, alternate exchange), so
+    /// queues can be bound before the relay starts.
+    pub async fn declare_exchange(&self) {
+        let ae = format!("{}.unroutable", self.exchange);
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        self.channel
+            .exchange_declare(
+                ae.as_str().into(),
+                ExchangeKind::Fanout,
+                durable,
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare alternate exchange");
+        let mut args = FieldTable::default();
+        args.insert(
+            "alternate-exchange".into(),
+            lapin::types::AMQPValue::LongString(ae.as_str().into()),
+        );
+        self.channel
+            .exchange_declare(
+                self.exchange.as_str().into(),
+                ExchangeKind::Topic,
+                durable,
+                args,
+            )
+            .await
+            .expect("declare exchange");
+    }
+
+    /// A durable queue bound to the test exchange with `keys`.
+    pub async fn bind_queue(&mut self, keys: &[&str]) -> String {
+        self.bind_queue_with(keys, FieldTable::default()).await
+    }
+
+    /// A durable queue with `args`, bound to the test exchange with `keys`.
+    pub async fn bind_queue_with(&mut self, keys: &[&str], args: FieldTable) -> String {
+        let queue = unique("q");
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        self.channel
+            .queue_declare(queue.as_str().into(), durable, args)
+            .await
+            .expect("declare queue");
+        for key in keys {
+            self.channel
+                .queue_bind(
+                    queue.as_str().into(),
+                    self.exchange.as_str().into(),
+                    (*key).into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .expect("bind queue");
+        }
+        self.queues.push(queue.clone());
+        queue
+    }
+
+    /// Remembers a queue someone else declared, for cleanup.
+    pub fn track_queue(&mut self, queue: &str) {
+        self.queues.push(queue.to_owned());
+    }
+
+    /// Messages ready in `queue` (a passive declare on a fresh channel).
+    pub async fn depth(&self, queue: &str) -> u32 {
+        let channel = self.conn.create_channel().await.expect("channel");
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let q = channel
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await
+            .unwrap_or_else(|e| panic!("queue {queue} should exist: {e}"));
+        let _ = channel.close(200, "".into()).await;
+        q.message_count()
+    }
+
+    /// Consumes (auto-ack) until `expected` messages arrived, failing after `timeout`.
+    /// Returns how many times each message id was seen.
+    pub async fn drain(
+        &self,
+        queue: &str,
+        expected: usize,
+        timeout: Duration,
+    ) -> HashMap<String, usize> {
+        let channel = self.conn.create_channel().await.expect("channel");
+        let mut consumer = channel
+            .basic_consume(
+                queue.into(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume");
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut total = 0;
+        let deadline = tokio::time::Instant::now() + timeout;
+        while total < expected {
+            let next = tokio::time::timeout_at(deadline, consumer.next()).await;
+            match next {
+                Ok(Some(Ok(delivery))) => {
+                    let id = delivery
+                        .properties
+                        .message_id()
+                        .as_ref()
+                        .map(|s| s.to_string())
+                        .unwrap_or_default();
+                    *seen.entry(id).or_default() += 1;
+                    total += 1;
+                }
+                Ok(Some(Err(e))) => panic!("consumer error while draining {queue}: {e}"),
+                Ok(None) => panic!("consumer of {queue} ended after {total}/{expected}"),
+                Err(_) => panic!(
+                    "timed out after {timeout:?} draining {queue}: got {total} of {expected} messages"
+                ),
+            }
+        }
+        let _ = channel.close(200, "".into()).await;
+        seen
+    }
+
+    /// Consumes (auto-ack) every message that arrives in `queue` within `window`: for
+    /// asserting that nothing (more) arrives.
+    pub async fn collect_for(
+        &self,
+        queue: &str,
+        window: Duration,
+    ) -> Vec<lapin::message::Delivery> {
+        let channel = self.conn.create_channel().await.expect("channel");
+        let mut consumer = channel
+            .basic_consume(
+                queue.into(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume");
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + window;
+        while let Ok(Some(Ok(delivery))) = tokio::time::timeout_at(deadline, consumer.next()).await
+        {
+            out.push(delivery);
+        }
+        let _ = channel.close(200, "".into()).await;
+        out
+    }
+
+    /// Deletes what the test declared (best effort).
+    pub async fn cleanup(self) {
+        if let Ok(channel) = self.conn.create_channel().await {
+            for q in &self.queues {
+                let _ = channel
+                    .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                    .await;
+            }
+            let ae = format!("{}.unroutable", self.exchange);
+            let _ = channel
+                .queue_delete(ae.as_str().into(), QueueDeleteOptions::default())
+                .await;
+            for ex in [self.exchange.as_str(), ae.as_str()] {
+                let _ = channel
+                    .exchange_delete(ex.into(), ExchangeDeleteOptions::default())
+                    .await;
+            }
+        }
+        let _ = self.conn.close(200, "".into()).await;
+    }
+}
+
+/// Asserts every id in `expected` was seen exactly once and nothing else was.
+pub fn assert_exactly_once(seen: &HashMap<String, usize>, expected: &[uuid::Uuid]) {
+    let dupes: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        dupes.is_empty(),
+        "{} message ids seen more than once, e.g. {:?}",
+        dupes.len(),
+        dupes.first()
+    );
+    let missing: Vec<_> = expected
+        .iter()
+        .filter(|id| !seen.contains_key(&id.to_string()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} messages missing, e.g. {:?}",
+        missing.len(),
+        missing.first()
+    );
+    assert_eq!(seen.len(), expected.len(), "unexpected extra message ids");
+}
