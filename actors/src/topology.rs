@@ -7,17 +7,36 @@ use lapin::{Channel, ExchangeKind};
 
 use crate::relay_config::{RelayConfig, TopologyMode, Unroutable};
 
-/// Declares the relay's exchange — a durable topic exchange — and, by default, its alternate
-/// exchange `<exchange>.unroutable` (fanout) bound to a durable queue of the same name. In
-/// check-only mode it declares nothing and passively checks that the exchange exists.
+/// Declares the relay's exchange (see [`declare_exchange`]).
+pub(crate) async fn declare_relay_topology(channel: &Channel, config: &RelayConfig) -> Result<()> {
+    declare_exchange(
+        channel,
+        config.exchange(),
+        config.unroutable,
+        config.topology,
+    )
+    .await
+}
+
+/// Declares `exchange` — a durable topic exchange — and, with
+/// [`Unroutable::AlternateExchange`], its alternate exchange `<exchange>.unroutable` (fanout)
+/// bound to a durable queue of the same name. In check-only mode it declares nothing and
+/// passively checks that the exchange exists.
+///
+/// Relays and workers declare the exchange with the same arguments (RabbitMQ refuses a
+/// redeclaration with different ones), so both go through this function.
 ///
 /// # Errors
 ///
 /// [`Error::BrokerRefused`] naming the exchange when it is missing (check-only mode) or exists
 /// with other arguments (for example without the alternate exchange).
-pub(crate) async fn declare_relay_topology(channel: &Channel, config: &RelayConfig) -> Result<()> {
-    let exchange = config.exchange();
-    match config.topology {
+pub(crate) async fn declare_exchange(
+    channel: &Channel,
+    exchange: &str,
+    unroutable: Unroutable,
+    mode: TopologyMode,
+) -> Result<()> {
+    match mode {
         TopologyMode::CheckOnly => {
             let passive = ExchangeDeclareOptions {
                 passive: true,
@@ -34,8 +53,8 @@ pub(crate) async fn declare_relay_topology(channel: &Channel, config: &RelayConf
                 ..ExchangeDeclareOptions::default()
             };
             let mut args = FieldTable::default();
-            if config.unroutable == Unroutable::AlternateExchange {
-                let ae = config.unroutable_name();
+            if unroutable == Unroutable::AlternateExchange {
+                let ae = format!("{exchange}.unroutable");
                 declare_unroutable_store(channel, &ae).await?;
                 args.insert(
                     "alternate-exchange".into(),
