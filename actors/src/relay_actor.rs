@@ -54,6 +54,8 @@ pub struct StopRelay;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RelayStats {
+    /// Claim rounds run, including those that found nothing due.
+    pub rounds: u64,
     /// Batches that claimed at least one row.
     pub batches: u64,
     /// Messages confirmed by the broker (their rows deleted or marked sent).
@@ -286,6 +288,7 @@ impl RelayActor {
 
     fn book(&mut self, r: &BatchReport) {
         let s = &mut self.stats;
+        s.rounds += 1;
         s.batches += u64::from(r.claimed > 0);
         s.published += r.sent as u64;
         s.unroutable_dropped += r.dropped_unroutable as u64;

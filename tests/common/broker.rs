@@ -40,6 +40,14 @@ impl TestBroker {
         }
     }
 
+    /// Opens a fresh connection (after a test force-closed every connection).
+    pub async fn reconnect(&mut self) {
+        self.conn = Connection::connect(&self.url, ConnectionProperties::default())
+            .await
+            .expect("reconnect to AMQP_URL");
+        self.channel = self.conn.create_channel().await.expect("channel");
+    }
+
     /// Declares the topic exchange the way the relay does (durable, alternate exchange), so
     /// queues can be bound before the relay starts.
     pub async fn declare_exchange(&self) {
@@ -245,4 +253,21 @@ pub fn assert_exactly_once(seen: &HashMap<String, usize>, expected: &[uuid::Uuid
         missing.first()
     );
     assert_eq!(seen.len(), expected.len(), "unexpected extra message ids");
+}
+
+/// Asserts every id in `expected` was seen at least once and nothing else was; returns how
+/// many extra copies (duplicates) arrived, which at-least-once delivery allows after faults.
+pub fn assert_none_lost(seen: &HashMap<String, usize>, expected: &[uuid::Uuid]) -> usize {
+    let missing: Vec<_> = expected
+        .iter()
+        .filter(|id| !seen.contains_key(&id.to_string()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} messages LOST, e.g. {:?}",
+        missing.len(),
+        missing.first()
+    );
+    assert_eq!(seen.len(), expected.len(), "unexpected extra message ids");
+    seen.values().map(|n| n - 1).sum()
 }

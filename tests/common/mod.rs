@@ -38,6 +38,12 @@ impl TestDb {
     /// A fresh schema in the PostgreSQL database of `DATABASE_URL`, set as the search path of
     /// every pooled connection.
     pub async fn postgres() -> Self {
+        Self::postgres_at(|url| url.to_owned()).await
+    }
+
+    /// Like [`postgres`](Self::postgres), but the test's pool connects to `rewrite(url)`
+    /// (through a fault-injection proxy, for example); the schema is created directly.
+    pub async fn postgres_at(rewrite: impl Fn(&str) -> String) -> Self {
         let url = require_env("DATABASE_URL");
         let admin = Database::connect(&url)
             .await
@@ -48,7 +54,7 @@ impl TestDb {
             .await
             .expect("create test schema");
         admin.close().await.expect("close admin connection");
-        let mut options = ConnectOptions::new(url);
+        let mut options = ConnectOptions::new(rewrite(&url));
         options
             .set_schema_search_path(name.clone())
             .max_connections(10)
@@ -78,7 +84,11 @@ impl TestDb {
             .await
             .unwrap_or_else(|e| panic!("query {sql:?} failed: {e}"));
         rows.iter()
-            .map(|r| r.try_get_by_index::<i64>(0).expect("an integer column"))
+            .map(|r| {
+                r.try_get_by_index::<i64>(0)
+                    .or_else(|_| r.try_get_by_index::<i32>(0).map(i64::from))
+                    .expect("an integer column")
+            })
             .collect()
     }
 
@@ -130,4 +140,5 @@ where
 }
 
 pub mod broker;
+pub mod faults;
 pub mod relay;

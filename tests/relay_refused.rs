@@ -1,0 +1,115 @@
+//! Rows the broker refuses are retried with backoff, then parked; others keep flowing. A
+//! missing exchange (check-only mode) never loses or burns rows.
+#![cfg(feature = "service-tests")]
+
+mod common;
+
+use std::time::Duration;
+
+use actix_outbox::outbox_message::{Column, Entity};
+use actix_outbox::setup;
+use actix_outbox_actors::TopologyMode;
+use common::broker::TestBroker;
+use common::relay::{TestRelay, config};
+use common::{TestDb, wait_for};
+use lapin::types::{AMQPValue, FieldTable};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+
+/// A queue that rejects every publish (max length 0, `reject-publish`) makes the broker nack
+/// rows routed to it: attempts are counted, the error recorded, the row parked after 3
+/// attempts, while the other rows are delivered.
+#[actix_rt::test]
+async fn nacked_row_is_parked_after_the_cap() {
+    let t = TestDb::postgres().await;
+    setup(&t.db).await.expect("setup");
+    let mut broker = TestBroker::new().await;
+    broker.declare_exchange().await;
+    let mut full = FieldTable::default();
+    full.insert("x-max-length".into(), AMQPValue::LongInt(0));
+    full.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    broker.bind_queue_with(&["refuse.me"], full).await;
+    let ok_queue = broker.bind_queue(&["user.created"]).await;
+    let refused = actix_outbox::emit(&t.db, "refuse.me", &0)
+        .await
+        .expect("emit");
+    for i in 1..=5 {
+        actix_outbox::emit(&t.db, "user.created", &i)
+            .await
+            .expect("emit");
+    }
+    let relay = TestRelay::start(
+        &t.db,
+        &broker.url,
+        config(&broker.exchange)
+            .with_max_attempts(3)
+            .with_retry_backoff(Duration::from_millis(20), Duration::from_millis(50)),
+    );
+    broker.drain(&ok_queue, 5, Duration::from_secs(10)).await;
+    let row = wait_for(
+        "the refused row to be parked",
+        Duration::from_secs(20),
+        || async {
+            Entity::find()
+                .filter(Column::MessageId.eq(refused))
+                .one(&t.db)
+                .await
+                .expect("read")
+                .filter(|r| r.parked_at.is_some())
+        },
+    )
+    .await;
+    assert_eq!(row.attempts, 3);
+    let error = row.last_error.unwrap_or_default();
+    assert!(error.contains("nacked"), "last_error: {error}");
+    let stats = relay.stop().await;
+    assert_eq!(
+        (stats.refused, stats.parked, stats.published),
+        (3, 1, 5),
+        "{stats:?}"
+    );
+    assert_eq!(
+        t.int("SELECT count(*) FROM outbox").await,
+        1,
+        "only the parked row is left"
+    );
+    broker.cleanup().await;
+    t.cleanup().await;
+}
+
+/// Check-only mode with the exchange missing: the relay reports errors and backs off, the
+/// row stays untouched (no attempt burnt), and once the exchange exists the row goes out.
+#[actix_rt::test]
+async fn missing_exchange_keeps_rows_until_it_exists() {
+    let t = TestDb::postgres().await;
+    setup(&t.db).await.expect("setup");
+    let mut broker = TestBroker::new().await;
+    let id = actix_outbox::emit(&t.db, "user.created", &1)
+        .await
+        .expect("emit");
+    let relay = TestRelay::start(
+        &t.db,
+        &broker.url,
+        config(&broker.exchange).with_topology(TopologyMode::CheckOnly),
+    );
+    wait_for(
+        "the relay to report the missing exchange",
+        Duration::from_secs(10),
+        || async { (relay.stats().await.errors >= 2).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        t.int("SELECT attempts FROM outbox").await,
+        0,
+        "broker-side misconfiguration does not burn attempts"
+    );
+    broker.declare_exchange().await;
+    let queue = broker.bind_queue(&["user.created"]).await;
+    let seen = broker.drain(&queue, 1, Duration::from_secs(15)).await;
+    assert_eq!(seen.get(&id.to_string()), Some(&1));
+    relay.stop().await;
+    broker.cleanup().await;
+    t.cleanup().await;
+}
