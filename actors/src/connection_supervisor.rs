@@ -180,14 +180,15 @@ impl Actor for ConnectionSupervisor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.connect(ctx);
         ctx.run_interval(Duration::from_secs(1), |act, ctx| {
-            if let Some(conn) = &act.connection {
-                if !conn.status().connected() {
-                    let generation = act.generation;
-                    ctx.notify(ConnectionLost {
-                        generation,
-                        reason: "connection no longer connected".to_owned(),
-                    });
-                }
+            if act
+                .connection
+                .as_ref()
+                .is_some_and(|conn| !conn.status().connected())
+            {
+                ctx.notify(ConnectionLost {
+                    generation: act.generation,
+                    reason: "connection no longer connected".to_owned(),
+                });
             }
         });
     }

@@ -1,0 +1,94 @@
+//! A relay process: moves committed outbox rows to RabbitMQ until Ctrl-C or SIGTERM.
+//!
+//! The production layout runs this as its own process (several of them on PostgreSQL, side by
+//! side), next to the applications that emit and the workers that consume.
+//!
+//! ```text
+//! scripts/services      # PostgreSQL and RabbitMQ, or: docker compose up -d
+//! cargo run --release --example relay
+//! ```
+//!
+//! Environment: `DATABASE_URL` (default `postgres://outbox:outbox@127.0.0.1:5432/outbox`),
+//! `AMQP_URL` (default `amqp://outbox:outbox@127.0.0.1:5672/%2f`), `OUTBOX_TABLE` (default
+//! `outbox`), `OUTBOX_EXCHANGE` (default `outbox`), `OUTBOX_BATCH_SIZE` (default 500),
+//! `RUST_LOG` (default `info`). On stop it finishes the batch in flight, closes the broker
+//! connection, then the database, and prints its counters.
+
+use actix::Actor;
+use actix_outbox::{Error, TableName, redact_url};
+use actix_outbox_actors::{
+    BrokerConfig, ConnectionSupervisor, GetRelayStats, RelayActor, RelayConfig, Shutdown, StopRelay,
+};
+use sea_orm::{ConnectOptions, Database};
+use tracing::info;
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+#[actix::main]
+async fn main() -> Result<(), Error> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn".into()),
+        )
+        .init();
+    let db_url = env_or(
+        "DATABASE_URL",
+        "postgres://outbox:outbox@127.0.0.1:5432/outbox",
+    );
+    let table = TableName::new(env_or("OUTBOX_TABLE", "outbox"))?;
+    let batch_size = env_or("OUTBOX_BATCH_SIZE", "500")
+        .parse::<u32>()
+        .map_err(|e| Error::InvalidConfig {
+            field: "OUTBOX_BATCH_SIZE",
+            reason: e.to_string(),
+        })?;
+    let config = RelayConfig::default()
+        .with_table(table.clone())
+        .with_exchange(env_or("OUTBOX_EXCHANGE", "outbox"))
+        .with_batch_size(batch_size);
+    config.validate()?;
+
+    info!(database = %redact_url(&db_url), "connecting to the database");
+    let mut options = ConnectOptions::new(db_url);
+    options.sqlx_logging(false);
+    let db = Database::connect(options).await?;
+    actix_outbox::Outbox::new(table).setup(&db).await?;
+
+    let broker = ConnectionSupervisor::start_supervised(BrokerConfig::from_env()?)?;
+    let relay = RelayActor::new(db.clone(), broker.clone(), config)?.start();
+
+    wait_for_stop_signal().await;
+    info!("stopping: finishing the batch in flight");
+    let stats = relay.send(GetRelayStats).await?;
+    relay.send(StopRelay).await?;
+    broker.send(Shutdown).await?;
+    db.close().await?;
+    info!(?stats, "relay stopped");
+    Ok(())
+}
+
+/// Resolves on Ctrl-C, or on SIGTERM where there is one.
+async fn wait_for_stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
