@@ -17,7 +17,7 @@
 use actix::Actor;
 use actix_outbox::{Error, TableName, redact_url};
 use actix_outbox_actors::{
-    BrokerConfig, ConnectionSupervisor, GetRelayStats, RelayActor, RelayConfig, Shutdown, StopRelay,
+    BrokerConfig, ConnectionSupervisor, RelayActor, RelayConfig, Shutdown, StopRelay,
 };
 use sea_orm::{ConnectOptions, Database};
 use tracing::info;
@@ -62,8 +62,7 @@ async fn main() -> Result<(), Error> {
 
     wait_for_stop_signal().await;
     info!("stopping: finishing the batch in flight");
-    let stats = relay.send(GetRelayStats).await?;
-    relay.send(StopRelay).await?;
+    let stats = relay.send(StopRelay).await?;
     broker.send(Shutdown).await?;
     db.close().await?;
     info!(?stats, "relay stopped");

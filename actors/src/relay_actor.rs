@@ -45,9 +45,9 @@ pub struct WakeUp;
 pub struct GetRelayStats;
 
 /// Stops the relay gracefully: the batch in flight finishes (and commits) first, the LISTEN
-/// task ends, the channel closes. Resolves once the relay has stopped.
+/// task ends, the channel closes. Resolves with the final counters once the relay has stopped.
 #[derive(Debug, Clone, Copy, Message)]
-#[rtype(result = "()")]
+#[rtype(result = "RelayStats")]
 pub struct StopRelay;
 
 /// Counters of one relay since it started.
@@ -107,7 +107,7 @@ pub struct RelayActor {
     /// Counters.
     stats: RelayStats,
     /// Callers of [`StopRelay`] waiting for the stop.
-    stop_waiters: Option<Vec<oneshot::Sender<()>>>,
+    stop_waiters: Option<Vec<oneshot::Sender<RelayStats>>>,
 }
 
 impl std::fmt::Debug for RelayActor {
@@ -179,7 +179,7 @@ impl Actor for RelayActor {
             task.abort();
         }
         for waiter in self.stop_waiters.take().unwrap_or_default() {
-            let _ = waiter.send(());
+            let _ = waiter.send(self.stats);
         }
         info!(table = %self.config.table(), stats = ?self.stats, "relay stopped");
     }
@@ -202,7 +202,7 @@ impl Handler<GetRelayStats> for RelayActor {
 }
 
 impl Handler<StopRelay> for RelayActor {
-    type Result = ResponseFuture<()>;
+    type Result = ResponseFuture<RelayStats>;
 
     fn handle(&mut self, _: StopRelay, ctx: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = oneshot::channel();
@@ -210,9 +210,8 @@ impl Handler<StopRelay> for RelayActor {
         if !self.running {
             self.finish_stop(ctx);
         }
-        Box::pin(async move {
-            let _ = rx.await;
-        })
+        let last_known = self.stats;
+        Box::pin(async move { rx.await.unwrap_or(last_known) })
     }
 }
 

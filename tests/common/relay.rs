@@ -34,10 +34,9 @@ impl TestRelay {
         self.relay.send(GetRelayStats).await.expect("relay alive")
     }
 
-    /// Stops relay then connection, bounded.
+    /// Stops relay then connection, bounded; returns the relay's final counters.
     pub async fn stop(self) -> RelayStats {
-        let stats = self.stats().await;
-        tokio::time::timeout(Duration::from_secs(20), self.relay.send(StopRelay))
+        let stats = tokio::time::timeout(Duration::from_secs(20), self.relay.send(StopRelay))
             .await
             .expect("relay stops within 20 s")
             .expect("relay mailbox");
