@@ -92,8 +92,10 @@ pub struct RelayActor {
     sql: Arc<RelaySql>,
     /// The publishing channel (confirm mode, topology declared); `None` until needed.
     channel: Option<Channel>,
-    /// A batch is in flight.
-    running: bool,
+    /// Batches in flight (at most `config.concurrency`).
+    running: usize,
+    /// Batches allowed in flight at once (1 on SQLite).
+    concurrency: usize,
     /// A wake-up arrived during the batch: run another right after.
     wake_again: bool,
     /// Consecutive failed batches (drives the error backoff).
@@ -138,13 +140,18 @@ impl RelayActor {
             return Err(Error::UnsupportedBackend(format!("{backend:?}")));
         }
         let sql = RelaySql::new(backend, config.table().clone());
+        let concurrency = match backend {
+            DbBackend::Postgres => config.concurrency as usize,
+            _ => 1,
+        };
         Ok(Self {
             db,
             supervisor,
             config: Arc::new(config),
             sql: Arc::new(sql),
             channel: None,
-            running: false,
+            running: 0,
+            concurrency,
             wake_again: false,
             error_streak: 0,
             due_timer: None,
@@ -207,7 +214,7 @@ impl Handler<StopRelay> for RelayActor {
     fn handle(&mut self, _: StopRelay, ctx: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = oneshot::channel();
         self.stop_waiters.get_or_insert_with(Vec::new).push(tx);
-        if !self.running {
+        if self.running == 0 {
             self.finish_stop(ctx);
         }
         let last_known = self.stats;
@@ -216,18 +223,20 @@ impl Handler<StopRelay> for RelayActor {
 }
 
 impl RelayActor {
-    /// Runs a batch unless one is in flight (then remembers to run another).
+    /// Runs a batch unless `concurrency` batches are in flight (then remembers to run
+    /// another). Concurrent batches claim disjoint rows (`SKIP LOCKED`); the second one
+    /// claims and publishes while the first waits for its confirms.
     fn start_batch(&mut self, ctx: &mut Context<Self>) {
         if self.stop_waiters.is_some() {
             return;
         }
-        if self.running {
+        if self.running >= self.concurrency {
             self.wake_again = true;
             return;
         }
-        self.running = true;
+        self.running += 1;
         self.wake_again = false;
-        let channel = self.channel.take();
+        let channel = self.channel.clone();
         let supervisor = self.supervisor.clone();
         let (db, config, sql) = (self.db.clone(), self.config.clone(), self.sql.clone());
         let batch = async move {
@@ -253,7 +262,7 @@ impl RelayActor {
         result: Result<BatchReport>,
         ctx: &mut Context<Self>,
     ) {
-        self.running = false;
+        self.running -= 1;
         match result {
             Ok(report) => {
                 let full = report.claimed >= self.config.batch_size as usize;
@@ -267,11 +276,17 @@ impl RelayActor {
                     self.channel = channel;
                     self.error_streak = 0;
                     if self.stop_waiters.is_some() {
-                        return self.finish_stop(ctx);
+                        if self.running == 0 {
+                            self.finish_stop(ctx);
+                        }
+                        return;
                     }
                     if full || self.wake_again {
-                        self.start_batch(ctx);
-                    } else {
+                        // Fill every free slot: a full batch means more is waiting.
+                        for _ in self.running..self.concurrency {
+                            self.start_batch(ctx);
+                        }
+                    } else if self.running == 0 {
                         self.idle(ctx);
                     }
                 }
@@ -301,7 +316,13 @@ impl RelayActor {
     /// Pauses with backoff after an error, then tries again (or stops, if asked to).
     fn after_error(&mut self, ctx: &mut Context<Self>) {
         if self.stop_waiters.is_some() {
-            return self.finish_stop(ctx);
+            if self.running == 0 {
+                self.finish_stop(ctx);
+            }
+            return;
+        }
+        if self.running > 0 {
+            return; // the batch still in flight decides what happens next
         }
         let delay = self
             .config

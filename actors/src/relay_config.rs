@@ -72,6 +72,8 @@ pub struct RelayConfig {
     pub(crate) exchange: String,
     /// Most rows claimed and published per batch.
     pub(crate) batch_size: u32,
+    /// Batches one relay keeps in flight (PostgreSQL; SQLite always runs one).
+    pub(crate) concurrency: u32,
     /// Safety-net poll when no NOTIFY arrives (and the only wake-up on SQLite).
     pub(crate) poll_interval: Duration,
     /// Longest wait for the broker's confirms of one batch.
@@ -98,6 +100,7 @@ impl Default for RelayConfig {
             table: TableName::default(),
             exchange: "outbox".to_owned(),
             batch_size: 500,
+            concurrency: 2,
             poll_interval: Duration::from_secs(5),
             confirm_timeout: Duration::from_secs(15),
             max_attempts: 10,
@@ -130,6 +133,16 @@ impl RelayConfig {
     #[must_use]
     pub fn with_batch_size(mut self, batch_size: u32) -> Self {
         self.batch_size = batch_size;
+        self
+    }
+
+    /// Sets how many batches one relay keeps in flight on PostgreSQL (1..=16): while one
+    /// batch waits for the broker's confirms, the next is claimed and published. Use 1 for
+    /// publishing in claim order from a single relay. SQLite always runs one batch at a time.
+    /// Defaults to 2.
+    #[must_use]
+    pub fn with_concurrency(mut self, concurrency: u32) -> Self {
+        self.concurrency = concurrency;
         self
     }
 
@@ -235,6 +248,9 @@ impl RelayConfig {
         if !(1..=10_000).contains(&self.batch_size) {
             return bad("batch_size", "must be between 1 and 10000");
         }
+        if !(1..=16).contains(&self.concurrency) {
+            return bad("concurrency", "must be between 1 and 16");
+        }
         if self.max_attempts == 0 {
             return bad("max_attempts", "must be at least 1");
         }
@@ -302,6 +318,7 @@ mod tests {
         assert_eq!(field_of(d().with_batch_size(0)), "batch_size");
         assert_eq!(field_of(d().with_batch_size(10_001)), "batch_size");
         assert_eq!(field_of(d().with_max_attempts(0)), "max_attempts");
+        assert_eq!(field_of(d().with_concurrency(0)), "concurrency");
         assert_eq!(
             field_of(d().with_poll_interval(Duration::ZERO)),
             "poll_interval"

@@ -1,0 +1,638 @@
+//! Throughput and latency of actix-outbox against the raw ceilings of PostgreSQL and
+//! RabbitMQ, measured in the same run on the same services. One JSON line per scenario.
+//!
+//! ```text
+//! scripts/bench                                   # services up, release build, all scenarios
+//! cargo run --release --example bench -- --scenarios relay_drain --messages 20000
+//! ```
+//!
+//! Flags (defaults in brackets): `--scenarios` comma list [all], `--messages` [20000],
+//! `--batch-size` [500], `--prefetch` [500], `--payload-bytes` [256], `--queue-type`
+//! quorum|classic [quorum], `--relays` comma list [1,2,4], `--emit-tasks` [8],
+//! `--emit-seconds` [5], `--runs` [3]. Needs `DATABASE_URL` and `AMQP_URL` (defaults match
+//! `scripts/services`). Each scenario runs `--runs` times; the JSON line reports the median,
+//! min and max, the ceiling's median, their ratio and the target ratio.
+#![allow(clippy::print_stdout)]
+
+use std::time::{Duration, Instant};
+
+use actix::Actor;
+use actix_outbox::{Error, OutboxEvent};
+use actix_outbox_actors::{
+    BrokerConfig, ConnectionSupervisor, RelayActor, RelayConfig, Shutdown, StopRelay,
+};
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions, QueuePurgeOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement,
+    TransactionTrait,
+};
+use serde_json::{Value, json};
+
+/// Command-line parameters.
+#[derive(Debug, Clone)]
+struct Params {
+    scenarios: Vec<String>,
+    messages: usize,
+    batch_size: u32,
+    prefetch: u16,
+    payload_bytes: usize,
+    queue_type: String,
+    relays: Vec<usize>,
+    emit_tasks: usize,
+    emit_seconds: u64,
+    runs: usize,
+}
+
+impl Params {
+    fn parse() -> Result<Self, Error> {
+        let mut p = Params {
+            scenarios: ["emit", "emit_many", "relay_drain"]
+                .map(String::from)
+                .to_vec(),
+            messages: 20_000,
+            batch_size: 500,
+            prefetch: 500,
+            payload_bytes: 256,
+            queue_type: "quorum".into(),
+            relays: vec![1, 2, 4],
+            emit_tasks: 8,
+            emit_seconds: 5,
+            runs: 3,
+        };
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        for pair in args.chunks(2) {
+            let [flag, value] = pair else {
+                return Err(bad("flags", format!("{:?} has no value", pair[0])));
+            };
+            let num = |v: &str| {
+                v.parse::<u64>()
+                    .map_err(|e| bad("flag", format!("{flag}: {e}")))
+            };
+            match flag.as_str() {
+                "--scenarios" => p.scenarios = value.split(',').map(String::from).collect(),
+                "--messages" => p.messages = num(value)? as usize,
+                "--batch-size" => p.batch_size = num(value)? as u32,
+                "--prefetch" => p.prefetch = num(value)? as u16,
+                "--payload-bytes" => p.payload_bytes = num(value)? as usize,
+                "--queue-type" => p.queue_type = value.clone(),
+                "--relays" => {
+                    p.relays = value
+                        .split(',')
+                        .map(|v| num(v).map(|n| n as usize))
+                        .collect::<Result<_, _>>()?
+                }
+                "--emit-tasks" => p.emit_tasks = num(value)? as usize,
+                "--emit-seconds" => p.emit_seconds = num(value)?,
+                "--runs" => p.runs = num(value)?.max(1) as usize,
+                other => return Err(bad("flag", format!("unknown flag {other}"))),
+            }
+        }
+        Ok(p)
+    }
+}
+
+fn bad(field: &'static str, reason: String) -> Error {
+    Error::InvalidConfig { field, reason }
+}
+
+/// Median, min and max of a scenario's runs.
+#[derive(Debug, Clone, Copy)]
+struct Summary {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+fn summarize(mut values: Vec<f64>) -> Summary {
+    values.sort_by(f64::total_cmp);
+    Summary {
+        median: values[values.len() / 2],
+        min: values[0],
+        max: values[values.len() - 1],
+    }
+}
+
+fn report(
+    scenario: &str,
+    params: Value,
+    result: Summary,
+    unit: &str,
+    ceiling: Option<(&str, Summary)>,
+    target: f64,
+) {
+    let mut line = json!({
+        "scenario": scenario,
+        "params": params,
+        "result": {"median": result.median.round(), "min": result.min.round(), "max": result.max.round(), "unit": unit},
+        "target_ratio": target,
+    });
+    if let Some((name, c)) = ceiling {
+        let ratio = result.median / c.median;
+        line["ceiling"] = json!({"name": name, "median": c.median.round(), "min": c.min.round(), "max": c.max.round(), "unit": unit});
+        line["ratio"] = json!((ratio * 1000.0).round() / 1000.0);
+        line["meets_target"] = json!(ratio >= target);
+    }
+    println!("{line}");
+}
+
+/// Shared handles of the run.
+struct Bench {
+    params: Params,
+    db: DatabaseConnection,
+    amqp_url: String,
+    /// lapin's runtime for the raw ceilings (like the supervisor's own).
+    lapin_rt: LapinRuntime,
+    payload: Value,
+}
+
+impl Bench {
+    async fn raw_connection(&self) -> Result<Connection, Error> {
+        let handle = self.lapin_rt.handle();
+        let url = self.amqp_url.clone();
+        let conn = handle
+            .clone()
+            .spawn(async move {
+                let rt = async_rs_runtime(handle);
+                Connection::connect_with_runtime(&url, ConnectionProperties::default(), rt).await
+            })
+            .await
+            .map_err(|e| bad("runtime", e.to_string()))??;
+        Ok(conn)
+    }
+
+    fn events(&self, n: usize, key: &str) -> Result<Vec<OutboxEvent>, Error> {
+        (0..n)
+            .map(|_| OutboxEvent::json(key, &self.payload))
+            .collect()
+    }
+
+    /// A fresh queue of the configured type bound to `exchange` with `#`.
+    async fn queue(&self, conn: &Connection, exchange: &str, name: &str) -> Result<(), Error> {
+        let ch = conn.create_channel().await?;
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString(self.params.queue_type.as_str().into()),
+        );
+        let _ = ch
+            .queue_delete(name.into(), QueueDeleteOptions::default())
+            .await;
+        let ch = conn.create_channel().await?;
+        ch.queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await?;
+        ch.queue_bind(
+            name.into(),
+            exchange.into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn purge(&self, conn: &Connection, name: &str) -> Result<(), Error> {
+        let ch = conn.create_channel().await?;
+        ch.queue_purge(name.into(), QueuePurgeOptions::default())
+            .await?;
+        Ok(())
+    }
+}
+
+fn async_rs_runtime(handle: tokio::runtime::Handle) -> async_rs::TokioRuntime {
+    async_rs::Runtime::tokio_with_handle(handle)
+}
+
+#[actix::main]
+async fn main() -> Result<(), Error> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let params = Params::parse()?;
+    let db_url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://outbox:outbox@127.0.0.1:5432/outbox".into());
+    let amqp_url = std::env::var("AMQP_URL")
+        .unwrap_or_else(|_| "amqp://outbox:outbox@127.0.0.1:5672/%2f".into());
+    let mut options = ConnectOptions::new(db_url);
+    options.sqlx_logging(false).max_connections(20);
+    let db = Database::connect(options).await?;
+    let lapin_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| bad("runtime", e.to_string()))?;
+    let filler = "x".repeat(params.payload_bytes.saturating_sub(40));
+    let lapin_rt = LapinRuntime(Some(lapin_rt));
+    let bench = Bench {
+        payload: json!({"id": 0, "pad": filler}),
+        params,
+        db,
+        amqp_url,
+        lapin_rt,
+    };
+    eprintln!("params: {:?}", bench.params);
+    for scenario in bench.params.scenarios.clone() {
+        match scenario.as_str() {
+            "emit" => emit(&bench).await?,
+            "emit_many" => emit_many(&bench).await?,
+            "relay_drain" => relay_drain(&bench).await?,
+            other => return Err(bad("scenario", format!("unknown scenario {other}"))),
+        }
+    }
+    bench.db.close().await?;
+    Ok(())
+}
+
+/// A runtime that shuts down without blocking when dropped (also on an early `?` return,
+/// where a plain drop inside the actix runtime would panic).
+struct LapinRuntime(Option<tokio::runtime::Runtime>);
+
+impl LapinRuntime {
+    fn handle(&self) -> tokio::runtime::Handle {
+        self.0
+            .as_ref()
+            .map(|rt| rt.handle().clone())
+            .unwrap_or_else(tokio::runtime::Handle::current)
+    }
+}
+
+impl Drop for LapinRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+// ---------------------------------------------------------------- emit ---
+
+/// One-event transactions (business row + emit) from N tasks for S seconds, against the same
+/// transactions inserting the same row into a plain table with bare SQL.
+async fn emit(b: &Bench) -> Result<(), Error> {
+    let db = &b.db;
+    db.execute_unprepared("DROP TABLE IF EXISTS bench_emit_outbox, bench_plain, bench_users")
+        .await?;
+    actix_outbox::Outbox::new(actix_outbox::TableName::new("bench_emit_outbox")?)
+        .setup(db)
+        .await?;
+    db.execute_unprepared(
+        "CREATE TABLE bench_users (id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL);
+         CREATE TABLE bench_plain (id BIGSERIAL PRIMARY KEY, message_id UUID NOT NULL, routing_key VARCHAR(255) NOT NULL,
+             payload BYTEA NOT NULL, content_type TEXT NOT NULL, headers JSONB NOT NULL DEFAULT '{}',
+             created_at TIMESTAMPTZ NOT NULL DEFAULT now(), send_after TIMESTAMPTZ NOT NULL DEFAULT now())",
+    )
+    .await?;
+    let outbox = actix_outbox::Outbox::new(actix_outbox::TableName::new("bench_emit_outbox")?);
+    let payload = serde_json::to_vec(&b.payload).map_err(Error::Json)?;
+    let (mut ours, mut raw) = (Vec::new(), Vec::new());
+    for _ in 0..b.params.runs {
+        ours.push(
+            timed_tasks(b, |db| {
+                let outbox = outbox.clone();
+                let payload = b.payload.clone();
+                async move {
+                    let txn = db.begin().await?;
+                    txn.execute_unprepared("INSERT INTO bench_users (name) VALUES ('bench')")
+                        .await?;
+                    outbox.emit(&txn, "bench.emit", &payload).await?;
+                    txn.commit().await?;
+                    Ok(())
+                }
+            })
+            .await?,
+        );
+        raw.push(timed_tasks(b, |db| {
+            let payload = payload.clone();
+            async move {
+                let txn = db.begin().await?;
+                txn.execute_unprepared("INSERT INTO bench_users (name) VALUES ('bench')").await?;
+                txn.execute_raw(Statement::from_sql_and_values(
+                    DbBackend::Postgres,
+                    "INSERT INTO bench_plain (message_id, routing_key, payload, content_type, headers) VALUES ($1, $2, $3, $4, $5)",
+                    [uuid::Uuid::now_v7().into(), "bench.emit".into(), payload.into(), "application/json".into(), json!({}).into()],
+                ))
+                .await?;
+                txn.commit().await?;
+                Ok(())
+            }
+        })
+        .await?);
+    }
+    let params = json!({"tasks": b.params.emit_tasks, "seconds": b.params.emit_seconds, "payload_bytes": b.params.payload_bytes});
+    report(
+        "emit",
+        params,
+        summarize(ours),
+        "events/s",
+        Some(("bare_sql_insert", summarize(raw))),
+        0.75,
+    );
+    db.execute_unprepared("DROP TABLE IF EXISTS bench_emit_outbox, bench_plain, bench_users")
+        .await?;
+    Ok(())
+}
+
+/// Runs `op` in a loop from `emit_tasks` tasks for `emit_seconds`; returns operations/s.
+async fn timed_tasks<F, Fut>(b: &Bench, op: F) -> Result<f64, Error>
+where
+    F: Fn(DatabaseConnection) -> Fut,
+    Fut: std::future::Future<Output = Result<(), Error>> + 'static,
+{
+    let deadline = Instant::now() + Duration::from_secs(b.params.emit_seconds);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..b.params.emit_tasks {
+        let db = b.db.clone();
+        let op = &op;
+        tasks.push(async move {
+            let mut n = 0_u64;
+            while Instant::now() < deadline {
+                op(db.clone()).await?;
+                n += 1;
+            }
+            Ok::<u64, Error>(n)
+        });
+    }
+    let counts = futures_util::future::try_join_all(tasks).await?;
+    Ok(counts.iter().sum::<u64>() as f64 / start.elapsed().as_secs_f64())
+}
+
+/// 20,000 events in one transaction, against a bare multi-row INSERT of the same rows.
+async fn emit_many(b: &Bench) -> Result<(), Error> {
+    let db = &b.db;
+    let table = actix_outbox::TableName::new("bench_many_outbox")?;
+    let outbox = actix_outbox::Outbox::new(table);
+    db.execute_unprepared("DROP TABLE IF EXISTS bench_many_outbox, bench_many_plain")
+        .await?;
+    outbox.setup(db).await?;
+    db.execute_unprepared("CREATE TABLE bench_many_plain (LIKE bench_many_outbox INCLUDING ALL)")
+        .await?;
+    let n = b.params.messages;
+    let payload = serde_json::to_vec(&b.payload).map_err(Error::Json)?;
+    let (mut ours, mut raw) = (Vec::new(), Vec::new());
+    for _ in 0..b.params.runs {
+        let events = b.events(n, "bench.many")?;
+        let start = Instant::now();
+        let txn = db.begin().await?;
+        outbox.emit_many(&txn, events).await?;
+        txn.commit().await?;
+        ours.push(n as f64 / start.elapsed().as_secs_f64());
+
+        let start = Instant::now();
+        let txn = db.begin().await?;
+        for chunk in (0..n).collect::<Vec<_>>().chunks(1_000) {
+            let mut sql = String::from(
+                "INSERT INTO bench_many_plain (message_id, routing_key, payload, content_type, headers, expires_at) VALUES ",
+            );
+            let mut values: Vec<sea_orm::Value> = Vec::with_capacity(chunk.len() * 6);
+            for (i, _) in chunk.iter().enumerate() {
+                let k = i * 6;
+                if i > 0 {
+                    sql.push(',');
+                }
+                sql.push_str(&format!(
+                    "(${},${},${},${},${},${})",
+                    k + 1,
+                    k + 2,
+                    k + 3,
+                    k + 4,
+                    k + 5,
+                    k + 6
+                ));
+                values.extend([
+                    uuid::Uuid::now_v7().into(),
+                    "bench.many".into(),
+                    payload.clone().into(),
+                    "application/json".into(),
+                    json!({"x-outbox-tracking-ids": [uuid::Uuid::now_v7().to_string()]}).into(),
+                    Option::<chrono::DateTime<chrono::Utc>>::None.into(),
+                ]);
+            }
+            txn.execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                sql,
+                values,
+            ))
+            .await?;
+        }
+        txn.commit().await?;
+        raw.push(n as f64 / start.elapsed().as_secs_f64());
+        db.execute_unprepared("TRUNCATE bench_many_outbox, bench_many_plain")
+            .await?;
+    }
+    let params = json!({"events": n, "payload_bytes": b.params.payload_bytes});
+    report(
+        "emit_many",
+        params,
+        summarize(ours),
+        "events/s",
+        Some(("bare_multi_row_insert", summarize(raw))),
+        0.75,
+    );
+    db.execute_unprepared("DROP TABLE IF EXISTS bench_many_outbox, bench_many_plain")
+        .await?;
+    Ok(())
+}
+
+// --------------------------------------------------------- relay_drain ---
+
+/// A backlog drained by 1, 2 and 4 relays into a durable queue, against raw lapin publishing
+/// with confirms (same exchange, queue type, batch window) and a raw SQL claim-and-delete of
+/// the same rows in the same batch size.
+async fn relay_drain(b: &Bench) -> Result<(), Error> {
+    let n = b.params.messages;
+    let table = actix_outbox::TableName::new("bench_relay_outbox")?;
+    let outbox = actix_outbox::Outbox::new(table.clone());
+    b.db.execute_unprepared("DROP TABLE IF EXISTS bench_relay_outbox")
+        .await?;
+    outbox.setup(&b.db).await?;
+    let exchange = "bench_relay";
+    let queue = "bench_relay_q";
+    let conn = b.raw_connection().await?;
+    // Let a relay declare the exchange the way it always does, then bind the queue.
+    let config = RelayConfig::default()
+        .with_table(table.clone())
+        .with_exchange(exchange)
+        .with_batch_size(b.params.batch_size);
+    run_relays(b, &config, 1, 0).await?;
+    b.queue(&conn, exchange, queue).await?;
+
+    let publish = summarize(raw_publish_runs(b, &conn, exchange, queue).await?);
+    let sql = summarize(raw_claim_delete_runs(b, &outbox).await?);
+    let (ceiling_name, ceiling) = if publish.median <= sql.median {
+        ("lapin_publish_confirms", publish)
+    } else {
+        ("sql_claim_delete", sql)
+    };
+    for &relays in &b.params.relays {
+        let mut runs = Vec::new();
+        for _ in 0..b.params.runs {
+            let txn = b.db.begin().await?;
+            outbox.emit_many(&txn, b.events(n, "bench.relay")?).await?;
+            txn.commit().await?;
+            runs.push(run_relays(b, &config, relays, n).await?);
+            b.purge(&conn, queue).await?;
+        }
+        let params = json!({"backlog": n, "relays": relays, "batch_size": b.params.batch_size,
+            "payload_bytes": b.params.payload_bytes, "queue_type": b.params.queue_type,
+            "ceilings": {"lapin_publish_confirms": publish.median.round(), "sql_claim_delete": sql.median.round()}});
+        report(
+            "relay_drain",
+            params,
+            summarize(runs),
+            "msg/s",
+            Some((ceiling_name, ceiling)),
+            0.7,
+        );
+    }
+    let ch = conn.create_channel().await?;
+    let _ = ch
+        .queue_delete(queue.into(), QueueDeleteOptions::default())
+        .await;
+    let _ = conn.close(200, "".into()).await;
+    b.db.execute_unprepared("DROP TABLE IF EXISTS bench_relay_outbox")
+        .await?;
+    Ok(())
+}
+
+/// Starts `relays` relays, waits until the table is empty, stops them; returns rows/s.
+async fn run_relays(
+    b: &Bench,
+    config: &RelayConfig,
+    relays: usize,
+    n: usize,
+) -> Result<f64, Error> {
+    let broker = ConnectionSupervisor::start_supervised(BrokerConfig::new(b.amqp_url.clone())?)?;
+    let start = Instant::now();
+    let running: Vec<_> = (0..relays)
+        .map(|_| RelayActor::new(b.db.clone(), broker.clone(), config.clone()).map(Actor::start))
+        .collect::<Result<_, _>>()?;
+    let count = format!("SELECT count(*) AS n FROM {}", config.table());
+    let mut published = 0;
+    loop {
+        let left =
+            b.db.query_one_raw(Statement::from_string(DbBackend::Postgres, count.clone()))
+                .await?
+                .map(|r| r.try_get::<i64>("", "n"))
+                .transpose()?
+                .unwrap_or(0);
+        if left == 0 {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(300) {
+            return Err(Error::Timeout {
+                what: "relays draining the backlog",
+                after: Duration::from_secs(300),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let elapsed = start.elapsed();
+    for relay in running {
+        published += relay.send(StopRelay).await?.published;
+    }
+    broker.send(Shutdown).await?;
+    if published < n as u64 {
+        return Err(bad("bench", format!("relays published {published} of {n}")));
+    }
+    Ok(n as f64 / elapsed.as_secs_f64())
+}
+
+async fn raw_publish_runs(
+    b: &Bench,
+    conn: &Connection,
+    exchange: &str,
+    queue: &str,
+) -> Result<Vec<f64>, Error> {
+    let body = serde_json::to_vec(&b.payload).map_err(Error::Json)?;
+    let mut runs = Vec::new();
+    for _ in 0..b.params.runs {
+        let ch = conn.create_channel().await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        let start = Instant::now();
+        for chunk in (0..b.params.messages)
+            .collect::<Vec<_>>()
+            .chunks(b.params.batch_size as usize)
+        {
+            let mut confirms = Vec::with_capacity(chunk.len());
+            for _ in chunk {
+                let props = BasicProperties::default()
+                    .with_message_id(uuid::Uuid::now_v7().to_string().into())
+                    .with_content_type("application/json".into())
+                    .with_delivery_mode(2);
+                confirms.push(
+                    ch.basic_publish(
+                        exchange.into(),
+                        "bench.relay".into(),
+                        BasicPublishOptions {
+                            mandatory: true,
+                            immediate: false,
+                        },
+                        &body,
+                        props,
+                    )
+                    .await?,
+                );
+            }
+            for c in confirms {
+                c.await?;
+            }
+        }
+        runs.push(b.params.messages as f64 / start.elapsed().as_secs_f64());
+        b.purge(conn, queue).await?;
+    }
+    Ok(runs)
+}
+
+async fn raw_claim_delete_runs(
+    b: &Bench,
+    outbox: &actix_outbox::Outbox,
+) -> Result<Vec<f64>, Error> {
+    let t = outbox.table().as_str();
+    let mut runs = Vec::new();
+    for _ in 0..b.params.runs {
+        let txn = b.db.begin().await?;
+        outbox
+            .emit_many(&txn, b.events(b.params.messages, "bench.sql")?)
+            .await?;
+        txn.commit().await?;
+        let start = Instant::now();
+        loop {
+            let txn = b.db.begin().await?;
+            let rows = txn
+                .query_all_raw(Statement::from_string(
+                    DbBackend::Postgres,
+                    format!("SELECT id, message_id, routing_key, payload, content_type, headers FROM {t} WHERE sent_at IS NULL AND parked_at IS NULL AND send_after <= now() ORDER BY send_after, id LIMIT {} FOR UPDATE SKIP LOCKED", b.params.batch_size),
+                ))
+                .await?;
+            if rows.is_empty() {
+                txn.commit().await?;
+                break;
+            }
+            let ids: Vec<String> = rows
+                .iter()
+                .map(|r| r.try_get::<i64>("", "id").map(|i| i.to_string()))
+                .collect::<Result<_, _>>()?;
+            txn.execute_unprepared(&format!("DELETE FROM {t} WHERE id IN ({})", ids.join(",")))
+                .await?;
+            txn.commit().await?;
+        }
+        runs.push(b.params.messages as f64 / start.elapsed().as_secs_f64());
+    }
+    Ok(runs)
+}
