@@ -38,6 +38,7 @@
 //! - `duration` — [`parse_duration`] (`"500ms"`, `"1m30s"`).
 //! - `redact` — [`redact_url`]: passwords never reach logs.
 //! - `error` — [`Error`], [`Result`].
+//! - [`testing`] — test your handlers without a broker; wait for the outbox to drain.
 //!
 //! ## Feature flags
 //!
@@ -86,6 +87,7 @@ mod redact;
 mod routing_key;
 mod schema;
 mod table_name;
+pub mod testing;
 
 pub use binding_key::BindingKey;
 pub use codec::{Codec, RawPayload};
