@@ -1,8 +1,8 @@
 //! # actix-outbox-actors
 //!
 //! The moving parts of [actix-outbox](actix_outbox): the actors that relay outbox rows to
-//! RabbitMQ (and, later, consume them into your handlers). This crate re-exports
-//! `actix_outbox`, so a relay or worker process needs this one dependency.
+//! RabbitMQ and consume them into your handlers. This crate re-exports `actix_outbox`, so a
+//! relay or worker process needs this one dependency.
 //!
 //! ## Actors
 //!
@@ -11,6 +11,11 @@
 //! - [`RelayActor`] — claims due outbox rows in batches, publishes them to the topic exchange
 //!   with publisher confirms and `mandatory`, deletes (or marks) them once confirmed. Wakes on
 //!   PostgreSQL NOTIFY, a poll, and the next due row.
+//! - [`ConsumerActor`] — one per queue, started by a [`Worker`] (handlers registered with
+//!   [`Listen`] binding keys): decodes [`Event<T>`](actix_outbox::Event) for your
+//!   `Handler<Event<T>>` actor, acks after it, retries through TTL delay queues, dead-letters
+//!   to `dlq_<queue>`, restarts factory-made handlers after a panic, reconnects by itself and
+//!   drains on [`RunningWorker::stop`].
 //!
 //! ## Running a relay
 //!
@@ -39,13 +44,23 @@
 mod backoff;
 mod broker_config;
 mod connection_supervisor;
+mod consumer_actor;
+mod consumer_delivery;
+mod consumer_envelope;
+mod consumer_handler;
+mod consumer_stats;
 mod envelope;
 mod notify_listener;
 mod relay_actor;
 mod relay_batch;
 mod relay_config;
 mod relay_sql;
+mod retry_policy;
 mod topology;
+mod worker;
+mod worker_config;
+mod worker_listen;
+mod worker_topology;
 
 pub use actix_outbox;
 pub use actix_outbox::prelude;
@@ -55,5 +70,12 @@ pub use connection_supervisor::{
     BrokerState, BrokerStatus, ConnectionSupervisor, GetBrokerState, GetChannel, Shutdown,
     Subscribe,
 };
+pub use consumer_actor::{ConsumerActor, GetConsumerStats, StopConsumer};
+pub use consumer_handler::{HandlerSource, IntoHandler};
+pub use consumer_stats::ConsumerStats;
 pub use relay_actor::{GetRelayStats, RelayActor, RelayStats, StopRelay, WakeUp};
 pub use relay_config::{Cleanup, RelayConfig, TopologyMode, Unroutable};
+pub use retry_policy::RetryDelay;
+pub use worker::{RunningWorker, Worker};
+pub use worker_config::{QueueType, WorkerConfig};
+pub use worker_listen::Listen;

@@ -116,6 +116,20 @@ pub(crate) enum Outcome {
     Expired,
 }
 
+impl Outcome {
+    /// A short lowercase name for spans and logs.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Outcome::Handled => "handled",
+            Outcome::Failed(err) => err.kind(),
+            Outcome::Crashed => "panicked",
+            Outcome::HandlerGone => "handler_gone",
+            Outcome::Undecodable(_) => "undecodable",
+            Outcome::Expired => "expired",
+        }
+    }
+}
+
 /// What the consumer does with a delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Action {
@@ -280,6 +294,8 @@ mod tests {
             }
         );
         assert_eq!(decide(&Outcome::HandlerGone, 1, &p), Action::Requeue);
+        assert_eq!(Outcome::Crashed.name(), "panicked");
+        assert_eq!(Outcome::Failed(HandlerError::reject("x")).name(), "reject");
         assert_eq!(decide(&Outcome::Crashed, 1, &p), retry(100));
     }
 
@@ -306,8 +322,12 @@ mod tests {
 
     #[test]
     fn delays_resolve_from_text_and_durations() {
-        let got = resolve_delays(&["500ms".into(), "1m30s".into(), Duration::from_secs(2).into()])
-            .expect("valid delays");
+        let got = resolve_delays(&[
+            "500ms".into(),
+            "1m30s".into(),
+            Duration::from_secs(2).into(),
+        ])
+        .expect("valid delays");
         assert_eq!(
             got,
             [
@@ -320,11 +340,18 @@ mod tests {
             resolve_delays(&["soon".into()]),
             Err(Error::InvalidDuration { .. })
         ));
-        for bad in [Duration::ZERO, Duration::from_micros(10), Duration::from_secs(60 * 86_400)] {
+        for bad in [
+            Duration::ZERO,
+            Duration::from_micros(10),
+            Duration::from_secs(60 * 86_400),
+        ] {
             assert!(
                 matches!(
                     resolve_delays(&[bad.into()]),
-                    Err(Error::InvalidConfig { field: "retry_delays", .. })
+                    Err(Error::InvalidConfig {
+                        field: "retry_delays",
+                        ..
+                    })
                 ),
                 "{bad:?}"
             );

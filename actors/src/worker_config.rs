@@ -277,7 +277,10 @@ mod tests {
         assert_eq!(field_of(d().with_exchange("amq.topic")), "exchange");
         assert_eq!(field_of(d().with_exchange("")), "exchange");
         assert_eq!(field_of(d().with_prefetch(0)), "prefetch");
-        assert_eq!(field_of(d().with_grace_period(Duration::ZERO)), "grace_period");
+        assert_eq!(
+            field_of(d().with_grace_period(Duration::ZERO)),
+            "grace_period"
+        );
         assert_eq!(
             field_of(d().with_channel_timeout(Duration::ZERO)),
             "channel_timeout"

@@ -142,3 +142,4 @@ where
 pub mod broker;
 pub mod faults;
 pub mod relay;
+pub mod worker;

@@ -1,0 +1,144 @@
+//! `ConsumerStats`: what one consumer did since it started, for health checks and tests.
+
+use crate::consumer_delivery::{Report, Settled};
+use crate::retry_policy::{Action, EXPIRED, Outcome};
+
+/// Counters of one consumer (one queue) since it started. Ask with
+/// [`RunningWorker::stats`](crate::RunningWorker::stats).
+///
+/// Every delivery lands in exactly one of `handled`, `aborted`, `retried`, `dead_lettered`,
+/// `requeued` or `unsettled`; `decode_failures`, `expired` and `panics` further break down
+/// what happened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConsumerStats {
+    /// Handled successfully and acked.
+    pub handled: u64,
+    /// The handler returned `Abort`: acked and dropped.
+    pub aborted: u64,
+    /// Retry copies confirmed by the broker (originals acked).
+    pub retried: u64,
+    /// Dead-letter copies confirmed (originals acked), for any reason.
+    pub dead_lettered: u64,
+    /// Originals given back to the queue: a copy was not confirmed, or the handler is gone.
+    pub requeued: u64,
+    /// Not settled because the channel failed; the broker redelivers these.
+    pub unsettled: u64,
+    /// Payloads that could not be decoded (dead-lettered).
+    pub decode_failures: u64,
+    /// Deliveries past their deadline (dead-lettered without calling the handler, or instead
+    /// of a retry).
+    pub expired: u64,
+    /// Deliveries whose handler actor died while handling them (a panic).
+    pub panics: u64,
+    /// Times the consumer got consuming again after losing its channel.
+    pub reconnects: u64,
+    /// Deliveries being handled right now (a snapshot, not a counter).
+    pub in_flight: u64,
+    /// Whether deliveries are flowing right now (a snapshot).
+    pub consuming: bool,
+}
+
+impl ConsumerStats {
+    /// Counts one finished delivery.
+    pub(crate) fn book(&mut self, report: &Report) {
+        match (&report.settled, &report.action) {
+            (Settled::Lost(_), _) => self.unsettled += 1,
+            (Settled::Requeued(_), _) => self.requeued += 1,
+            (Settled::Done, Action::Ack) => match report.outcome {
+                Outcome::Handled => self.handled += 1,
+                _ => self.aborted += 1,
+            },
+            (Settled::Done, Action::Retry { .. }) => self.retried += 1,
+            (Settled::Done, Action::DeadLetter { reason }) => {
+                self.dead_lettered += 1;
+                self.expired += u64::from(reason == EXPIRED);
+            }
+            (Settled::Done, Action::Requeue) => self.requeued += 1,
+        }
+        match report.outcome {
+            Outcome::Undecodable(_) => self.decode_failures += 1,
+            Outcome::Crashed | Outcome::HandlerGone => self.panics += 1,
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_outbox::HandlerError;
+    use std::time::Duration;
+
+    fn report(outcome: Outcome, action: Action, settled: Settled) -> Report {
+        Report {
+            outcome,
+            action,
+            settled,
+        }
+    }
+
+    fn dead(reason: &str) -> Action {
+        Action::DeadLetter {
+            reason: reason.to_owned(),
+        }
+    }
+
+    #[test]
+    fn each_delivery_counts_once() {
+        let mut s = ConsumerStats::default();
+        s.book(&report(Outcome::Handled, Action::Ack, Settled::Done));
+        s.book(&report(
+            Outcome::Failed(HandlerError::abort("x")),
+            Action::Ack,
+            Settled::Done,
+        ));
+        let retry = Action::Retry {
+            delay: Duration::from_millis(100),
+        };
+        s.book(&report(Outcome::Crashed, retry.clone(), Settled::Done));
+        s.book(&report(Outcome::Expired, dead(EXPIRED), Settled::Done));
+        s.book(&report(
+            Outcome::Undecodable("bad".into()),
+            dead("undecodable payload: bad"),
+            Settled::Done,
+        ));
+        s.book(&report(
+            Outcome::HandlerGone,
+            Action::Requeue,
+            Settled::Requeued("gone".into()),
+        ));
+        s.book(&report(
+            Outcome::Handled,
+            Action::Ack,
+            Settled::Lost("closed".into()),
+        ));
+        let want = ConsumerStats {
+            handled: 1,
+            aborted: 1,
+            retried: 1,
+            dead_lettered: 2,
+            requeued: 1,
+            unsettled: 1,
+            decode_failures: 1,
+            expired: 1,
+            panics: 2,
+            ..ConsumerStats::default()
+        };
+        assert_eq!(s, want);
+    }
+
+    #[test]
+    fn an_unconfirmed_copy_counts_as_requeued_not_retried() {
+        let mut s = ConsumerStats::default();
+        let retry = Action::Retry {
+            delay: Duration::from_millis(100),
+        };
+        s.book(&report(
+            Outcome::Failed(HandlerError::failed("x")),
+            retry,
+            Settled::Requeued("nacked".into()),
+        ));
+        assert_eq!((s.retried, s.requeued), (0, 1));
+    }
+}

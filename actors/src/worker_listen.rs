@@ -1,0 +1,322 @@
+//! `Listen`: which events one handler gets (binding keys), through which queue, with which
+//! retry rules; and `ConsumerSpec`, the checked result a consumer actor runs on.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_outbox::{BindingKey, Error, Result};
+
+use crate::backoff::Backoff;
+use crate::relay_config::{TopologyMode, Unroutable};
+use crate::retry_policy::{RetryDelay, RetryPolicy, resolve_delays};
+use crate::worker_config::{QueueType, WorkerConfig, check_prefetch};
+
+/// Longest queue name: leaves room for the `dlq_` prefix within AMQP's 255 bytes.
+const MAX_QUEUE_LEN: usize = 200;
+
+/// One registration of a handler with a [`Worker`](crate::Worker): its binding keys, and
+/// optionally its queue name, prefetch and retry rules (otherwise the worker's).
+///
+/// Binding keys are checked here; everything else when the handler is registered with
+/// [`Worker::listen`](crate::Worker::listen).
+///
+/// # Examples
+///
+/// ```
+/// use actix_outbox_actors::Listen;
+///
+/// let listen = Listen::new(["user.created", "user.deleted"])?
+///     .queue("welcome_mailer")
+///     .prefetch(20)
+///     .retry_delays(["500ms", "5s"]);
+/// # let _ = listen;
+/// assert!(Listen::new(["user.cre*"]).is_err());
+/// # Ok::<(), actix_outbox::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Listen {
+    /// The topic patterns the queue is bound with.
+    keys: Vec<BindingKey>,
+    /// Explicit queue name; derived from the handler's type when `None`.
+    queue: Option<String>,
+    /// Per-queue prefetch, else the worker's.
+    prefetch: Option<u16>,
+    /// Per-queue `retry_on_error`, else the worker's.
+    retry_on_error: Option<bool>,
+    /// Per-queue delays, else the worker's.
+    retry_delays: Option<Vec<RetryDelay>>,
+}
+
+impl Listen {
+    /// Listens for events whose routing key matches any of `keys` (`user.created`,
+    /// `user.*`, `order.#`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidBindingKey`] for a malformed key, [`Error::InvalidConfig`]
+    /// (`binding_keys`) when `keys` is empty.
+    pub fn new<I>(keys: I) -> Result<Self>
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        let keys = keys
+            .into_iter()
+            .map(BindingKey::new)
+            .collect::<Result<Vec<_>>>()?;
+        if keys.is_empty() {
+            return Err(Error::InvalidConfig {
+                field: "binding_keys",
+                reason: "a listener needs at least one binding key, such as `user.*`".to_owned(),
+            });
+        }
+        Ok(Self {
+            keys,
+            queue: None,
+            prefetch: None,
+            retry_on_error: None,
+            retry_delays: None,
+        })
+    }
+
+    /// Sets the queue name. Defaults to the handler actor's type name in snake case
+    /// (`WelcomeMailer` → `welcome_mailer`).
+    #[must_use]
+    pub fn queue(mut self, name: impl Into<String>) -> Self {
+        self.queue = Some(name.into());
+        self
+    }
+
+    /// Sets this queue's prefetch. Defaults to the worker's.
+    #[must_use]
+    pub fn prefetch(mut self, prefetch: u16) -> Self {
+        self.prefetch = Some(prefetch);
+        self
+    }
+
+    /// Sets whether this handler's plain errors are retried. Defaults to the worker's.
+    #[must_use]
+    pub fn retry_on_error(mut self, retry: bool) -> Self {
+        self.retry_on_error = Some(retry);
+        self
+    }
+
+    /// Sets this handler's retry delays (durations or text such as `"500ms"`). Defaults to
+    /// the worker's.
+    #[must_use]
+    pub fn retry_delays<I>(mut self, delays: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<RetryDelay>,
+    {
+        self.retry_delays = Some(delays.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// The binding keys.
+    #[must_use]
+    pub fn keys(&self) -> &[BindingKey] {
+        &self.keys
+    }
+
+    /// Merges this listener with the worker's settings into what a consumer runs on.
+    pub(crate) fn resolve(&self, config: &WorkerConfig, type_name: &str) -> Result<ConsumerSpec> {
+        let queue = match &self.queue {
+            Some(name) => name.clone(),
+            None => queue_name_for(type_name),
+        };
+        check_queue_name(&queue)?;
+        let prefetch = self.prefetch.unwrap_or(config.prefetch);
+        check_prefetch(prefetch)?;
+        let delays = match &self.retry_delays {
+            Some(delays) => resolve_delays(delays)?,
+            None => config.policy()?.delays,
+        };
+        Ok(ConsumerSpec {
+            handler: short_type_name(type_name).to_owned(),
+            keys: self.keys.clone(),
+            exchange: config.exchange.clone(),
+            prefetch,
+            queue_type: config.queue_type,
+            topology: config.topology,
+            unroutable: config.unroutable,
+            policy: RetryPolicy {
+                retry_on_error: self.retry_on_error.unwrap_or(config.retry_on_error),
+                delays,
+            },
+            grace_period: config.grace_period,
+            channel_timeout: config.channel_timeout,
+            confirm_timeout: config.confirm_timeout,
+            reconnect: config.reconnect,
+            queue,
+        })
+    }
+}
+
+/// Everything one consumer actor needs, checked: a [`Listen`] merged with the worker's
+/// config.
+#[derive(Debug, Clone)]
+pub(crate) struct ConsumerSpec {
+    /// The queue consumed (also the retry copies' routing key).
+    pub(crate) queue: String,
+    /// The handler actor's type, for logs and the `x-outbox-handler` header.
+    pub(crate) handler: String,
+    /// The topic patterns the queue is bound with.
+    pub(crate) keys: Vec<BindingKey>,
+    /// The topic exchange.
+    pub(crate) exchange: String,
+    /// Unacked deliveries at once.
+    pub(crate) prefetch: u16,
+    /// Queue type of the queue and its dead-letter queue.
+    pub(crate) queue_type: QueueType,
+    /// Declare or check.
+    pub(crate) topology: TopologyMode,
+    /// The exchange's unroutable handling (declaration arguments).
+    pub(crate) unroutable: Unroutable,
+    /// Retry rules.
+    pub(crate) policy: RetryPolicy,
+    /// Stop: longest wait for handlers in flight.
+    pub(crate) grace_period: Duration,
+    /// Longest wait for a channel.
+    pub(crate) channel_timeout: Duration,
+    /// Longest wait for a copy's confirm.
+    pub(crate) confirm_timeout: Duration,
+    /// Pause between attempts to consume again.
+    pub(crate) reconnect: Backoff,
+}
+
+/// Shared, read-only spec.
+pub(crate) type SharedSpec = Arc<ConsumerSpec>;
+
+/// The queue name derived from a Rust type name: its last path segment without generics, in
+/// snake case, limited to `[a-z0-9_.-]`.
+pub(crate) fn queue_name_for(type_name: &str) -> String {
+    let mut out = String::new();
+    let mut prev_lower = false;
+    for c in short_type_name(type_name).chars() {
+        if c.is_ascii_uppercase() {
+            if prev_lower {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+            prev_lower = false;
+        } else if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            out.push(c);
+            prev_lower = true;
+        } else {
+            if !out.ends_with('_') && !out.is_empty() {
+                out.push('_');
+            }
+            prev_lower = false;
+        }
+    }
+    let trimmed = out.trim_matches('_');
+    if trimmed.is_empty() {
+        "handler".to_owned()
+    } else {
+        trimmed.chars().take(MAX_QUEUE_LEN).collect()
+    }
+}
+
+/// `my_app::mail::WelcomeMailer<Foo>` → `WelcomeMailer`.
+fn short_type_name(type_name: &str) -> &str {
+    let base = type_name.split('<').next().unwrap_or(type_name);
+    base.rsplit("::").next().unwrap_or(base)
+}
+
+/// Queue names: non-empty, at most 200 bytes, no `amq.` prefix, `[A-Za-z0-9_.:-]` only.
+pub(crate) fn check_queue_name(name: &str) -> Result<()> {
+    let reason = if name.is_empty() {
+        "must not be empty"
+    } else if name.len() > MAX_QUEUE_LEN {
+        "longer than 200 bytes (the `dlq_` copy must fit in 255)"
+    } else if name.starts_with("amq.") {
+        "names starting with `amq.` are reserved by RabbitMQ"
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+    {
+        "may only contain ASCII letters, digits, `_`, `.`, `:` and `-`"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidConfig {
+        field: "queue",
+        reason: format!("queue name {name:?} {reason}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_names_derive_from_type_names() {
+        let cases = [
+            ("my_app::mail::WelcomeMailer", "welcome_mailer"),
+            ("AuditLog", "audit_log"),
+            ("crate::HTTPSender", "httpsender"),
+            ("x::Handler2Go<alloc::string::String>", "handler2_go"),
+            ("x::V2Mailer", "v2_mailer"),
+            ("::", "handler"),
+        ];
+        for (type_name, want) in cases {
+            assert_eq!(queue_name_for(type_name), want, "{type_name}");
+            check_queue_name(&queue_name_for(type_name)).expect("derived names are valid");
+        }
+    }
+
+    #[test]
+    fn bad_queue_names_are_refused() {
+        for bad in ["", "amq.gen-1", "a b", "émoji", &"q".repeat(201)] {
+            assert!(
+                matches!(
+                    check_queue_name(bad),
+                    Err(Error::InvalidConfig { field: "queue", .. })
+                ),
+                "{bad:?}"
+            );
+        }
+        check_queue_name("orders.v2:eu-west_1").expect("valid");
+    }
+
+    #[test]
+    fn binding_keys_are_checked_at_once() {
+        assert!(matches!(
+            Listen::new(["user..created"]),
+            Err(Error::InvalidBindingKey { .. })
+        ));
+        assert!(matches!(
+            Listen::new(Vec::<String>::new()),
+            Err(Error::InvalidConfig {
+                field: "binding_keys",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn listen_overrides_the_worker_defaults() {
+        let config = WorkerConfig::default().with_prefetch(5);
+        let listen = Listen::new(["order.#"])
+            .expect("keys")
+            .retry_on_error(false)
+            .retry_delays(["100ms"]);
+        let spec = listen.resolve(&config, "app::OrderAudit").expect("valid");
+        assert_eq!(spec.queue, "order_audit");
+        assert_eq!(spec.handler, "OrderAudit");
+        assert_eq!(spec.prefetch, 5);
+        assert!(!spec.policy.retry_on_error);
+        assert_eq!(spec.policy.delays, [Duration::from_millis(100)]);
+
+        let plain = Listen::new(["order.#"]).expect("keys").queue("audit");
+        let spec = plain.resolve(&config, "app::OrderAudit").expect("valid");
+        assert_eq!(spec.queue, "audit");
+        assert_eq!(spec.policy.delays.len(), 4, "worker defaults");
+
+        let zero = Listen::new(["x"]).expect("keys").prefetch(0);
+        assert!(zero.resolve(&config, "A").is_err());
+        let bad_delay = Listen::new(["x"]).expect("keys").retry_delays(["0s"]);
+        assert!(bad_delay.resolve(&config, "A").is_err());
+    }
+}
