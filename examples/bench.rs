@@ -9,18 +9,22 @@
 //! Flags (defaults in brackets): `--scenarios` comma list [all], `--messages` [20000],
 //! `--batch-size` [500], `--prefetch` [500], `--payload-bytes` [256], `--queue-type`
 //! quorum|classic [quorum], `--relays` comma list [1,2,4], `--emit-tasks` [8],
-//! `--emit-seconds` [5], `--runs` [3]. Needs `DATABASE_URL` and `AMQP_URL` (defaults match
+//! `--emit-seconds` [5], `--rate` [1000], `--latency-seconds` [10], `--runs` [3]. Needs `DATABASE_URL` and `AMQP_URL` (defaults match
 //! `scripts/services`). Each scenario runs `--runs` times; the JSON line reports the median,
 //! min and max, the ceiling's median, their ratio and the target ratio.
 #![allow(clippy::print_stdout)]
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::Actor;
-use actix_outbox::{Error, OutboxEvent};
+use actix_outbox::{Error, Event, HandlerResult, OutboxEvent};
 use actix_outbox_actors::{
-    BrokerConfig, ConnectionSupervisor, RelayActor, RelayConfig, Shutdown, StopRelay,
+    BrokerConfig, ConnectionSupervisor, Listen, QueueType, RelayActor, RelayConfig, RunningWorker,
+    Shutdown, StopRelay, Worker, WorkerConfig,
 };
+use futures_util::StreamExt;
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
     QueueDeleteOptions, QueuePurgeOptions,
@@ -45,15 +49,25 @@ struct Params {
     relays: Vec<usize>,
     emit_tasks: usize,
     emit_seconds: u64,
+    rate: u64,
+    latency_seconds: u64,
     runs: usize,
 }
 
 impl Params {
     fn parse() -> Result<Self, Error> {
         let mut p = Params {
-            scenarios: ["emit", "emit_many", "relay_drain"]
-                .map(String::from)
-                .to_vec(),
+            scenarios: [
+                "emit",
+                "emit_many",
+                "relay_drain",
+                "consume",
+                "end_to_end",
+                "latency",
+                "footprint",
+            ]
+            .map(String::from)
+            .to_vec(),
             messages: 20_000,
             batch_size: 500,
             prefetch: 500,
@@ -62,6 +76,8 @@ impl Params {
             relays: vec![1, 2, 4],
             emit_tasks: 8,
             emit_seconds: 5,
+            rate: 1_000,
+            latency_seconds: 10,
             runs: 3,
         };
         let args: Vec<String> = std::env::args().skip(1).collect();
@@ -89,6 +105,8 @@ impl Params {
                 "--emit-tasks" => p.emit_tasks = num(value)? as usize,
                 "--emit-seconds" => p.emit_seconds = num(value)?,
                 "--runs" => p.runs = num(value)?.max(1) as usize,
+                "--rate" => p.rate = num(value)?.max(1),
+                "--latency-seconds" => p.latency_seconds = num(value)?.max(1),
                 other => return Err(bad("flag", format!("unknown flag {other}"))),
             }
         }
@@ -217,6 +235,9 @@ fn async_rs_runtime(handle: tokio::runtime::Handle) -> async_rs::TokioRuntime {
 
 #[actix::main]
 async fn main() -> Result<(), Error> {
+    if std::env::args().nth(1).as_deref() == Some("--worker-process") {
+        return worker_process().await;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
@@ -251,6 +272,14 @@ async fn main() -> Result<(), Error> {
             "emit" => emit(&bench).await?,
             "emit_many" => emit_many(&bench).await?,
             "relay_drain" => relay_drain(&bench).await?,
+            "consume" => consume(&bench).await?,
+            "end_to_end" => end_to_end(&bench).await?,
+            "latency" => {
+                let footprint_too = bench.params.scenarios.iter().any(|s| s == "footprint");
+                latency(&bench, true, footprint_too).await?
+            }
+            "footprint" if bench.params.scenarios.iter().any(|s| s == "latency") => {}
+            "footprint" => latency(&bench, false, true).await?,
             other => return Err(bad("scenario", format!("unknown scenario {other}"))),
         }
     }
@@ -635,4 +664,603 @@ async fn raw_claim_delete_runs(
         runs.push(b.params.messages as f64 / start.elapsed().as_secs_f64());
     }
     Ok(runs)
+}
+
+// ------------------------------------------------------------- consume ---
+
+/// What the bench handlers receive.
+#[derive(serde::Deserialize)]
+struct BenchPayload {
+    /// Microseconds since the Unix epoch when the event was emitted (latency runs).
+    #[serde(default)]
+    sent_us: u64,
+}
+
+/// A no-op handler that counts, and records latencies when asked to.
+struct Counter {
+    handled: Arc<AtomicU64>,
+    latencies: Option<Arc<Mutex<Vec<u64>>>>,
+}
+
+impl actix::Actor for Counter {
+    type Context = actix::Context<Self>;
+}
+
+impl actix::Handler<Event<BenchPayload>> for Counter {
+    type Result = HandlerResult;
+    fn handle(
+        &mut self,
+        event: Event<BenchPayload>,
+        _: &mut actix::Context<Self>,
+    ) -> HandlerResult {
+        if let Some(latencies) = &self.latencies {
+            let now = now_us();
+            if let Ok(mut l) = latencies.lock() {
+                l.push(now.saturating_sub(event.payload().sent_us));
+            }
+        }
+        self.handled.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Starts a worker with one counting handler on `queue` (bound with `#`).
+async fn start_worker(
+    b: &Bench,
+    broker: &actix::Addr<ConnectionSupervisor>,
+    exchange: &str,
+    queue: &str,
+    handled: Arc<AtomicU64>,
+    latencies: Option<Arc<Mutex<Vec<u64>>>>,
+) -> Result<RunningWorker, Error> {
+    let queue_type = if b.params.queue_type == "classic" {
+        QueueType::Classic
+    } else {
+        QueueType::Quorum
+    };
+    let config = WorkerConfig::default()
+        .with_exchange(exchange)
+        .with_prefetch(b.params.prefetch)
+        .with_queue_type(queue_type);
+    Worker::new(broker.clone(), config)?
+        .listen(Listen::new(["#"])?.queue(queue), move || Counter {
+            handled: handled.clone(),
+            latencies: latencies.clone(),
+        })?
+        .start()
+        .await
+}
+
+/// Publishes `n` bench messages with confirms (windows of the batch size).
+async fn publish_raw(
+    b: &Bench,
+    ch: &lapin::Channel,
+    exchange: &str,
+    n: usize,
+) -> Result<(), Error> {
+    let body = serde_json::to_vec(&b.payload).map_err(Error::Json)?;
+    for chunk in (0..n)
+        .collect::<Vec<_>>()
+        .chunks(b.params.batch_size as usize)
+    {
+        let mut confirms = Vec::with_capacity(chunk.len());
+        for _ in chunk {
+            let props = BasicProperties::default()
+                .with_message_id(uuid::Uuid::now_v7().to_string().into())
+                .with_content_type("application/json".into())
+                .with_delivery_mode(2);
+            confirms.push(
+                ch.basic_publish(
+                    exchange.into(),
+                    "bench.item".into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        immediate: false,
+                    },
+                    &body,
+                    props,
+                )
+                .await?,
+            );
+        }
+        for c in confirms {
+            c.await?;
+        }
+    }
+    Ok(())
+}
+
+/// Raw consume + ack of `n` messages with the bench prefetch; returns when all are acked.
+async fn consume_raw(conn: &Connection, queue: &str, prefetch: u16, n: usize) -> Result<(), Error> {
+    let ch = conn.create_channel().await?;
+    ch.basic_qos(prefetch, lapin::options::BasicQosOptions::default())
+        .await?;
+    let mut consumer = ch
+        .basic_consume(
+            queue.into(),
+            "bench-raw".into(),
+            lapin::options::BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    // Each message is decoded and acked on its own; acks are pipelined (awaited in bulk),
+    // as a tuned hand-written consumer would do.
+    let mut acks = Vec::with_capacity(prefetch as usize);
+    let mut done = 0;
+    while done < n {
+        let Some(delivery) = consumer.next().await else {
+            break;
+        };
+        let delivery = delivery?;
+        let _: BenchPayload = serde_json::from_slice(&delivery.data).map_err(Error::Json)?;
+        let acker = delivery.acker;
+        acks.push(async move { acker.ack(lapin::options::BasicAckOptions::default()).await });
+        done += 1;
+        if acks.len() >= usize::from(prefetch / 2).max(1) {
+            for r in futures_util::future::join_all(acks.drain(..)).await {
+                r?;
+            }
+        }
+    }
+    for r in futures_util::future::join_all(acks).await {
+        r?;
+    }
+    let _ = ch.close(200, "".into()).await;
+    Ok(())
+}
+
+async fn wait_count(counter: &AtomicU64, n: u64, what: &'static str) -> Result<(), Error> {
+    let start = Instant::now();
+    while counter.load(Ordering::Relaxed) < n {
+        if start.elapsed() > Duration::from_secs(300) {
+            return Err(Error::Timeout {
+                what,
+                after: Duration::from_secs(300),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(())
+}
+
+/// 20,000 messages waiting in a queue, handled by one worker with a no-op handler, against a
+/// raw lapin consumer acking each with the same prefetch, on the same queue.
+async fn consume(b: &Bench) -> Result<(), Error> {
+    let n = b.params.messages;
+    let (exchange, queue) = ("bench_consume", "bench_consume_q");
+    let conn = b.raw_connection().await?;
+    let broker = ConnectionSupervisor::start_supervised(BrokerConfig::new(b.amqp_url.clone())?)?;
+    let pub_ch = conn.create_channel().await?;
+    pub_ch
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let (mut ours, mut raw) = (Vec::new(), Vec::new());
+    // Declare the worker's topology once (and empty the queue of earlier runs).
+    let handled = Arc::new(AtomicU64::new(0));
+    start_worker(b, &broker, exchange, queue, handled.clone(), None)
+        .await?
+        .stop()
+        .await;
+    b.purge(&conn, queue).await?;
+    for _ in 0..b.params.runs {
+        publish_raw(b, &pub_ch, exchange, n).await?;
+        let handled = Arc::new(AtomicU64::new(0));
+        let start = Instant::now();
+        let worker = start_worker(b, &broker, exchange, queue, handled.clone(), None).await?;
+        wait_count(&handled, n as u64, "the worker consuming the queue").await?;
+        ours.push(n as f64 / start.elapsed().as_secs_f64());
+        worker.stop().await;
+
+        publish_raw(b, &pub_ch, exchange, n).await?;
+        let start = Instant::now();
+        consume_raw(&conn, queue, b.params.prefetch, n).await?;
+        raw.push(n as f64 / start.elapsed().as_secs_f64());
+    }
+    broker.send(Shutdown).await?;
+    let _ = conn.close(200, "".into()).await;
+    let params = json!({"messages": n, "prefetch": b.params.prefetch, "queue_type": b.params.queue_type, "payload_bytes": b.params.payload_bytes, "handler": "no-op"});
+    report(
+        "consume",
+        params,
+        summarize(ours),
+        "msg/s",
+        Some(("lapin_consume_ack", summarize(raw))),
+        0.7,
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------- end_to_end ---
+
+/// 20,000 events emitted in one transaction; time until the last is handled (relay and
+/// worker running), against raw lapin publishing with confirms and consuming with acks the
+/// same number of messages at the same time.
+async fn end_to_end(b: &Bench) -> Result<(), Error> {
+    let n = b.params.messages;
+    let (exchange, queue) = ("bench_e2e", "bench_e2e_q");
+    let table = actix_outbox::TableName::new("bench_e2e_outbox")?;
+    let outbox = actix_outbox::Outbox::new(table.clone());
+    b.db.execute_unprepared("DROP TABLE IF EXISTS bench_e2e_outbox")
+        .await?;
+    outbox.setup(&b.db).await?;
+    let conn = b.raw_connection().await?;
+    let broker = ConnectionSupervisor::start_supervised(BrokerConfig::new(b.amqp_url.clone())?)?;
+    let handled = Arc::new(AtomicU64::new(0));
+    start_worker(b, &broker, exchange, queue, handled, None)
+        .await?
+        .stop()
+        .await;
+    b.purge(&conn, queue).await?;
+    let relay_config = RelayConfig::default()
+        .with_table(table)
+        .with_exchange(exchange)
+        .with_batch_size(b.params.batch_size);
+    let pub_ch = conn.create_channel().await?;
+    pub_ch
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let (mut ours, mut raw) = (Vec::new(), Vec::new());
+    for _ in 0..b.params.runs {
+        let handled = Arc::new(AtomicU64::new(0));
+        let worker = start_worker(b, &broker, exchange, queue, handled.clone(), None).await?;
+        let relay = RelayActor::new(b.db.clone(), broker.clone(), relay_config.clone())?.start();
+        let events = b.events(n, "bench.e2e")?;
+        let start = Instant::now();
+        let txn = b.db.begin().await?;
+        outbox.emit_many(&txn, events).await?;
+        txn.commit().await?;
+        wait_count(&handled, n as u64, "the end-to-end flow").await?;
+        ours.push(n as f64 / start.elapsed().as_secs_f64());
+        relay.send(StopRelay).await?;
+        worker.stop().await;
+
+        let start = Instant::now();
+        let consuming = consume_raw(&conn, queue, b.params.prefetch, n);
+        let publishing = publish_raw(b, &pub_ch, exchange, n);
+        let (c, p) = tokio::join!(consuming, publishing);
+        c?;
+        p?;
+        raw.push(n as f64 / start.elapsed().as_secs_f64());
+    }
+    broker.send(Shutdown).await?;
+    let _ = conn.close(200, "".into()).await;
+    b.db.execute_unprepared("DROP TABLE IF EXISTS bench_e2e_outbox")
+        .await?;
+    let params = json!({"events": n, "batch_size": b.params.batch_size, "prefetch": b.params.prefetch, "queue_type": b.params.queue_type, "payload_bytes": b.params.payload_bytes});
+    report(
+        "end_to_end",
+        params,
+        summarize(ours),
+        "msg/s",
+        Some(("lapin_publish_and_consume_concurrently", summarize(raw))),
+        0.8,
+    );
+    Ok(())
+}
+
+// ------------------------------------------------------------- latency ---
+
+/// Emits `rate` events/s, one per transaction, for `latency_seconds` while a relay and a
+/// worker run in this process; returns (latencies in µs, emitted, seconds taken to emit).
+async fn paced_emit(
+    b: &Bench,
+    outbox: &actix_outbox::Outbox,
+    key: &str,
+) -> Result<(u64, f64), Error> {
+    let total = b.params.rate * b.params.latency_seconds;
+    let period = Duration::from_secs_f64(1.0 / b.params.rate as f64);
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let pad = b.payload["pad"].clone();
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        ticker.tick().await;
+        let (db, outbox, pad, key) = (b.db.clone(), outbox.clone(), pad.clone(), key.to_owned());
+        // Each emit is its own transaction; spawned so a slow commit does not delay the pace.
+        tasks.push(actix::spawn(async move {
+            let txn = db.begin().await?;
+            outbox
+                .emit(&txn, &key, &json!({"sent_us": now_us(), "pad": pad}))
+                .await?;
+            txn.commit().await?;
+            Ok::<(), Error>(())
+        }));
+    }
+    let emitting = start.elapsed().as_secs_f64();
+    for task in tasks {
+        task.await.map_err(|e| bad("emit task", e.to_string()))??;
+    }
+    Ok((total, emitting))
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx] as f64 / 1000.0
+}
+
+/// Emit → handler latency at a fixed rate (1,000/s by default) for 10 s, with the relay and
+/// the worker each in its own process (the production layout): the `relay` example and this
+/// program in `--worker-process` mode. Also reports both processes' peak RSS (`footprint`).
+async fn latency(b: &Bench, print_latency: bool, print_footprint: bool) -> Result<(), Error> {
+    let (exchange, queue) = (
+        "bench_latency",
+        format!("bench_latency_{}", b.params.queue_type),
+    );
+    let table = actix_outbox::TableName::new("bench_latency_outbox")?;
+    let outbox = actix_outbox::Outbox::new(table.clone());
+    b.db.execute_unprepared("DROP TABLE IF EXISTS bench_latency_outbox")
+        .await?;
+    outbox.setup(&b.db).await?;
+    let total = b.params.rate * b.params.latency_seconds;
+    // Messages left by an interrupted earlier run would distort the numbers: start empty.
+    let conn = b.raw_connection().await?;
+    let _ = conn
+        .create_channel()
+        .await?
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    let _ = conn.close(200, "".into()).await;
+    let exe = std::env::current_exe().map_err(|e| bad("exe", e.to_string()))?;
+    let dir = exe
+        .parent()
+        .ok_or_else(|| bad("exe", "no parent directory".into()))?;
+    let worker = std::process::Command::new(&exe)
+        .args([
+            "--worker-process",
+            exchange,
+            &queue,
+            &b.params.prefetch.to_string(),
+            &b.params.queue_type,
+            &total.to_string(),
+        ])
+        .env("AMQP_URL", &b.amqp_url)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| bad("worker process", e.to_string()))?;
+    let mut relay = std::process::Command::new(dir.join("relay"))
+        .env(
+            "DATABASE_URL",
+            std::env::var("DATABASE_URL")
+                .unwrap_or_else(|_| "postgres://outbox:outbox@127.0.0.1:5432/outbox".into()),
+        )
+        .env("AMQP_URL", &b.amqp_url)
+        .env("OUTBOX_TABLE", table.as_str())
+        .env("OUTBOX_EXCHANGE", exchange)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .map_err(|e| {
+            bad(
+                "relay process (cargo build --release --example relay)",
+                e.to_string(),
+            )
+        })?;
+    // Both processes connect, declare and LISTEN before the load starts (start-up, not sync).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let emitted = paced_emit(b, &outbox, "bench.latency").await;
+    // The worker exits by itself once it handled `total` messages (or after 60 s).
+    let output = tokio::task::spawn_blocking(move || worker.wait_with_output())
+        .await
+        .map_err(|e| bad("worker process", e.to_string()))?
+        .map_err(|e| bad("worker process", e.to_string()))?;
+    let relay_kib = peak_rss_kib(relay.id());
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &relay.id().to_string()])
+        .status();
+    let _ = relay.wait();
+    b.db.execute_unprepared("DROP TABLE IF EXISTS bench_latency_outbox")
+        .await?;
+    let (total, emitting) = emitted?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let report: Value = stdout
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .ok_or_else(|| bad("worker process", format!("no report on stdout: {stdout:?}")))?;
+    let floor = broker_latency_floor(b, exchange).await?;
+    let mut l: Vec<u64> = report["latencies_us"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default();
+    l.sort_unstable();
+    let achieved = total as f64 / emitting;
+    let kept_up = l.len() as u64 == total && achieved >= 0.95 * b.params.rate as f64;
+    let p99 = percentile(&l, 0.99);
+    let params = json!({"rate": b.params.rate, "seconds": b.params.latency_seconds, "queue_type": b.params.queue_type,
+        "prefetch": b.params.prefetch, "layout": "emitter, relay and worker in separate processes"});
+    if print_latency {
+        println!(
+            "{}",
+            json!({
+                "scenario": "latency",
+                "params": params,
+                "result": {"p50_ms": percentile(&l, 0.5), "p95_ms": percentile(&l, 0.95), "p99_ms": p99, "max_ms": percentile(&l, 1.0),
+                           "handled": l.len(), "emitted": total, "achieved_rate": achieved.round(), "kept_up": kept_up},
+                "floor_raw_broker": floor,
+                "target": {"p99_ms": 10.0},
+                "meets_target": kept_up && p99 <= 10.0,
+            })
+        );
+    }
+    if print_footprint {
+        let mib = |k: Option<u64>| k.map(|k| (k as f64 / 1024.0 * 10.0).round() / 10.0);
+        println!(
+            "{}",
+            json!({
+                "scenario": "footprint",
+                "params": params,
+                "result": {"relay_peak_rss_mib": mib(relay_kib), "worker_peak_rss_mib": mib(report["peak_rss_kib"].as_u64())},
+            })
+        );
+    }
+    Ok(())
+}
+
+/// The broker's own latency floor at the same rate: raw lapin publishing one persistent
+/// message per tick (with confirms) to a queue of the same type, a raw consumer measuring
+/// publish → receive. No database, no outbox: what no outbox can beat on this machine.
+async fn broker_latency_floor(b: &Bench, exchange: &str) -> Result<Value, Error> {
+    let queue = format!("bench_floor_{}", b.params.queue_type);
+    let conn = b.raw_connection().await?;
+    // Its own exchange: the latency scenario's queue must not receive these messages.
+    let exchange = format!("{exchange}_floor");
+    let exchange = exchange.as_str();
+    conn.create_channel()
+        .await?
+        .exchange_declare(
+            exchange.into(),
+            lapin::ExchangeKind::Topic,
+            lapin::options::ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    b.queue(&conn, exchange, &queue).await?;
+    let ch = conn.create_channel().await?;
+    ch.basic_qos(
+        b.params.prefetch,
+        lapin::options::BasicQosOptions::default(),
+    )
+    .await?;
+    let mut consumer = ch
+        .basic_consume(
+            queue.as_str().into(),
+            "floor".into(),
+            lapin::options::BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let total = b.params.rate * b.params.latency_seconds;
+    let receiving = async {
+        let mut l = Vec::with_capacity(total as usize);
+        while (l.len() as u64) < total {
+            let Ok(Some(Ok(d))) =
+                tokio::time::timeout(Duration::from_secs(30), consumer.next()).await
+            else {
+                break;
+            };
+            let p: BenchPayload = serde_json::from_slice(&d.data).map_err(Error::Json)?;
+            l.push(now_us().saturating_sub(p.sent_us));
+        }
+        Ok::<_, Error>(l)
+    };
+    let pub_ch = conn.create_channel().await?;
+    pub_ch
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let publishing = async {
+        let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / b.params.rate as f64));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut confirms = Vec::with_capacity(total as usize);
+        for _ in 0..total {
+            ticker.tick().await;
+            let body = serde_json::to_vec(&json!({"sent_us": now_us(), "pad": b.payload["pad"]}))
+                .map_err(Error::Json)?;
+            let props = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("application/json".into());
+            confirms.push(
+                pub_ch
+                    .basic_publish(
+                        exchange.into(),
+                        "bench.floor".into(),
+                        BasicPublishOptions::default(),
+                        &body,
+                        props,
+                    )
+                    .await?,
+            );
+        }
+        for c in confirms {
+            c.await?;
+        }
+        Ok::<(), Error>(())
+    };
+    let (received, published) = tokio::join!(receiving, publishing);
+    published?;
+    let mut l = received?;
+    let _ = ch
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    let _ = conn.close(200, "".into()).await;
+    l.sort_unstable();
+    Ok(
+        json!({"p50_ms": percentile(&l, 0.5), "p95_ms": percentile(&l, 0.95), "p99_ms": percentile(&l, 0.99), "max_ms": percentile(&l, 1.0), "received": l.len()}),
+    )
+}
+
+/// VmHWM (peak resident set) of a process, from /proc (Linux).
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `bench --worker-process <exchange> <queue> <prefetch> <queue-type> <expected>`: the worker
+/// side of `latency`/`footprint`. Handles messages with the recording no-op handler until
+/// `expected` arrived (or 60 s passed), then prints one JSON line with the latencies and its
+/// own peak RSS, and exits.
+async fn worker_process() -> Result<(), Error> {
+    let args: Vec<String> = std::env::args().skip(2).collect();
+    let [exchange, queue, prefetch, queue_type, expected] = args.as_slice() else {
+        return Err(bad(
+            "worker-process",
+            "expected <exchange> <queue> <prefetch> <queue-type> <expected>".into(),
+        ));
+    };
+    let prefetch: u16 = prefetch
+        .parse()
+        .map_err(|_| bad("prefetch", prefetch.clone()))?;
+    let expected: u64 = expected
+        .parse()
+        .map_err(|_| bad("expected", expected.clone()))?;
+    let queue_type = if queue_type == "classic" {
+        QueueType::Classic
+    } else {
+        QueueType::Quorum
+    };
+    let broker = ConnectionSupervisor::start_supervised(BrokerConfig::from_env()?)?;
+    let handled = Arc::new(AtomicU64::new(0));
+    let latencies = Arc::new(Mutex::new(Vec::with_capacity(expected as usize)));
+    let (h, l) = (handled.clone(), latencies.clone());
+    let config = WorkerConfig::default()
+        .with_exchange(exchange.as_str())
+        .with_prefetch(prefetch)
+        .with_queue_type(queue_type);
+    let running = Worker::new(broker.clone(), config)?
+        .listen(Listen::new(["#"])?.queue(queue.as_str()), move || Counter {
+            handled: h.clone(),
+            latencies: Some(l.clone()),
+        })?
+        .start()
+        .await?;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(60),
+        wait_count(&handled, expected, "worker process"),
+    )
+    .await;
+    running.stop().await;
+    broker.send(Shutdown).await?;
+    let latencies = latencies.lock().map(|l| l.clone()).unwrap_or_default();
+    println!(
+        "{}",
+        json!({"handled": handled.load(Ordering::Relaxed), "latencies_us": latencies,
+        "peak_rss_kib": peak_rss_kib(std::process::id())})
+    );
+    Ok(())
 }

@@ -63,7 +63,10 @@ impl Handler<Event<UserCreated>> for WelcomeMailer {
     type Result = HandlerResult;
     fn handle(&mut self, event: Event<UserCreated>, _: &mut Context<Self>) -> HandlerResult {
         let user = event.payload();
-        println!("  [welcome_mailer] user.created  → welcome mail to {} (user {})", user.username, user.id);
+        println!(
+            "  [welcome_mailer] user.created  → welcome mail to {} (user {})",
+            user.username, user.id
+        );
         record(&self.0, "welcome_mailer", event.message_id());
         Ok(())
     }
@@ -77,7 +80,11 @@ impl Actor for Audit {
 impl Handler<Event<serde_json::Value>> for Audit {
     type Result = HandlerResult;
     fn handle(&mut self, event: Event<serde_json::Value>, _: &mut Context<Self>) -> HandlerResult {
-        println!("  [audit]          {:<13} → {}", event.routing_key(), event.payload());
+        println!(
+            "  [audit]          {:<13} → {}",
+            event.routing_key(),
+            event.payload()
+        );
         record(&self.0, "audit", event.message_id());
         Ok(())
     }
@@ -93,10 +100,17 @@ impl Handler<Event<OrderPlaced>> for Billing {
     fn handle(&mut self, event: Event<OrderPlaced>, _: &mut Context<Self>) -> HandlerResult {
         let order = event.payload();
         if event.attempt() == 1 {
-            println!("  [billing]        order.placed  → payment provider timed out (attempt 1): retry in 200 ms");
+            println!(
+                "  [billing]        order.placed  → payment provider timed out (attempt 1): retry in 200 ms"
+            );
             return Err(HandlerError::failed("payment provider timed out"));
         }
-        println!("  [billing]        order.placed  → charged {} cents for order {} (attempt {})", order.cents, order.order, event.attempt());
+        println!(
+            "  [billing]        order.placed  → charged {} cents for order {} (attempt {})",
+            order.cents,
+            order.order,
+            event.attempt()
+        );
         record(&self.0, "billing", event.message_id());
         Ok(())
     }
@@ -105,15 +119,23 @@ impl Handler<Event<OrderPlaced>> for Billing {
 #[actix::main]
 async fn main() -> Result<(), Error> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .init();
     let db = open_database().await?;
     let outbox = Outbox::new(TableName::new("quickstart_outbox")?);
     outbox.setup(&db).await?;
-    db.execute_unprepared("DROP TABLE IF EXISTS quickstart_users").await?;
-    db.execute_unprepared("DROP TABLE IF EXISTS quickstart_orders").await?;
-    db.execute_unprepared("DELETE FROM quickstart_outbox").await?;
-    db.execute_unprepared("CREATE TABLE quickstart_users (id BIGINT PRIMARY KEY, username TEXT NOT NULL)").await?;
+    db.execute_unprepared("DROP TABLE IF EXISTS quickstart_users")
+        .await?;
+    db.execute_unprepared("DROP TABLE IF EXISTS quickstart_orders")
+        .await?;
+    db.execute_unprepared("DELETE FROM quickstart_outbox")
+        .await?;
+    db.execute_unprepared(
+        "CREATE TABLE quickstart_users (id BIGINT PRIMARY KEY, username TEXT NOT NULL)",
+    )
+    .await?;
     db.execute_unprepared("CREATE TABLE quickstart_orders (id BIGINT PRIMARY KEY, user_id BIGINT NOT NULL, cents BIGINT NOT NULL)").await?;
 
     let broker = ConnectionSupervisor::start_supervised(BrokerConfig::from_env()?)?;
@@ -122,11 +144,21 @@ async fn main() -> Result<(), Error> {
     let (s1, s2, s3) = (seen.clone(), seen.clone(), seen.clone());
     let worker = Worker::new(
         broker.clone(),
-        WorkerConfig::default().with_exchange(EXCHANGE).with_retry_delays(["200ms", "1s"]),
+        WorkerConfig::default()
+            .with_exchange(EXCHANGE)
+            .with_retry_delays(["200ms", "1s"]),
     )?
-    .listen(Listen::new(["user.created"])?.queue("quickstart_welcome_mailer"), move || WelcomeMailer(s1.clone()))?
-    .listen(Listen::new(["#"])?.queue("quickstart_audit"), move || Audit(s2.clone()))?
-    .listen(Listen::new(["order.placed"])?.queue("quickstart_billing"), move || Billing(s3.clone()))?
+    .listen(
+        Listen::new(["user.created"])?.queue("quickstart_welcome_mailer"),
+        move || WelcomeMailer(s1.clone()),
+    )?
+    .listen(Listen::new(["#"])?.queue("quickstart_audit"), move || {
+        Audit(s2.clone())
+    })?
+    .listen(
+        Listen::new(["order.placed"])?.queue("quickstart_billing"),
+        move || Billing(s3.clone()),
+    )?
     .start()
     .await?;
     let relay_config = RelayConfig::default()
@@ -139,21 +171,54 @@ async fn main() -> Result<(), Error> {
     let mut emitted = Vec::new();
     for (id, name) in [(1, "ada"), (2, "grace"), (3, "linus")] {
         let txn = db.begin().await?;
-        txn.execute_unprepared(&format!("INSERT INTO quickstart_users VALUES ({id}, '{name}')")).await?;
-        let message_id = outbox.emit(&txn, "user.created", &UserCreated { id, username: name.into() }).await?;
+        txn.execute_unprepared(&format!(
+            "INSERT INTO quickstart_users VALUES ({id}, '{name}')"
+        ))
+        .await?;
+        let message_id = outbox
+            .emit(
+                &txn,
+                "user.created",
+                &UserCreated {
+                    id,
+                    username: name.into(),
+                },
+            )
+            .await?;
         txn.commit().await?;
         println!("  committed user {id} ({name}) + user.created {message_id}");
         emitted.push(message_id);
     }
     let txn = db.begin().await?;
-    txn.execute_unprepared("INSERT INTO quickstart_orders VALUES (100, 1, 4200)").await?;
-    let order_id = outbox.emit(&txn, "order.placed", &OrderPlaced { order: 100, user: 1, cents: 4200 }).await?;
+    txn.execute_unprepared("INSERT INTO quickstart_orders VALUES (100, 1, 4200)")
+        .await?;
+    let order_id = outbox
+        .emit(
+            &txn,
+            "order.placed",
+            &OrderPlaced {
+                order: 100,
+                user: 1,
+                cents: 4200,
+            },
+        )
+        .await?;
     txn.commit().await?;
     println!("  committed order 100 + order.placed {order_id}");
     emitted.push(order_id);
     let txn = db.begin().await?;
-    txn.execute_unprepared("INSERT INTO quickstart_users VALUES (4, 'mallory')").await?;
-    let ghost = outbox.emit(&txn, "user.created", &UserCreated { id: 4, username: "mallory".into() }).await?;
+    txn.execute_unprepared("INSERT INTO quickstart_users VALUES (4, 'mallory')")
+        .await?;
+    let ghost = outbox
+        .emit(
+            &txn,
+            "user.created",
+            &UserCreated {
+                id: 4,
+                username: "mallory".into(),
+            },
+        )
+        .await?;
     txn.rollback().await?;
     println!("  rolled back user 4 (mallory): its event {ghost} must never be handled");
     println!("relay → RabbitMQ → worker:");
@@ -174,14 +239,21 @@ async fn main() -> Result<(), Error> {
 
     let retries: u64 = stats.values().map(|s| s.retried).sum();
     let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
-    let handled_events = emitted.iter().filter(|id| seen.keys().any(|(_, m)| m == *id)).count();
+    let handled_events = emitted
+        .iter()
+        .filter(|id| seen.keys().any(|(_, m)| m == *id))
+        .count();
     let ghost_seen = seen.keys().any(|(_, m)| *m == ghost);
     let lost = emitted.len() - handled_events;
     println!(
         "handled {handled_events}/{} events ({} deliveries), {retries} retry, {lost} lost, rolled-back event {}",
         emitted.len(),
         seen.values().sum::<u32>(),
-        if ghost_seen { "HANDLED (bug!)" } else { "never sent" }
+        if ghost_seen {
+            "HANDLED (bug!)"
+        } else {
+            "never sent"
+        }
     );
     match outcome {
         Ok(()) if lost == 0 && !ghost_seen => Ok(()),
@@ -209,7 +281,11 @@ async fn open_database() -> Result<DatabaseConnection, Error> {
 /// Deletes the quickstart's queues from an earlier run, so counts start from zero.
 async fn reset_queues(broker: &Addr<ConnectionSupervisor>) -> Result<(), Error> {
     let channel = broker.send(GetChannel).await??;
-    for queue in ["quickstart_welcome_mailer", "quickstart_audit", "quickstart_billing"] {
+    for queue in [
+        "quickstart_welcome_mailer",
+        "quickstart_audit",
+        "quickstart_billing",
+    ] {
         channel
             .queue_delete(queue.into(), lapin::options::QueueDeleteOptions::default())
             .await?;
@@ -219,18 +295,29 @@ async fn reset_queues(broker: &Addr<ConnectionSupervisor>) -> Result<(), Error> 
 }
 
 /// Waits (bounded) until every (handler, message) pair in `expected` was handled.
-async fn wait_until_handled(seen: &Seen, expected: &[(&str, Uuid)], timeout: Duration) -> Result<(), Error> {
+async fn wait_until_handled(
+    seen: &Seen,
+    expected: &[(&str, Uuid)],
+    timeout: Duration,
+) -> Result<(), Error> {
     let start = Instant::now();
     loop {
         let done = seen
             .lock()
-            .map(|s| expected.iter().all(|(h, id)| s.keys().any(|(sh, sid)| sh == h && sid == id)))
+            .map(|s| {
+                expected
+                    .iter()
+                    .all(|(h, id)| s.keys().any(|(sh, sid)| sh == h && sid == id))
+            })
             .unwrap_or(false);
         if done {
             return Ok(());
         }
         if start.elapsed() > timeout {
-            return Err(Error::Timeout { what: "waiting for the handlers", after: timeout });
+            return Err(Error::Timeout {
+                what: "waiting for the handlers",
+                after: timeout,
+            });
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -17,7 +17,9 @@
 
 use actix::prelude::*;
 use actix_outbox::{Error, Event, HandlerError, HandlerResult};
-use actix_outbox_actors::{BrokerConfig, ConnectionSupervisor, Listen, Shutdown, Worker, WorkerConfig};
+use actix_outbox_actors::{
+    BrokerConfig, ConnectionSupervisor, Listen, Shutdown, Worker, WorkerConfig,
+};
 use serde::Deserialize;
 use tracing::info;
 
@@ -74,17 +76,22 @@ impl Handler<Event<serde_json::Value>> for UserAudit {
 async fn main() -> Result<(), Error> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let exchange = std::env::var("OUTBOX_EXCHANGE").unwrap_or_else(|_| "outbox".to_owned());
     let broker = ConnectionSupervisor::start_supervised(BrokerConfig::from_env()?)?;
-    let running = Worker::new(broker.clone(), WorkerConfig::default().with_exchange(exchange))?
-        .listen(Listen::new(["user.created"])?, WelcomeMailer::default)?
-        .listen(Listen::new(["user.*"])?.queue("user_audit"), UserAudit::default)?
-        .start()
-        .await?;
+    let running = Worker::new(
+        broker.clone(),
+        WorkerConfig::default().with_exchange(exchange),
+    )?
+    .listen(Listen::new(["user.created"])?, WelcomeMailer::default)?
+    .listen(
+        Listen::new(["user.*"])?.queue("user_audit"),
+        UserAudit::default,
+    )?
+    .start()
+    .await?;
     info!(queues = ?running.queues().collect::<Vec<_>>(), "worker running; Ctrl-C to stop");
     running.stop_on_signal().await;
     broker.send(Shutdown).await?;
