@@ -401,6 +401,55 @@ where
     Ok(counts.iter().sum::<u64>() as f64 / start.elapsed().as_secs_f64())
 }
 
+/// Inserts `n` outbox-shaped rows into `table` with bare multi-row INSERTs (1,000 rows a
+/// statement, one transaction); returns how long it took.
+async fn bare_multi_row_insert(
+    db: &DatabaseConnection,
+    table: &str,
+    n: usize,
+    payload: &[u8],
+) -> Result<Duration, Error> {
+    let start = Instant::now();
+    let txn = db.begin().await?;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1_000) {
+        let mut sql = format!(
+            "INSERT INTO {table} (message_id, routing_key, payload, content_type, headers, expires_at) VALUES "
+        );
+        let mut values: Vec<sea_orm::Value> = Vec::with_capacity(chunk.len() * 6);
+        for (i, _) in chunk.iter().enumerate() {
+            let k = i * 6;
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!(
+                "(${},${},${},${},${},${})",
+                k + 1,
+                k + 2,
+                k + 3,
+                k + 4,
+                k + 5,
+                k + 6
+            ));
+            values.extend([
+                uuid::Uuid::now_v7().into(),
+                "bench.many".into(),
+                payload.to_vec().into(),
+                "application/json".into(),
+                json!({"x-outbox-tracking-ids": [uuid::Uuid::now_v7().to_string()]}).into(),
+                Option::<chrono::DateTime<chrono::Utc>>::None.into(),
+            ]);
+        }
+        txn.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            sql,
+            values,
+        ))
+        .await?;
+    }
+    txn.commit().await?;
+    Ok(start.elapsed())
+}
+
 /// 20,000 events in one transaction, against a bare multi-row INSERT of the same rows.
 async fn emit_many(b: &Bench) -> Result<(), Error> {
     let db = &b.db;
@@ -422,45 +471,8 @@ async fn emit_many(b: &Bench) -> Result<(), Error> {
         txn.commit().await?;
         ours.push(n as f64 / start.elapsed().as_secs_f64());
 
-        let start = Instant::now();
-        let txn = db.begin().await?;
-        for chunk in (0..n).collect::<Vec<_>>().chunks(1_000) {
-            let mut sql = String::from(
-                "INSERT INTO bench_many_plain (message_id, routing_key, payload, content_type, headers, expires_at) VALUES ",
-            );
-            let mut values: Vec<sea_orm::Value> = Vec::with_capacity(chunk.len() * 6);
-            for (i, _) in chunk.iter().enumerate() {
-                let k = i * 6;
-                if i > 0 {
-                    sql.push(',');
-                }
-                sql.push_str(&format!(
-                    "(${},${},${},${},${},${})",
-                    k + 1,
-                    k + 2,
-                    k + 3,
-                    k + 4,
-                    k + 5,
-                    k + 6
-                ));
-                values.extend([
-                    uuid::Uuid::now_v7().into(),
-                    "bench.many".into(),
-                    payload.clone().into(),
-                    "application/json".into(),
-                    json!({"x-outbox-tracking-ids": [uuid::Uuid::now_v7().to_string()]}).into(),
-                    Option::<chrono::DateTime<chrono::Utc>>::None.into(),
-                ]);
-            }
-            txn.execute_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                sql,
-                values,
-            ))
-            .await?;
-        }
-        txn.commit().await?;
-        raw.push(n as f64 / start.elapsed().as_secs_f64());
+        let took = bare_multi_row_insert(db, "bench_many_plain", n, &payload).await?;
+        raw.push(n as f64 / took.as_secs_f64());
         db.execute_unprepared("TRUNCATE bench_many_outbox, bench_many_plain")
             .await?;
     }
@@ -680,6 +692,8 @@ struct BenchPayload {
 struct Counter {
     handled: Arc<AtomicU64>,
     latencies: Option<Arc<Mutex<Vec<u64>>>>,
+    /// When the latest message was handled (µs since the epoch).
+    last_us: Arc<AtomicU64>,
 }
 
 impl actix::Actor for Counter {
@@ -699,6 +713,7 @@ impl actix::Handler<Event<BenchPayload>> for Counter {
                 l.push(now.saturating_sub(event.payload().sent_us));
             }
         }
+        self.last_us.store(now_us(), Ordering::Relaxed);
         self.handled.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -733,6 +748,7 @@ async fn start_worker(
         .listen(Listen::new(["#"])?.queue(queue), move || Counter {
             handled: handled.clone(),
             latencies: latencies.clone(),
+            last_us: Arc::default(),
         })?
         .start()
         .await
@@ -880,7 +896,7 @@ async fn consume(b: &Bench) -> Result<(), Error> {
 // ---------------------------------------------------------- end_to_end ---
 
 /// 20,000 events emitted in one transaction; time until the last is handled (relay and
-/// worker running), against raw lapin publishing with confirms and consuming with acks the
+/// worker running in their own processes, as in production), against raw lapin publishing with confirms and consuming with acks the
 /// same number of messages at the same time.
 async fn end_to_end(b: &Bench) -> Result<(), Error> {
     let n = b.params.messages;
@@ -890,36 +906,35 @@ async fn end_to_end(b: &Bench) -> Result<(), Error> {
     b.db.execute_unprepared("DROP TABLE IF EXISTS bench_e2e_outbox")
         .await?;
     outbox.setup(&b.db).await?;
+    b.db.execute_unprepared(
+        "DROP TABLE IF EXISTS bench_e2e_plain; CREATE TABLE bench_e2e_plain (LIKE bench_e2e_outbox INCLUDING ALL)",
+    )
+    .await?;
+    let body = serde_json::to_vec(&b.payload).map_err(Error::Json)?;
     let conn = b.raw_connection().await?;
-    let broker = ConnectionSupervisor::start_supervised(BrokerConfig::new(b.amqp_url.clone())?)?;
-    let handled = Arc::new(AtomicU64::new(0));
-    start_worker(b, &broker, exchange, queue, handled, None)
-        .await?
-        .stop()
-        .await;
-    b.purge(&conn, queue).await?;
-    let relay_config = RelayConfig::default()
-        .with_table(table)
-        .with_exchange(exchange)
-        .with_batch_size(b.params.batch_size);
     let pub_ch = conn.create_channel().await?;
     pub_ch
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    let (mut ours, mut raw) = (Vec::new(), Vec::new());
+    let (mut ours, mut raw, mut composed) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..b.params.runs {
-        let handled = Arc::new(AtomicU64::new(0));
-        let worker = start_worker(b, &broker, exchange, queue, handled.clone(), None).await?;
-        let relay = RelayActor::new(b.db.clone(), broker.clone(), relay_config.clone())?.start();
+        // The production layout: relay and worker in their own processes.
+        let (worker, mut relay) = spawn_pipeline(b, &table, exchange, queue, n as u64).await?;
+        tokio::time::sleep(Duration::from_secs(2)).await; // start-up, not synchronisation
         let events = b.events(n, "bench.e2e")?;
-        let start = Instant::now();
+        let start_us = now_us();
         let txn = b.db.begin().await?;
         outbox.emit_many(&txn, events).await?;
         txn.commit().await?;
-        wait_count(&handled, n as u64, "the end-to-end flow").await?;
-        ours.push(n as f64 / start.elapsed().as_secs_f64());
-        relay.send(StopRelay).await?;
-        worker.stop().await;
+        let report = worker_report(worker).await;
+        stop_process(&mut relay);
+        let report = report?;
+        let handled = report["handled"].as_u64().unwrap_or(0);
+        if handled < n as u64 {
+            return Err(bad("end_to_end", format!("the worker handled {handled} of {n}")));
+        }
+        let last_us = report["last_us"].as_u64().unwrap_or(0);
+        ours.push(n as f64 / (last_us.saturating_sub(start_us) as f64 / 1e6));
 
         let start = Instant::now();
         let consuming = consume_raw(&conn, queue, b.params.prefetch, n);
@@ -927,13 +942,20 @@ async fn end_to_end(b: &Bench) -> Result<(), Error> {
         let (c, p) = tokio::join!(consuming, publishing);
         c?;
         p?;
-        raw.push(n as f64 / start.elapsed().as_secs_f64());
+        let pubsub = start.elapsed();
+        raw.push(n as f64 / pubsub.as_secs_f64());
+        // The events must be committed before anything can leave: the bare insert of the same
+        // rows plus the raw publish-and-consume is what an outbox could reach at best here.
+        let insert = bare_multi_row_insert(&b.db, "bench_e2e_plain", n, &body).await?;
+        composed.push(n as f64 / (insert + pubsub).as_secs_f64());
     }
-    broker.send(Shutdown).await?;
     let _ = conn.close(200, "".into()).await;
-    b.db.execute_unprepared("DROP TABLE IF EXISTS bench_e2e_outbox")
+    b.db.execute_unprepared("DROP TABLE IF EXISTS bench_e2e_outbox, bench_e2e_plain")
         .await?;
-    let params = json!({"events": n, "batch_size": b.params.batch_size, "prefetch": b.params.prefetch, "queue_type": b.params.queue_type, "payload_bytes": b.params.payload_bytes});
+    let composed = summarize(composed);
+    let params = json!({"events": n, "batch_size": b.params.batch_size, "prefetch": b.params.prefetch, "queue_type": b.params.queue_type, "payload_bytes": b.params.payload_bytes,
+        "layout": "relay and worker in separate processes",
+        "composed_floor": {"what": "bare multi-row insert, then raw publish+consume", "median": composed.median.round(), "ratio": ((summarize(ours.clone()).median / composed.median) * 1000.0).round() / 1000.0}});
     report(
         "end_to_end",
         params,
@@ -1003,70 +1025,18 @@ async fn latency(b: &Bench, print_latency: bool, print_footprint: bool) -> Resul
         .await?;
     outbox.setup(&b.db).await?;
     let total = b.params.rate * b.params.latency_seconds;
-    // Messages left by an interrupted earlier run would distort the numbers: start empty.
-    let conn = b.raw_connection().await?;
-    let _ = conn
-        .create_channel()
-        .await?
-        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-        .await;
-    let _ = conn.close(200, "".into()).await;
-    let exe = std::env::current_exe().map_err(|e| bad("exe", e.to_string()))?;
-    let dir = exe
-        .parent()
-        .ok_or_else(|| bad("exe", "no parent directory".into()))?;
-    let worker = std::process::Command::new(&exe)
-        .args([
-            "--worker-process",
-            exchange,
-            &queue,
-            &b.params.prefetch.to_string(),
-            &b.params.queue_type,
-            &total.to_string(),
-        ])
-        .env("AMQP_URL", &b.amqp_url)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| bad("worker process", e.to_string()))?;
-    let mut relay = std::process::Command::new(dir.join("relay"))
-        .env(
-            "DATABASE_URL",
-            std::env::var("DATABASE_URL")
-                .unwrap_or_else(|_| "postgres://outbox:outbox@127.0.0.1:5432/outbox".into()),
-        )
-        .env("AMQP_URL", &b.amqp_url)
-        .env("OUTBOX_TABLE", table.as_str())
-        .env("OUTBOX_EXCHANGE", exchange)
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .map_err(|e| {
-            bad(
-                "relay process (cargo build --release --example relay)",
-                e.to_string(),
-            )
-        })?;
+    let (worker, mut relay) = spawn_pipeline(b, &table, exchange, &queue, total).await?;
     // Both processes connect, declare and LISTEN before the load starts (start-up, not sync).
     tokio::time::sleep(Duration::from_secs(2)).await;
     let emitted = paced_emit(b, &outbox, "bench.latency").await;
     // The worker exits by itself once it handled `total` messages (or after 60 s).
-    let output = tokio::task::spawn_blocking(move || worker.wait_with_output())
-        .await
-        .map_err(|e| bad("worker process", e.to_string()))?
-        .map_err(|e| bad("worker process", e.to_string()))?;
+    let report = worker_report(worker).await;
     let relay_kib = peak_rss_kib(relay.id());
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &relay.id().to_string()])
-        .status();
-    let _ = relay.wait();
+    stop_process(&mut relay);
     b.db.execute_unprepared("DROP TABLE IF EXISTS bench_latency_outbox")
         .await?;
     let (total, emitting) = emitted?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let report: Value = stdout
-        .lines()
-        .last()
-        .and_then(|l| serde_json::from_str(l).ok())
-        .ok_or_else(|| bad("worker process", format!("no report on stdout: {stdout:?}")))?;
+    let report = report?;
     let floor = broker_latency_floor(b, exchange).await?;
     let mut l: Vec<u64> = report["latencies_us"]
         .as_array()
@@ -1104,6 +1074,82 @@ async fn latency(b: &Bench, print_latency: bool, print_footprint: bool) -> Resul
         );
     }
     Ok(())
+}
+
+/// Starts the production layout for `table`: the `relay` example and this program in
+/// `--worker-process` mode (which exits after `expected` messages), on an empty `queue`.
+async fn spawn_pipeline(
+    b: &Bench,
+    table: &actix_outbox::TableName,
+    exchange: &str,
+    queue: &str,
+    expected: u64,
+) -> Result<(std::process::Child, std::process::Child), Error> {
+    // Messages left by an interrupted earlier run would distort the numbers: start empty.
+    let conn = b.raw_connection().await?;
+    let _ = conn
+        .create_channel()
+        .await?
+        .queue_delete(queue.into(), QueueDeleteOptions::default())
+        .await;
+    let _ = conn.close(200, "".into()).await;
+    let exe = std::env::current_exe().map_err(|e| bad("exe", e.to_string()))?;
+    let dir = exe
+        .parent()
+        .ok_or_else(|| bad("exe", "no parent directory".into()))?;
+    let worker = std::process::Command::new(&exe)
+        .args([
+            "--worker-process",
+            exchange,
+            queue,
+            &b.params.prefetch.to_string(),
+            &b.params.queue_type,
+            &expected.to_string(),
+        ])
+        .env("AMQP_URL", &b.amqp_url)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| bad("worker process", e.to_string()))?;
+    let relay = std::process::Command::new(dir.join("relay"))
+        .env(
+            "DATABASE_URL",
+            std::env::var("DATABASE_URL")
+                .unwrap_or_else(|_| "postgres://outbox:outbox@127.0.0.1:5432/outbox".into()),
+        )
+        .env("AMQP_URL", &b.amqp_url)
+        .env("OUTBOX_TABLE", table.as_str())
+        .env("OUTBOX_EXCHANGE", exchange)
+        .env("OUTBOX_BATCH_SIZE", b.params.batch_size.to_string())
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .map_err(|e| {
+            bad(
+                "relay process (cargo build --release --example relay)",
+                e.to_string(),
+            )
+        })?;
+    Ok((worker, relay))
+}
+
+/// Waits for the worker process to exit and parses its report line.
+async fn worker_report(worker: std::process::Child) -> Result<Value, Error> {
+    let output = tokio::task::spawn_blocking(move || worker.wait_with_output())
+        .await
+        .map_err(|e| bad("worker process", e.to_string()))?
+        .map_err(|e| bad("worker process", e.to_string()))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    stdout
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .ok_or_else(|| bad("worker process", format!("no report on stdout: {stdout:?}")))
+}
+
+fn stop_process(child: &mut std::process::Child) {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
 }
 
 /// The broker's own latency floor at the same rate: raw lapin publishing one persistent
@@ -1237,7 +1283,8 @@ async fn worker_process() -> Result<(), Error> {
     let broker = ConnectionSupervisor::start_supervised(BrokerConfig::from_env()?)?;
     let handled = Arc::new(AtomicU64::new(0));
     let latencies = Arc::new(Mutex::new(Vec::with_capacity(expected as usize)));
-    let (h, l) = (handled.clone(), latencies.clone());
+    let last_us = Arc::new(AtomicU64::new(0));
+    let (h, l, t) = (handled.clone(), latencies.clone(), last_us.clone());
     let config = WorkerConfig::default()
         .with_exchange(exchange.as_str())
         .with_prefetch(prefetch)
@@ -1246,6 +1293,7 @@ async fn worker_process() -> Result<(), Error> {
         .listen(Listen::new(["#"])?.queue(queue.as_str()), move || Counter {
             handled: h.clone(),
             latencies: Some(l.clone()),
+            last_us: t.clone(),
         })?
         .start()
         .await?;
@@ -1260,7 +1308,7 @@ async fn worker_process() -> Result<(), Error> {
     println!(
         "{}",
         json!({"handled": handled.load(Ordering::Relaxed), "latencies_us": latencies,
-        "peak_rss_kib": peak_rss_kib(std::process::id())})
+        "last_us": last_us.load(Ordering::Relaxed), "peak_rss_kib": peak_rss_kib(std::process::id())})
     );
     Ok(())
 }
