@@ -79,3 +79,17 @@ pub use retry_policy::RetryDelay;
 pub use worker::{RunningWorker, Worker};
 pub use worker_config::{QueueType, WorkerConfig};
 pub use worker_listen::Listen;
+
+/// Guides: how actix-outbox behaves and how to run it (the markdown files in `docs/`).
+pub mod guides {
+    #[doc = include_str!("../../docs/delivery-guarantees.md")]
+    pub mod delivery_guarantees {}
+    #[doc = include_str!("../../docs/retries-and-dead-letters.md")]
+    pub mod retries_and_dead_letters {}
+    #[doc = include_str!("../../docs/production.md")]
+    pub mod production {}
+    #[doc = include_str!("../../docs/tuning.md")]
+    pub mod tuning {}
+    #[doc = include_str!("../../migrations-free.md")]
+    pub mod migrations_free {}
+}
