@@ -1,0 +1,299 @@
+//! `consume` and `end_to_end`, and the no-op handler the worker scenarios use.
+
+use super::*;
+/// What the bench handlers receive.
+#[derive(serde::Deserialize)]
+pub(super) struct BenchPayload {
+    /// Microseconds since the Unix epoch when the event was emitted (latency runs).
+    #[serde(default)]
+    pub(super) sent_us: u64,
+}
+
+/// A no-op handler that counts, and records latencies when asked to.
+pub(super) struct Counter {
+    pub(super) handled: Arc<AtomicU64>,
+    pub(super) latencies: Option<Arc<Mutex<Vec<u64>>>>,
+    /// When the latest message was handled (µs since the epoch).
+    pub(super) last_us: Arc<AtomicU64>,
+}
+
+impl actix::Actor for Counter {
+    type Context = actix::Context<Self>;
+}
+
+impl actix::Handler<Event<BenchPayload>> for Counter {
+    type Result = HandlerResult;
+    fn handle(
+        &mut self,
+        event: Event<BenchPayload>,
+        _: &mut actix::Context<Self>,
+    ) -> HandlerResult {
+        if let Some(latencies) = &self.latencies {
+            let now = now_us();
+            if let Ok(mut l) = latencies.lock() {
+                l.push(now.saturating_sub(event.payload().sent_us));
+            }
+        }
+        self.last_us.store(now_us(), Ordering::Relaxed);
+        self.handled.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+pub(super) fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Starts a worker with one counting handler on `queue` (bound with `#`).
+pub(super) async fn start_worker(
+    b: &Bench,
+    broker: &actix::Addr<ConnectionSupervisor>,
+    exchange: &str,
+    queue: &str,
+    handled: Arc<AtomicU64>,
+    latencies: Option<Arc<Mutex<Vec<u64>>>>,
+) -> Result<RunningWorker, Error> {
+    let queue_type = if b.params.queue_type == "classic" {
+        QueueType::Classic
+    } else {
+        QueueType::Quorum
+    };
+    let config = WorkerConfig::default()
+        .with_exchange(exchange)
+        .with_prefetch(b.params.prefetch)
+        .with_queue_type(queue_type);
+    Worker::new(broker.clone(), config)?
+        .listen(Listen::new(["#"])?.queue(queue), move || Counter {
+            handled: handled.clone(),
+            latencies: latencies.clone(),
+            last_us: Arc::default(),
+        })?
+        .start()
+        .await
+}
+
+/// Publishes `n` bench messages with confirms (windows of the batch size).
+pub(super) async fn publish_raw(
+    b: &Bench,
+    ch: &lapin::Channel,
+    exchange: &str,
+    n: usize,
+) -> Result<(), Error> {
+    let body = serde_json::to_vec(&b.payload).map_err(Error::Json)?;
+    for chunk in (0..n)
+        .collect::<Vec<_>>()
+        .chunks(b.params.batch_size as usize)
+    {
+        let mut confirms = Vec::with_capacity(chunk.len());
+        for _ in chunk {
+            let props = BasicProperties::default()
+                .with_message_id(uuid::Uuid::now_v7().to_string().into())
+                .with_content_type("application/json".into())
+                .with_delivery_mode(2);
+            confirms.push(
+                ch.basic_publish(
+                    exchange.into(),
+                    "bench.item".into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        immediate: false,
+                    },
+                    &body,
+                    props,
+                )
+                .await?,
+            );
+        }
+        for c in confirms {
+            c.await?;
+        }
+    }
+    Ok(())
+}
+
+/// Raw consume + ack of `n` messages with the bench prefetch; returns when all are acked.
+pub(super) async fn consume_raw(
+    conn: &Connection,
+    queue: &str,
+    prefetch: u16,
+    n: usize,
+) -> Result<(), Error> {
+    let ch = conn.create_channel().await?;
+    ch.basic_qos(prefetch, lapin::options::BasicQosOptions::default())
+        .await?;
+    let mut consumer = ch
+        .basic_consume(
+            queue.into(),
+            "bench-raw".into(),
+            lapin::options::BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    // Each message is decoded and acked on its own; acks are pipelined (awaited in bulk),
+    // as a tuned hand-written consumer would do.
+    let mut acks = Vec::with_capacity(prefetch as usize);
+    let mut done = 0;
+    while done < n {
+        let Some(delivery) = consumer.next().await else {
+            break;
+        };
+        let delivery = delivery?;
+        let _: BenchPayload = serde_json::from_slice(&delivery.data).map_err(Error::Json)?;
+        let acker = delivery.acker;
+        acks.push(async move { acker.ack(lapin::options::BasicAckOptions::default()).await });
+        done += 1;
+        if acks.len() >= usize::from(prefetch / 2).max(1) {
+            for r in futures_util::future::join_all(acks.drain(..)).await {
+                r?;
+            }
+        }
+    }
+    for r in futures_util::future::join_all(acks).await {
+        r?;
+    }
+    let _ = ch.close(200, "".into()).await;
+    Ok(())
+}
+
+pub(super) async fn wait_count(
+    counter: &AtomicU64,
+    n: u64,
+    what: &'static str,
+) -> Result<(), Error> {
+    let start = Instant::now();
+    while counter.load(Ordering::Relaxed) < n {
+        if start.elapsed() > Duration::from_secs(300) {
+            return Err(Error::Timeout {
+                what,
+                after: Duration::from_secs(300),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(())
+}
+
+/// 20,000 messages waiting in a queue, handled by one worker with a no-op handler, against a
+/// raw lapin consumer acking each with the same prefetch, on the same queue.
+pub(super) async fn consume(b: &Bench) -> Result<(), Error> {
+    let n = b.params.messages;
+    let (exchange, queue) = ("bench_consume", "bench_consume_q");
+    let conn = b.raw_connection().await?;
+    let broker = ConnectionSupervisor::start_supervised(BrokerConfig::new(b.amqp_url.clone())?)?;
+    let pub_ch = conn.create_channel().await?;
+    pub_ch
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let (mut ours, mut raw) = (Vec::new(), Vec::new());
+    // Declare the worker's topology once (and empty the queue of earlier runs).
+    let handled = Arc::new(AtomicU64::new(0));
+    start_worker(b, &broker, exchange, queue, handled.clone(), None)
+        .await?
+        .stop()
+        .await;
+    b.purge(&conn, queue).await?;
+    for _ in 0..b.params.runs {
+        publish_raw(b, &pub_ch, exchange, n).await?;
+        let handled = Arc::new(AtomicU64::new(0));
+        let start = Instant::now();
+        let worker = start_worker(b, &broker, exchange, queue, handled.clone(), None).await?;
+        wait_count(&handled, n as u64, "the worker consuming the queue").await?;
+        ours.push(n as f64 / start.elapsed().as_secs_f64());
+        worker.stop().await;
+
+        publish_raw(b, &pub_ch, exchange, n).await?;
+        let start = Instant::now();
+        consume_raw(&conn, queue, b.params.prefetch, n).await?;
+        raw.push(n as f64 / start.elapsed().as_secs_f64());
+    }
+    broker.send(Shutdown).await?;
+    let _ = conn.close(200, "".into()).await;
+    let params = json!({"messages": n, "prefetch": b.params.prefetch, "queue_type": b.params.queue_type, "payload_bytes": b.params.payload_bytes, "handler": "no-op"});
+    report(
+        "consume",
+        params,
+        summarize(ours),
+        "msg/s",
+        Some(("lapin_consume_ack", summarize(raw))),
+        0.7,
+    );
+    Ok(())
+}
+
+/// 20,000 events emitted in one transaction; time until the last is handled (relay and
+/// worker running in their own processes, as in production), against raw lapin publishing with confirms and consuming with acks the
+/// same number of messages at the same time.
+pub(super) async fn end_to_end(b: &Bench) -> Result<(), Error> {
+    let n = b.params.messages;
+    let (exchange, queue) = ("bench_e2e", "bench_e2e_q");
+    let table = actix_outbox::TableName::new("bench_e2e_outbox")?;
+    let outbox = actix_outbox::Outbox::new(table.clone());
+    b.db.execute_unprepared("DROP TABLE IF EXISTS bench_e2e_outbox")
+        .await?;
+    outbox.setup(&b.db).await?;
+    b.db.execute_unprepared(
+        "DROP TABLE IF EXISTS bench_e2e_plain; CREATE TABLE bench_e2e_plain (LIKE bench_e2e_outbox INCLUDING ALL)",
+    )
+    .await?;
+    let body = serde_json::to_vec(&b.payload).map_err(Error::Json)?;
+    let conn = b.raw_connection().await?;
+    let pub_ch = conn.create_channel().await?;
+    pub_ch
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let (mut ours, mut raw, mut composed) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..b.params.runs {
+        // The production layout: relay and worker in their own processes.
+        let (worker, mut relay) = spawn_pipeline(b, &table, exchange, queue, n as u64).await?;
+        tokio::time::sleep(Duration::from_secs(2)).await; // start-up, not synchronisation
+        let events = b.events(n, "bench.e2e")?;
+        let start_us = now_us();
+        let txn = b.db.begin().await?;
+        outbox.emit_many(&txn, events).await?;
+        txn.commit().await?;
+        let report = worker_report(worker).await;
+        stop_process(&mut relay);
+        let report = report?;
+        let handled = report["handled"].as_u64().unwrap_or(0);
+        if handled < n as u64 {
+            return Err(bad(
+                "end_to_end",
+                format!("the worker handled {handled} of {n}"),
+            ));
+        }
+        let last_us = report["last_us"].as_u64().unwrap_or(0);
+        ours.push(n as f64 / (last_us.saturating_sub(start_us) as f64 / 1e6));
+
+        let start = Instant::now();
+        let consuming = consume_raw(&conn, queue, b.params.prefetch, n);
+        let publishing = publish_raw(b, &pub_ch, exchange, n);
+        let (c, p) = tokio::join!(consuming, publishing);
+        c?;
+        p?;
+        let pubsub = start.elapsed();
+        raw.push(n as f64 / pubsub.as_secs_f64());
+        // The events must be committed before anything can leave: the bare insert of the same
+        // rows plus the raw publish-and-consume is what an outbox could reach at best here.
+        let insert = bare_multi_row_insert(&b.db, "bench_e2e_plain", n, &body).await?;
+        composed.push(n as f64 / (insert + pubsub).as_secs_f64());
+    }
+    let _ = conn.close(200, "".into()).await;
+    b.db.execute_unprepared("DROP TABLE IF EXISTS bench_e2e_outbox, bench_e2e_plain")
+        .await?;
+    let composed = summarize(composed);
+    let params = json!({"events": n, "batch_size": b.params.batch_size, "prefetch": b.params.prefetch, "queue_type": b.params.queue_type, "payload_bytes": b.params.payload_bytes,
+        "layout": "relay and worker in separate processes",
+        "composed_floor": {"what": "bare multi-row insert, then raw publish+consume", "median": composed.median.round(), "ratio": ((summarize(ours.clone()).median / composed.median) * 1000.0).round() / 1000.0}});
+    report(
+        "end_to_end",
+        params,
+        summarize(ours),
+        "msg/s",
+        Some(("lapin_publish_and_consume_concurrently", summarize(raw))),
+        0.8,
+    );
+    Ok(())
+}

@@ -1,0 +1,182 @@
+//! `emit` and `emit_many` against bare SQL in the same transactions.
+
+use super::*;
+/// One-event transactions (business row + emit) from N tasks for S seconds, against the same
+/// transactions inserting the same row into a plain table with bare SQL.
+pub(super) async fn emit(b: &Bench) -> Result<(), Error> {
+    let db = &b.db;
+    db.execute_unprepared("DROP TABLE IF EXISTS bench_emit_outbox, bench_plain, bench_users")
+        .await?;
+    actix_outbox::Outbox::new(actix_outbox::TableName::new("bench_emit_outbox")?)
+        .setup(db)
+        .await?;
+    db.execute_unprepared(
+        "CREATE TABLE bench_users (id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL);
+         CREATE TABLE bench_plain (id BIGSERIAL PRIMARY KEY, message_id UUID NOT NULL, routing_key VARCHAR(255) NOT NULL,
+             payload BYTEA NOT NULL, content_type TEXT NOT NULL, headers JSONB NOT NULL DEFAULT '{}',
+             created_at TIMESTAMPTZ NOT NULL DEFAULT now(), send_after TIMESTAMPTZ NOT NULL DEFAULT now())",
+    )
+    .await?;
+    let outbox = actix_outbox::Outbox::new(actix_outbox::TableName::new("bench_emit_outbox")?);
+    let payload = serde_json::to_vec(&b.payload).map_err(Error::Json)?;
+    let (mut ours, mut raw) = (Vec::new(), Vec::new());
+    for _ in 0..b.params.runs {
+        ours.push(
+            timed_tasks(b, |db| {
+                let outbox = outbox.clone();
+                let payload = b.payload.clone();
+                async move {
+                    let txn = db.begin().await?;
+                    txn.execute_unprepared("INSERT INTO bench_users (name) VALUES ('bench')")
+                        .await?;
+                    outbox.emit(&txn, "bench.emit", &payload).await?;
+                    txn.commit().await?;
+                    Ok(())
+                }
+            })
+            .await?,
+        );
+        raw.push(timed_tasks(b, |db| {
+            let payload = payload.clone();
+            async move {
+                let txn = db.begin().await?;
+                txn.execute_unprepared("INSERT INTO bench_users (name) VALUES ('bench')").await?;
+                txn.execute_raw(Statement::from_sql_and_values(
+                    DbBackend::Postgres,
+                    "INSERT INTO bench_plain (message_id, routing_key, payload, content_type, headers) VALUES ($1, $2, $3, $4, $5)",
+                    [uuid::Uuid::now_v7().into(), "bench.emit".into(), payload.into(), "application/json".into(), json!({}).into()],
+                ))
+                .await?;
+                txn.commit().await?;
+                Ok(())
+            }
+        })
+        .await?);
+    }
+    let params = json!({"tasks": b.params.emit_tasks, "seconds": b.params.emit_seconds, "payload_bytes": b.params.payload_bytes});
+    report(
+        "emit",
+        params,
+        summarize(ours),
+        "events/s",
+        Some(("bare_sql_insert", summarize(raw))),
+        0.75,
+    );
+    db.execute_unprepared("DROP TABLE IF EXISTS bench_emit_outbox, bench_plain, bench_users")
+        .await?;
+    Ok(())
+}
+
+/// Runs `op` in a loop from `emit_tasks` tasks for `emit_seconds`; returns operations/s.
+pub(super) async fn timed_tasks<F, Fut>(b: &Bench, op: F) -> Result<f64, Error>
+where
+    F: Fn(DatabaseConnection) -> Fut,
+    Fut: std::future::Future<Output = Result<(), Error>> + 'static,
+{
+    let deadline = Instant::now() + Duration::from_secs(b.params.emit_seconds);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..b.params.emit_tasks {
+        let db = b.db.clone();
+        let op = &op;
+        tasks.push(async move {
+            let mut n = 0_u64;
+            while Instant::now() < deadline {
+                op(db.clone()).await?;
+                n += 1;
+            }
+            Ok::<u64, Error>(n)
+        });
+    }
+    let counts = futures_util::future::try_join_all(tasks).await?;
+    Ok(counts.iter().sum::<u64>() as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Inserts `n` outbox-shaped rows into `table` with bare multi-row INSERTs (1,000 rows a
+/// statement, one transaction); returns how long it took.
+pub(super) async fn bare_multi_row_insert(
+    db: &DatabaseConnection,
+    table: &str,
+    n: usize,
+    payload: &[u8],
+) -> Result<Duration, Error> {
+    let start = Instant::now();
+    let txn = db.begin().await?;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1_000) {
+        let mut sql = format!(
+            "INSERT INTO {table} (message_id, routing_key, payload, content_type, headers, expires_at) VALUES "
+        );
+        let mut values: Vec<sea_orm::Value> = Vec::with_capacity(chunk.len() * 6);
+        for (i, _) in chunk.iter().enumerate() {
+            let k = i * 6;
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!(
+                "(${},${},${},${},${},${})",
+                k + 1,
+                k + 2,
+                k + 3,
+                k + 4,
+                k + 5,
+                k + 6
+            ));
+            values.extend([
+                uuid::Uuid::now_v7().into(),
+                "bench.many".into(),
+                payload.to_vec().into(),
+                "application/json".into(),
+                json!({"x-outbox-tracking-ids": [uuid::Uuid::now_v7().to_string()]}).into(),
+                Option::<chrono::DateTime<chrono::Utc>>::None.into(),
+            ]);
+        }
+        txn.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            sql,
+            values,
+        ))
+        .await?;
+    }
+    txn.commit().await?;
+    Ok(start.elapsed())
+}
+
+/// 20,000 events in one transaction, against a bare multi-row INSERT of the same rows.
+pub(super) async fn emit_many(b: &Bench) -> Result<(), Error> {
+    let db = &b.db;
+    let table = actix_outbox::TableName::new("bench_many_outbox")?;
+    let outbox = actix_outbox::Outbox::new(table);
+    db.execute_unprepared("DROP TABLE IF EXISTS bench_many_outbox, bench_many_plain")
+        .await?;
+    outbox.setup(db).await?;
+    db.execute_unprepared("CREATE TABLE bench_many_plain (LIKE bench_many_outbox INCLUDING ALL)")
+        .await?;
+    let n = b.params.messages;
+    let payload = serde_json::to_vec(&b.payload).map_err(Error::Json)?;
+    let (mut ours, mut raw) = (Vec::new(), Vec::new());
+    for _ in 0..b.params.runs {
+        let events = b.events(n, "bench.many")?;
+        let start = Instant::now();
+        let txn = db.begin().await?;
+        outbox.emit_many(&txn, events).await?;
+        txn.commit().await?;
+        ours.push(n as f64 / start.elapsed().as_secs_f64());
+
+        let took = bare_multi_row_insert(db, "bench_many_plain", n, &payload).await?;
+        raw.push(n as f64 / took.as_secs_f64());
+        db.execute_unprepared("TRUNCATE bench_many_outbox, bench_many_plain")
+            .await?;
+    }
+    let params = json!({"events": n, "payload_bytes": b.params.payload_bytes});
+    report(
+        "emit_many",
+        params,
+        summarize(ours),
+        "events/s",
+        Some(("bare_multi_row_insert", summarize(raw))),
+        0.75,
+    );
+    db.execute_unprepared("DROP TABLE IF EXISTS bench_many_outbox, bench_many_plain")
+        .await?;
+    Ok(())
+}

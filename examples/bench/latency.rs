@@ -1,0 +1,350 @@
+//! `latency` and `footprint` with relay and worker as processes, and the broker's own floor.
+
+use super::*;
+/// Emits `rate` events/s, one per transaction, for `latency_seconds` while a relay and a
+/// worker run in this process; returns (latencies in µs, emitted, seconds taken to emit).
+pub(super) async fn paced_emit(
+    b: &Bench,
+    outbox: &actix_outbox::Outbox,
+    key: &str,
+) -> Result<(u64, f64), Error> {
+    let total = b.params.rate * b.params.latency_seconds;
+    let period = Duration::from_secs_f64(1.0 / b.params.rate as f64);
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let pad = b.payload["pad"].clone();
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        ticker.tick().await;
+        let (db, outbox, pad, key) = (b.db.clone(), outbox.clone(), pad.clone(), key.to_owned());
+        // Each emit is its own transaction; spawned so a slow commit does not delay the pace.
+        tasks.push(actix::spawn(async move {
+            let txn = db.begin().await?;
+            outbox
+                .emit(&txn, &key, &json!({"sent_us": now_us(), "pad": pad}))
+                .await?;
+            txn.commit().await?;
+            Ok::<(), Error>(())
+        }));
+    }
+    let emitting = start.elapsed().as_secs_f64();
+    for task in tasks {
+        task.await.map_err(|e| bad("emit task", e.to_string()))??;
+    }
+    Ok((total, emitting))
+}
+
+pub(super) fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx] as f64 / 1000.0
+}
+
+/// Emit → handler latency at a fixed rate (1,000/s by default) for 10 s, with the relay and
+/// the worker each in its own process (the production layout): the `relay` example and this
+/// program in `--worker-process` mode. Also reports both processes' peak RSS (`footprint`).
+pub(super) async fn latency(
+    b: &Bench,
+    print_latency: bool,
+    print_footprint: bool,
+) -> Result<(), Error> {
+    let (exchange, queue) = (
+        "bench_latency",
+        format!("bench_latency_{}", b.params.queue_type),
+    );
+    let table = actix_outbox::TableName::new("bench_latency_outbox")?;
+    let outbox = actix_outbox::Outbox::new(table.clone());
+    b.db.execute_unprepared("DROP TABLE IF EXISTS bench_latency_outbox")
+        .await?;
+    outbox.setup(&b.db).await?;
+    let total = b.params.rate * b.params.latency_seconds;
+    let (worker, mut relay) = spawn_pipeline(b, &table, exchange, &queue, total).await?;
+    // Both processes connect, declare and LISTEN before the load starts (start-up, not sync).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let emitted = paced_emit(b, &outbox, "bench.latency").await;
+    // The worker exits by itself once it handled `total` messages (or after 60 s).
+    let report = worker_report(worker).await;
+    let relay_kib = peak_rss_kib(relay.id());
+    stop_process(&mut relay);
+    b.db.execute_unprepared("DROP TABLE IF EXISTS bench_latency_outbox")
+        .await?;
+    let (total, emitting) = emitted?;
+    let report = report?;
+    let floor = broker_latency_floor(b, exchange).await?;
+    let mut l: Vec<u64> = report["latencies_us"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default();
+    l.sort_unstable();
+    let achieved = total as f64 / emitting;
+    let kept_up = l.len() as u64 == total && achieved >= 0.95 * b.params.rate as f64;
+    let p99 = percentile(&l, 0.99);
+    let params = json!({"rate": b.params.rate, "seconds": b.params.latency_seconds, "queue_type": b.params.queue_type,
+        "prefetch": b.params.prefetch, "layout": "emitter, relay and worker in separate processes"});
+    if print_latency {
+        println!(
+            "{}",
+            json!({
+                "scenario": "latency",
+                "params": params,
+                "result": {"p50_ms": percentile(&l, 0.5), "p95_ms": percentile(&l, 0.95), "p99_ms": p99, "max_ms": percentile(&l, 1.0),
+                           "handled": l.len(), "emitted": total, "achieved_rate": achieved.round(), "kept_up": kept_up},
+                "floor_raw_broker": floor,
+                "target": {"p99_ms": 10.0},
+                "meets_target": kept_up && p99 <= 10.0,
+            })
+        );
+    }
+    if print_footprint {
+        let mib = |k: Option<u64>| k.map(|k| (k as f64 / 1024.0 * 10.0).round() / 10.0);
+        println!(
+            "{}",
+            json!({
+                "scenario": "footprint",
+                "params": params,
+                "result": {"relay_peak_rss_mib": mib(relay_kib), "worker_peak_rss_mib": mib(report["peak_rss_kib"].as_u64())},
+            })
+        );
+    }
+    Ok(())
+}
+
+/// Starts the production layout for `table`: the `relay` example and this program in
+/// `--worker-process` mode (which exits after `expected` messages), on an empty `queue`.
+pub(super) async fn spawn_pipeline(
+    b: &Bench,
+    table: &actix_outbox::TableName,
+    exchange: &str,
+    queue: &str,
+    expected: u64,
+) -> Result<(std::process::Child, std::process::Child), Error> {
+    // Messages left by an interrupted earlier run would distort the numbers: start empty.
+    let conn = b.raw_connection().await?;
+    let _ = conn
+        .create_channel()
+        .await?
+        .queue_delete(queue.into(), QueueDeleteOptions::default())
+        .await;
+    let _ = conn.close(200, "".into()).await;
+    let exe = std::env::current_exe().map_err(|e| bad("exe", e.to_string()))?;
+    let dir = exe
+        .parent()
+        .ok_or_else(|| bad("exe", "no parent directory".into()))?;
+    let worker = std::process::Command::new(&exe)
+        .args([
+            "--worker-process",
+            exchange,
+            queue,
+            &b.params.prefetch.to_string(),
+            &b.params.queue_type,
+            &expected.to_string(),
+        ])
+        .env("AMQP_URL", &b.amqp_url)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| bad("worker process", e.to_string()))?;
+    let relay = std::process::Command::new(dir.join("relay"))
+        .env(
+            "DATABASE_URL",
+            std::env::var("DATABASE_URL")
+                .unwrap_or_else(|_| "postgres://outbox:outbox@127.0.0.1:5432/outbox".into()),
+        )
+        .env("AMQP_URL", &b.amqp_url)
+        .env("OUTBOX_TABLE", table.as_str())
+        .env("OUTBOX_EXCHANGE", exchange)
+        .env("OUTBOX_BATCH_SIZE", b.params.batch_size.to_string())
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .map_err(|e| {
+            bad(
+                "relay process (cargo build --release --example relay)",
+                e.to_string(),
+            )
+        })?;
+    Ok((worker, relay))
+}
+
+/// Waits for the worker process to exit and parses its report line.
+pub(super) async fn worker_report(worker: std::process::Child) -> Result<Value, Error> {
+    let output = tokio::task::spawn_blocking(move || worker.wait_with_output())
+        .await
+        .map_err(|e| bad("worker process", e.to_string()))?
+        .map_err(|e| bad("worker process", e.to_string()))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    stdout
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .ok_or_else(|| bad("worker process", format!("no report on stdout: {stdout:?}")))
+}
+
+pub(super) fn stop_process(child: &mut std::process::Child) {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
+
+/// The broker's own latency floor at the same rate: raw lapin publishing one persistent
+/// message per tick (with confirms) to a queue of the same type, a raw consumer measuring
+/// publish → receive. No database, no outbox: what no outbox can beat on this machine.
+pub(super) async fn broker_latency_floor(b: &Bench, exchange: &str) -> Result<Value, Error> {
+    let queue = format!("bench_floor_{}", b.params.queue_type);
+    let conn = b.raw_connection().await?;
+    // Its own exchange: the latency scenario's queue must not receive these messages.
+    let exchange = format!("{exchange}_floor");
+    let exchange = exchange.as_str();
+    conn.create_channel()
+        .await?
+        .exchange_declare(
+            exchange.into(),
+            lapin::ExchangeKind::Topic,
+            lapin::options::ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    b.queue(&conn, exchange, &queue).await?;
+    let ch = conn.create_channel().await?;
+    ch.basic_qos(
+        b.params.prefetch,
+        lapin::options::BasicQosOptions::default(),
+    )
+    .await?;
+    let mut consumer = ch
+        .basic_consume(
+            queue.as_str().into(),
+            "floor".into(),
+            lapin::options::BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let total = b.params.rate * b.params.latency_seconds;
+    let receiving = async {
+        let mut l = Vec::with_capacity(total as usize);
+        while (l.len() as u64) < total {
+            let Ok(Some(Ok(d))) =
+                tokio::time::timeout(Duration::from_secs(30), consumer.next()).await
+            else {
+                break;
+            };
+            let p: BenchPayload = serde_json::from_slice(&d.data).map_err(Error::Json)?;
+            l.push(now_us().saturating_sub(p.sent_us));
+        }
+        Ok::<_, Error>(l)
+    };
+    let pub_ch = conn.create_channel().await?;
+    pub_ch
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let publishing = async {
+        let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / b.params.rate as f64));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut confirms = Vec::with_capacity(total as usize);
+        for _ in 0..total {
+            ticker.tick().await;
+            let body = serde_json::to_vec(&json!({"sent_us": now_us(), "pad": b.payload["pad"]}))
+                .map_err(Error::Json)?;
+            let props = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("application/json".into());
+            confirms.push(
+                pub_ch
+                    .basic_publish(
+                        exchange.into(),
+                        "bench.floor".into(),
+                        BasicPublishOptions::default(),
+                        &body,
+                        props,
+                    )
+                    .await?,
+            );
+        }
+        for c in confirms {
+            c.await?;
+        }
+        Ok::<(), Error>(())
+    };
+    let (received, published) = tokio::join!(receiving, publishing);
+    published?;
+    let mut l = received?;
+    let _ = ch
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    let _ = conn.close(200, "".into()).await;
+    l.sort_unstable();
+    Ok(
+        json!({"p50_ms": percentile(&l, 0.5), "p95_ms": percentile(&l, 0.95), "p99_ms": percentile(&l, 0.99), "max_ms": percentile(&l, 1.0), "received": l.len()}),
+    )
+}
+
+/// VmHWM (peak resident set) of a process, from /proc (Linux).
+pub(super) fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `bench --worker-process <exchange> <queue> <prefetch> <queue-type> <expected>`: the worker
+/// side of `latency`/`footprint`. Handles messages with the recording no-op handler until
+/// `expected` arrived (or 60 s passed), then prints one JSON line with the latencies and its
+/// own peak RSS, and exits.
+pub(super) async fn worker_process() -> Result<(), Error> {
+    let args: Vec<String> = std::env::args().skip(2).collect();
+    let [exchange, queue, prefetch, queue_type, expected] = args.as_slice() else {
+        return Err(bad(
+            "worker-process",
+            "expected <exchange> <queue> <prefetch> <queue-type> <expected>".into(),
+        ));
+    };
+    let prefetch: u16 = prefetch
+        .parse()
+        .map_err(|_| bad("prefetch", prefetch.clone()))?;
+    let expected: u64 = expected
+        .parse()
+        .map_err(|_| bad("expected", expected.clone()))?;
+    let queue_type = if queue_type == "classic" {
+        QueueType::Classic
+    } else {
+        QueueType::Quorum
+    };
+    let broker = ConnectionSupervisor::start_supervised(BrokerConfig::from_env()?)?;
+    let handled = Arc::new(AtomicU64::new(0));
+    let latencies = Arc::new(Mutex::new(Vec::with_capacity(expected as usize)));
+    let last_us = Arc::new(AtomicU64::new(0));
+    let (h, l, t) = (handled.clone(), latencies.clone(), last_us.clone());
+    let config = WorkerConfig::default()
+        .with_exchange(exchange.as_str())
+        .with_prefetch(prefetch)
+        .with_queue_type(queue_type);
+    let running = Worker::new(broker.clone(), config)?
+        .listen(Listen::new(["#"])?.queue(queue.as_str()), move || Counter {
+            handled: h.clone(),
+            latencies: Some(l.clone()),
+            last_us: t.clone(),
+        })?
+        .start()
+        .await?;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(60),
+        wait_count(&handled, expected, "worker process"),
+    )
+    .await;
+    running.stop().await;
+    broker.send(Shutdown).await?;
+    let latencies = latencies.lock().map(|l| l.clone()).unwrap_or_default();
+    println!(
+        "{}",
+        json!({"handled": handled.load(Ordering::Relaxed), "latencies_us": latencies,
+        "last_us": last_us.load(Ordering::Relaxed), "peak_rss_kib": peak_rss_kib(std::process::id())})
+    );
+    Ok(())
+}

@@ -1,0 +1,188 @@
+//! `relay_drain`: a backlog drained by 1, 2 and 4 relays against raw lapin and raw SQL.
+
+use super::*;
+/// A backlog drained by 1, 2 and 4 relays into a durable queue, against raw lapin publishing
+/// with confirms (same exchange, queue type, batch window) and a raw SQL claim-and-delete of
+/// the same rows in the same batch size.
+pub(super) async fn relay_drain(b: &Bench) -> Result<(), Error> {
+    let n = b.params.messages;
+    let table = actix_outbox::TableName::new("bench_relay_outbox")?;
+    let outbox = actix_outbox::Outbox::new(table.clone());
+    b.db.execute_unprepared("DROP TABLE IF EXISTS bench_relay_outbox")
+        .await?;
+    outbox.setup(&b.db).await?;
+    let exchange = "bench_relay";
+    let queue = "bench_relay_q";
+    let conn = b.raw_connection().await?;
+    // Let a relay declare the exchange the way it always does, then bind the queue.
+    let config = RelayConfig::default()
+        .with_table(table.clone())
+        .with_exchange(exchange)
+        .with_batch_size(b.params.batch_size);
+    run_relays(b, &config, 1, 0).await?;
+    b.queue(&conn, exchange, queue).await?;
+
+    let publish = summarize(raw_publish_runs(b, &conn, exchange, queue).await?);
+    let sql = summarize(raw_claim_delete_runs(b, &outbox).await?);
+    let (ceiling_name, ceiling) = if publish.median <= sql.median {
+        ("lapin_publish_confirms", publish)
+    } else {
+        ("sql_claim_delete", sql)
+    };
+    for &relays in &b.params.relays {
+        let mut runs = Vec::new();
+        for _ in 0..b.params.runs {
+            let txn = b.db.begin().await?;
+            outbox.emit_many(&txn, b.events(n, "bench.relay")?).await?;
+            txn.commit().await?;
+            runs.push(run_relays(b, &config, relays, n).await?);
+            b.purge(&conn, queue).await?;
+        }
+        let params = json!({"backlog": n, "relays": relays, "batch_size": b.params.batch_size,
+            "payload_bytes": b.params.payload_bytes, "queue_type": b.params.queue_type,
+            "ceilings": {"lapin_publish_confirms": publish.median.round(), "sql_claim_delete": sql.median.round()}});
+        report(
+            "relay_drain",
+            params,
+            summarize(runs),
+            "msg/s",
+            Some((ceiling_name, ceiling)),
+            0.7,
+        );
+    }
+    let ch = conn.create_channel().await?;
+    let _ = ch
+        .queue_delete(queue.into(), QueueDeleteOptions::default())
+        .await;
+    let _ = conn.close(200, "".into()).await;
+    b.db.execute_unprepared("DROP TABLE IF EXISTS bench_relay_outbox")
+        .await?;
+    Ok(())
+}
+
+/// Starts `relays` relays, waits until the table is empty, stops them; returns rows/s.
+pub(super) async fn run_relays(
+    b: &Bench,
+    config: &RelayConfig,
+    relays: usize,
+    n: usize,
+) -> Result<f64, Error> {
+    let broker = ConnectionSupervisor::start_supervised(BrokerConfig::new(b.amqp_url.clone())?)?;
+    let start = Instant::now();
+    let running: Vec<_> = (0..relays)
+        .map(|_| RelayActor::new(b.db.clone(), broker.clone(), config.clone()).map(Actor::start))
+        .collect::<Result<_, _>>()?;
+    let count = format!("SELECT count(*) AS n FROM {}", config.table());
+    let mut published = 0;
+    loop {
+        let left =
+            b.db.query_one_raw(Statement::from_string(DbBackend::Postgres, count.clone()))
+                .await?
+                .map(|r| r.try_get::<i64>("", "n"))
+                .transpose()?
+                .unwrap_or(0);
+        if left == 0 {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(300) {
+            return Err(Error::Timeout {
+                what: "relays draining the backlog",
+                after: Duration::from_secs(300),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let elapsed = start.elapsed();
+    for relay in running {
+        published += relay.send(StopRelay).await?.published;
+    }
+    broker.send(Shutdown).await?;
+    if published < n as u64 {
+        return Err(bad("bench", format!("relays published {published} of {n}")));
+    }
+    Ok(n as f64 / elapsed.as_secs_f64())
+}
+
+pub(super) async fn raw_publish_runs(
+    b: &Bench,
+    conn: &Connection,
+    exchange: &str,
+    queue: &str,
+) -> Result<Vec<f64>, Error> {
+    let body = serde_json::to_vec(&b.payload).map_err(Error::Json)?;
+    let mut runs = Vec::new();
+    for _ in 0..b.params.runs {
+        let ch = conn.create_channel().await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        let start = Instant::now();
+        for chunk in (0..b.params.messages)
+            .collect::<Vec<_>>()
+            .chunks(b.params.batch_size as usize)
+        {
+            let mut confirms = Vec::with_capacity(chunk.len());
+            for _ in chunk {
+                let props = BasicProperties::default()
+                    .with_message_id(uuid::Uuid::now_v7().to_string().into())
+                    .with_content_type("application/json".into())
+                    .with_delivery_mode(2);
+                confirms.push(
+                    ch.basic_publish(
+                        exchange.into(),
+                        "bench.relay".into(),
+                        BasicPublishOptions {
+                            mandatory: true,
+                            immediate: false,
+                        },
+                        &body,
+                        props,
+                    )
+                    .await?,
+                );
+            }
+            for c in confirms {
+                c.await?;
+            }
+        }
+        runs.push(b.params.messages as f64 / start.elapsed().as_secs_f64());
+        b.purge(conn, queue).await?;
+    }
+    Ok(runs)
+}
+
+pub(super) async fn raw_claim_delete_runs(
+    b: &Bench,
+    outbox: &actix_outbox::Outbox,
+) -> Result<Vec<f64>, Error> {
+    let t = outbox.table().as_str();
+    let mut runs = Vec::new();
+    for _ in 0..b.params.runs {
+        let txn = b.db.begin().await?;
+        outbox
+            .emit_many(&txn, b.events(b.params.messages, "bench.sql")?)
+            .await?;
+        txn.commit().await?;
+        let start = Instant::now();
+        loop {
+            let txn = b.db.begin().await?;
+            let rows = txn
+                .query_all_raw(Statement::from_string(
+                    DbBackend::Postgres,
+                    format!("SELECT id, message_id, routing_key, payload, content_type, headers FROM {t} WHERE sent_at IS NULL AND parked_at IS NULL AND send_after <= now() ORDER BY send_after, id LIMIT {} FOR UPDATE SKIP LOCKED", b.params.batch_size),
+                ))
+                .await?;
+            if rows.is_empty() {
+                txn.commit().await?;
+                break;
+            }
+            let ids: Vec<String> = rows
+                .iter()
+                .map(|r| r.try_get::<i64>("", "id").map(|i| i.to_string()))
+                .collect::<Result<_, _>>()?;
+            txn.execute_unprepared(&format!("DELETE FROM {t} WHERE id IN ({})", ids.join(",")))
+                .await?;
+            txn.commit().await?;
+        }
+        runs.push(b.params.messages as f64 / start.elapsed().as_secs_f64());
+    }
+    Ok(runs)
+}
