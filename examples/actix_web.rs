@@ -465,7 +465,7 @@ async fn main() -> Result<(), ExampleError> {
         .run();
     let handle = server.handle();
     actix::spawn(async move {
-        wait_for_stop_signal().await;
+        actix_outbox_actors::shutdown_signal().await;
         info!("stop signal received: finishing the requests in flight");
         handle.stop(true).await;
     });
@@ -483,27 +483,4 @@ async fn main() -> Result<(), ExampleError> {
         "stopped cleanly"
     );
     Ok(())
-}
-
-/// Resolves on Ctrl-C, or on SIGTERM where there is one.
-async fn wait_for_stop_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

@@ -60,34 +60,11 @@ async fn main() -> Result<(), Error> {
     let broker = ConnectionSupervisor::start_supervised(BrokerConfig::from_env()?)?;
     let relay = RelayActor::new(db.clone(), broker.clone(), config)?.start();
 
-    wait_for_stop_signal().await;
+    actix_outbox_actors::shutdown_signal().await;
     info!("stopping: finishing the batch in flight");
     let stats = relay.send(StopRelay).await?;
     broker.send(Shutdown).await?;
     db.close().await?;
     info!(?stats, "relay stopped");
     Ok(())
-}
-
-/// Resolves on Ctrl-C, or on SIGTERM where there is one.
-async fn wait_for_stop_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

@@ -41,6 +41,7 @@
 //! connection or an open transaction when the System stops.
 #![doc = ""]
 
+mod amqp_name;
 mod backoff;
 mod broker_config;
 mod connection_supervisor;
@@ -56,6 +57,7 @@ mod relay_batch;
 mod relay_config;
 mod relay_sql;
 mod retry_policy;
+mod shutdown;
 mod topology;
 mod worker;
 mod worker_config;
@@ -76,6 +78,7 @@ pub use consumer_stats::ConsumerStats;
 pub use relay_actor::{GetRelayStats, RelayActor, RelayStats, StopRelay, WakeUp};
 pub use relay_config::{Cleanup, RelayConfig, TopologyMode, Unroutable};
 pub use retry_policy::RetryDelay;
+pub use shutdown::shutdown_signal;
 pub use worker::{RunningWorker, Worker};
 pub use worker_config::{QueueType, WorkerConfig};
 pub use worker_listen::Listen;

@@ -274,26 +274,9 @@ impl RelayConfig {
     }
 }
 
-/// Exchange (and queue) names: what RabbitMQ accepts, minus the reserved `amq.` prefix.
+/// Exchange names: see [`check_amqp_name`](crate::amqp_name::check_amqp_name).
 pub(crate) fn check_exchange_name(name: &str) -> Result<()> {
-    let reason = if name.is_empty() {
-        "must not be empty"
-    } else if name.len() > 200 {
-        "longer than 200 bytes"
-    } else if name.starts_with("amq.") {
-        "names starting with `amq.` are reserved by RabbitMQ"
-    } else if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
-    {
-        "may only contain ASCII letters, digits, `_`, `.`, `:` and `-`"
-    } else {
-        return Ok(());
-    };
-    Err(Error::InvalidConfig {
-        field: "exchange",
-        reason: format!("{name:?} {reason}"),
-    })
+    crate::amqp_name::check_amqp_name("exchange", name)
 }
 
 #[cfg(test)]

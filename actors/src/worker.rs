@@ -241,31 +241,10 @@ impl RunningWorker {
 
     /// Waits for SIGINT (Ctrl-C) or, on Unix, SIGTERM, then [`stop`](Self::stop)s.
     pub async fn stop_on_signal(self) {
-        wait_for_signal().await;
+        crate::shutdown::shutdown_signal().await;
         info!("shutdown signal received");
         self.stop().await;
     }
-}
-
-#[cfg(unix)]
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
-#[cfg(not(unix))]
-async fn wait_for_signal() {
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// What the worker keeps of a running consumer (its payload type erased).

@@ -12,7 +12,7 @@ use crate::retry_policy::{RetryDelay, RetryPolicy, resolve_delays};
 use crate::worker_config::{QueueType, WorkerConfig, check_prefetch};
 
 /// Longest queue name: leaves room for the `dlq_` prefix within AMQP's 255 bytes.
-const MAX_QUEUE_LEN: usize = 200;
+const MAX_QUEUE_LEN: usize = crate::amqp_name::MAX_NAME_LEN;
 
 /// One registration of a handler with a [`Worker`](crate::Worker): its binding keys, and
 /// optionally its queue name, prefetch and retry rules (otherwise the worker's).
@@ -224,26 +224,9 @@ fn short_type_name(type_name: &str) -> &str {
     base.rsplit("::").next().unwrap_or(base)
 }
 
-/// Queue names: non-empty, at most 200 bytes, no `amq.` prefix, `[A-Za-z0-9_.:-]` only.
+/// Queue names: see [`check_amqp_name`](crate::amqp_name::check_amqp_name).
 pub(crate) fn check_queue_name(name: &str) -> Result<()> {
-    let reason = if name.is_empty() {
-        "must not be empty"
-    } else if name.len() > MAX_QUEUE_LEN {
-        "longer than 200 bytes (the `dlq_` copy must fit in 255)"
-    } else if name.starts_with("amq.") {
-        "names starting with `amq.` are reserved by RabbitMQ"
-    } else if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
-    {
-        "may only contain ASCII letters, digits, `_`, `.`, `:` and `-`"
-    } else {
-        return Ok(());
-    };
-    Err(Error::InvalidConfig {
-        field: "queue",
-        reason: format!("queue name {name:?} {reason}"),
-    })
+    crate::amqp_name::check_amqp_name("queue", name)
 }
 
 #[cfg(test)]

@@ -109,40 +109,12 @@ pub(super) async fn raw_publish_runs(
     exchange: &str,
     queue: &str,
 ) -> Result<Vec<f64>, Error> {
-    let body = serde_json::to_vec(&b.payload).map_err(Error::Json)?;
     let mut runs = Vec::new();
     for _ in 0..b.params.runs {
         let ch = conn.create_channel().await?;
         ch.confirm_select(ConfirmSelectOptions::default()).await?;
         let start = Instant::now();
-        for chunk in (0..b.params.messages)
-            .collect::<Vec<_>>()
-            .chunks(b.params.batch_size as usize)
-        {
-            let mut confirms = Vec::with_capacity(chunk.len());
-            for _ in chunk {
-                let props = BasicProperties::default()
-                    .with_message_id(uuid::Uuid::now_v7().to_string().into())
-                    .with_content_type("application/json".into())
-                    .with_delivery_mode(2);
-                confirms.push(
-                    ch.basic_publish(
-                        exchange.into(),
-                        "bench.relay".into(),
-                        BasicPublishOptions {
-                            mandatory: true,
-                            immediate: false,
-                        },
-                        &body,
-                        props,
-                    )
-                    .await?,
-                );
-            }
-            for c in confirms {
-                c.await?;
-            }
-        }
+        publish_raw(b, &ch, exchange, b.params.messages).await?;
         runs.push(b.params.messages as f64 / start.elapsed().as_secs_f64());
         b.purge(conn, queue).await?;
     }
