@@ -28,6 +28,8 @@ fn env_or(name: &str, default: &str) -> String {
 
 #[actix::main]
 async fn main() -> Result<(), Error> {
+    // Installed before anything else, so a SIGTERM during start-up still stops gracefully.
+    let stop = actix_outbox_actors::shutdown_signal();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -60,7 +62,7 @@ async fn main() -> Result<(), Error> {
     let broker = ConnectionSupervisor::start_supervised(BrokerConfig::from_env()?)?;
     let relay = RelayActor::new(db.clone(), broker.clone(), config)?.start();
 
-    actix_outbox_actors::shutdown_signal().await;
+    stop.await;
     info!("stopping: finishing the batch in flight");
     let stats = relay.send(StopRelay).await?;
     broker.send(Shutdown).await?;

@@ -74,6 +74,8 @@ impl Handler<Event<serde_json::Value>> for UserAudit {
 
 #[actix::main]
 async fn main() -> Result<(), Error> {
+    // Installed before anything else, so a SIGTERM during start-up still stops gracefully.
+    let stop = actix_outbox_actors::shutdown_signal();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -93,7 +95,8 @@ async fn main() -> Result<(), Error> {
     .start()
     .await?;
     info!(queues = ?running.queues().collect::<Vec<_>>(), "worker running; Ctrl-C to stop");
-    running.stop_on_signal().await;
+    stop.await;
+    running.stop().await;
     broker.send(Shutdown).await?;
     Ok(())
 }

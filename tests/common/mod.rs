@@ -141,5 +141,6 @@ where
 
 pub mod broker;
 pub mod faults;
+pub mod process;
 pub mod relay;
 pub mod worker;
