@@ -23,10 +23,10 @@
 //! queue grows and latency with it. Needs `DATABASE_URL`, `AMQP_URL`, root (for
 //! `rabbitmqctl`) and the `relay` and `fault_worker` examples built next to this one
 //! (`scripts/soak` does all that). It shares the fault-matrix harness
-//! (`tests/common/process.rs`), so it counts exactly like the tests do.
+//! (`tests/common/process/`), so it counts exactly like the tests do.
 #![allow(clippy::print_stdout)]
 
-#[path = "../tests/common/process.rs"]
+#[path = "../tests/common/process/mod.rs"]
 mod process;
 
 use std::process::ExitCode;

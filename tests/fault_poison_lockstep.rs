@@ -1,14 +1,12 @@
-//! Known bug, reproduced (ignored until fixed): an event whose handler panics on **every**
-//! attempt drags innocent events into the dead-letter queue.
+//! Fault matrix, case 7b: an event whose handler panics on **every** attempt ends alone in
+//! the dead-letter queue; the events that were in the dying actor's mailbox with it are not
+//! charged for its crash.
 //!
-//! When the handler actor panics, the deliveries the consumer sends to it before the
-//! replacement actor is started fail too and are charged a failed attempt ("handler actor
-//! panicked"). Their retry copies go through the same delay tiers as the poison event's,
-//! so they come back together with it, are sent to the actor it kills again, and after the
-//! last tier they are dead-lettered with it. Found by the fault matrix (case 7 variant);
-//! see `docs/fault-matrix.md`.
-//!
-//! Run it with `cargo test --all-features --test fault_poison_lockstep -- --ignored`.
+//! When a handler actor dies with several events sent to it, the consumer cannot tell which
+//! one killed it: they all go back to the queue uncharged, and the next deliveries go to the
+//! fresh actor one at a time ("probation"), so the next crash names its event, which alone is
+//! charged an attempt. (Found by the fault matrix: before, every bystander was charged and
+//! retried in lockstep with the poison event until all of them were dead-lettered.)
 #![cfg(feature = "service-tests")]
 
 mod common;
@@ -27,7 +25,6 @@ fn poisoned(n: u64) -> bool {
 
 /// Only the always-panicking events end in the dead-letter queue; every other is handled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: deliveries failed by another event's panic are charged an attempt and retried in lockstep with it"]
 async fn always_panicking_events_dead_letter_alone() {
     let mut rig = FaultRig::new("lockstep").await;
     rig.start_worker(&WorkerOptions::default().with_prefetch(50))

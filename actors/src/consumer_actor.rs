@@ -19,10 +19,14 @@
 //! without reaching the handler.
 //!
 //! **Handler restarts**: a handler actor that panics is replaced from its factory (see
-//! `consumer_handler`); the delivery it was handling counts as a failed attempt. A handler
+//! `consumer_handler`); the delivery it died on counts as a failed attempt, the deliveries
+//! waiting in its mailbox are requeued uncharged, and the next deliveries go to the fresh actor
+//! one at a time ("probation") until a crash can be attributed. A handler
 //! registered by address cannot be replaced: the consumer requeues and stops consuming.
 //! The consumer itself is not supervised; the broker's unacked deliveries, not its state, are
 //! the source of truth.
+
+use std::collections::VecDeque;
 
 use actix::prelude::*;
 use actix_outbox::{Error, Result};
@@ -101,6 +105,12 @@ pub struct ConsumerActor<T: DeserializeOwned + Send + 'static> {
     state: State,
     /// Deliveries handed to the handler and not settled yet.
     in_flight: usize,
+    /// After a crash with several events in the handler's mailbox: how many more deliveries
+    /// (one per displaced event) go to the new actor one at a time, so a crash among them
+    /// names its event.
+    probation: usize,
+    /// Deliveries held back during probation (with their channel generation).
+    waiting: VecDeque<(u64, Delivery)>,
     /// Tells `Worker::start` whether the first attempt to consume worked.
     ready: Option<oneshot::Sender<Result<()>>>,
     /// Consecutive failed attempts to consume (drives the backoff).
@@ -138,6 +148,8 @@ impl<T: DeserializeOwned + Send + 'static> ConsumerActor<T> {
             generation: 0,
             state: State::Connecting,
             in_flight: 0,
+            probation: 0,
+            waiting: VecDeque::new(),
             ready: Some(ready),
             failures: 0,
             stats: ConsumerStats::default(),
@@ -311,15 +323,37 @@ impl<T: DeserializeOwned + Send + 'static> ConsumerActor<T> {
         ctx.run_later(delay, |act, ctx| act.connect(ctx));
     }
 
-    /// Hands one delivery to the handler, concurrently with the others.
+    /// Hands one delivery to the handler, concurrently with the others — or, during
+    /// probation, holds it until the handler has nothing else in flight.
     fn dispatch(&mut self, delivery: Delivery, ctx: &mut Context<Self>) {
+        if self.probation > 0 && self.in_flight > 0 {
+            self.waiting.push_back((self.generation, delivery));
+            return;
+        }
+        self.start_delivery(delivery, ctx);
+    }
+
+    /// Releases held-back deliveries: one while on probation, all once it is over.
+    fn release_waiting(&mut self, ctx: &mut Context<Self>) {
+        while self.state == State::Consuming && (self.probation == 0 || self.in_flight == 0) {
+            let Some((generation, delivery)) = self.waiting.pop_front() else {
+                return;
+            };
+            if generation == self.generation {
+                self.start_delivery(delivery, ctx);
+            } // else: its channel is gone and the broker has requeued it
+        }
+    }
+
+    fn start_delivery(&mut self, delivery: Delivery, ctx: &mut Context<Self>) {
         let Some(link) = &self.link else { return };
-        let (handler, handler_generation) = self.handler.current();
+        let (handler, handler_generation, sends) = self.handler.current();
         let job = Job {
             channel: link.channel.clone(),
             spec: self.spec.clone(),
             handler,
             restartable: self.handler.restartable(),
+            sends,
         };
         let generation = self.generation;
         self.in_flight += 1;
@@ -333,9 +367,19 @@ impl<T: DeserializeOwned + Send + 'static> ConsumerActor<T> {
     fn settled(&mut self, report: Report, generation: u64, handler: u64, ctx: &mut Context<Self>) {
         self.in_flight -= 1;
         self.stats.book(&report);
+        let crashed = matches!(report.outcome, Outcome::Crashed | Outcome::Displaced);
+        if crashed && self.handler.restart(handler) {
+            self.stats.panics += 1;
+            error!(queue = %self.spec.queue, handler = %self.spec.handler, "handler actor died (panic?); started a fresh one from its factory");
+        }
         match &report.outcome {
-            Outcome::Crashed if self.handler.restart(handler) => {
-                error!(queue = %self.spec.queue, handler = %self.spec.handler, "handler actor died (panic?); started a fresh one from its factory");
+            Outcome::Displaced => {
+                // The crash's cause is one of the displaced events: they come back from the
+                // queue and go to the fresh actor one at a time, so the next crash names it.
+                self.probation += 1;
+            }
+            Outcome::Handled | Outcome::Failed(_) | Outcome::Crashed if self.probation > 0 => {
+                self.probation -= 1;
             }
             Outcome::HandlerGone if self.state == State::Consuming => {
                 error!(queue = %self.spec.queue, handler = %self.spec.handler, "handler actor is gone and was registered by address, so it cannot be restarted: stopped consuming; messages stay in the queue (register a factory to get restarts)");
@@ -351,6 +395,7 @@ impl<T: DeserializeOwned + Send + 'static> ConsumerActor<T> {
         if self.state == State::Stopping && self.in_flight == 0 {
             self.finish_stop(ctx);
         }
+        self.release_waiting(ctx);
     }
 
     /// Stops consuming for good (the handler is gone): every unacked message is requeued.
@@ -359,8 +404,10 @@ impl<T: DeserializeOwned + Send + 'static> ConsumerActor<T> {
         self.drop_link(ctx);
     }
 
-    /// Stops reading the stream and closes the channel in the background.
+    /// Stops reading the stream and closes the channel in the background (which gives every
+    /// unacked delivery, held-back ones included, back to the queue).
     fn drop_link(&mut self, ctx: &mut Context<Self>) {
+        self.waiting.clear();
         if let Some(link) = self.link.take() {
             ctx.cancel_future(link.stream);
             actix::spawn(close(link.channel));
@@ -376,6 +423,9 @@ impl<T: DeserializeOwned + Send + 'static> ConsumerActor<T> {
             State::Consuming => {}
         }
         self.state = State::Stopping;
+        for (_, delivery) in self.waiting.drain(..) {
+            actix::spawn(consumer_delivery::requeue_unhandled(delivery));
+        }
         if let Some(link) = &self.link {
             actix::spawn(cancel(link.channel.clone(), link.tag.clone()));
         }

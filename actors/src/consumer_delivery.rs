@@ -18,6 +18,7 @@ use serde::de::DeserializeOwned;
 use tracing::{Instrument, debug, field, info_span, warn};
 
 use crate::consumer_envelope::{DeliveryMeta, copy_properties, decode_payload, time_left_ms};
+use crate::consumer_handler::Sends;
 use crate::retry_policy::{Action, Outcome, decide, expire_if_past};
 use crate::worker_listen::SharedSpec;
 use crate::worker_topology::{dead_letter_exchange, dead_letter_queue, delay_name};
@@ -32,6 +33,8 @@ pub(crate) struct Job<T: Send + 'static> {
     pub(crate) handler: Recipient<Event<T>>,
     /// Whether a dead handler will be replaced (decides crash vs. gone).
     pub(crate) restartable: bool,
+    /// The sends to this handler actor (tells a crash's cause from its bystanders).
+    pub(crate) sends: Sends,
 }
 
 /// How settling went on the broker.
@@ -117,12 +120,18 @@ where
         Ok(payload) => payload,
         Err(reason) => return Outcome::Undecodable(reason),
     };
-    match job.handler.send(meta.into_event(payload)).await {
+    job.sends.borrow_mut().begin();
+    let answer = job.handler.send(meta.into_event(payload)).await;
+    let mut sends = job.sends.borrow_mut();
+    let outcome = match answer {
         Ok(Ok(())) => Outcome::Handled,
         Ok(Err(err)) => Outcome::Failed(err),
-        Err(_) if job.restartable => Outcome::Crashed,
+        Err(_) if job.restartable && sends.crash_was_alone() => Outcome::Crashed,
+        Err(_) if job.restartable => Outcome::Displaced,
         Err(_) => Outcome::HandlerGone,
-    }
+    };
+    sends.end();
+    outcome
 }
 
 /// The facts a copy of the delivery needs.
@@ -143,7 +152,13 @@ async fn settle<T: Send + 'static>(
     let props = &delivery.properties;
     let published = match action {
         Action::Ack => return ack(delivery).await,
-        Action::Requeue => return requeue(delivery, "handler actor is gone".to_owned()).await,
+        Action::Requeue => {
+            return requeue(
+                delivery,
+                "the handler actor died before answering".to_owned(),
+            )
+            .await;
+        }
         Action::Retry { delay } => {
             let left = copy.deadline.map(|d| time_left_ms(d, Utc::now()));
             let next = copy.attempt.saturating_add(1);

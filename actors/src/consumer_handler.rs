@@ -3,12 +3,17 @@
 //!
 //! actix does not catch panics: a handler that panics kills its actor, and every `send` to
 //! it fails with a `MailboxError`. With a factory the consumer starts a fresh actor and goes
-//! on (the failed delivery counts as a failed attempt). With a fixed address there is nothing
+//! on. The event the actor died on counts as a failed attempt; when several events were sent
+//! to it, which one killed it is unknown, so none is charged ([`SendTracker`]): they go back to
+//! the queue and the consumer sends the next ones one at a time until a crash names its event.
+//! With a fixed address there is nothing
 //! to restart: the consumer requeues the message and stops taking deliveries, so nothing is
 //! lost but that queue waits for the process to restart. Register with a factory whenever the
 //! handler may panic.
 
+use std::cell::RefCell;
 use std::fmt;
+use std::rc::Rc;
 
 use actix::dev::ToEnvelope;
 use actix::prelude::*;
@@ -105,6 +110,39 @@ pub(crate) struct HandlerSlot<T: Send + 'static> {
     current: Recipient<Event<T>>,
     /// Bumped on every restart.
     generation: u64,
+    /// The sends to the current actor (a fresh tracker per actor).
+    sends: Sends,
+}
+
+/// The events sent to one handler actor and not answered yet, to tell whether a dead actor
+/// died on a known event (it was the only one sent) or on one of several.
+pub(crate) type Sends = Rc<RefCell<SendTracker>>;
+
+/// See [`Sends`].
+#[derive(Debug, Default)]
+pub(crate) struct SendTracker {
+    /// Sends not answered yet.
+    outstanding: usize,
+    /// Once the actor is seen dead: how many sends were outstanding at that moment.
+    crashed_with: Option<usize>,
+}
+
+impl SendTracker {
+    /// A send is about to be made.
+    pub(crate) fn begin(&mut self) {
+        self.outstanding += 1;
+    }
+
+    /// A send found the actor dead: was it the only one outstanding when that was first
+    /// noticed (so it caused the crash)?
+    pub(crate) fn crash_was_alone(&mut self) -> bool {
+        *self.crashed_with.get_or_insert(self.outstanding) == 1
+    }
+
+    /// A send got its answer (or its error).
+    pub(crate) fn end(&mut self) {
+        self.outstanding = self.outstanding.saturating_sub(1);
+    }
 }
 
 impl<T: Send + 'static> HandlerSlot<T> {
@@ -116,18 +154,20 @@ impl<T: Send + 'static> HandlerSlot<T> {
                 current: factory(),
                 factory: Some(factory),
                 generation: 1,
+                sends: Sends::default(),
             },
             Kind::Fixed(current) => Self {
                 factory: None,
                 current,
                 generation: 1,
+                sends: Sends::default(),
             },
         }
     }
 
-    /// The recipient to send the next event to, and its generation.
-    pub(crate) fn current(&self) -> (Recipient<Event<T>>, u64) {
-        (self.current.clone(), self.generation)
+    /// The recipient to send the next event to, its generation and its send tracker.
+    pub(crate) fn current(&self) -> (Recipient<Event<T>>, u64, Sends) {
+        (self.current.clone(), self.generation, self.sends.clone())
     }
 
     /// Whether a dead handler can be replaced.
@@ -142,6 +182,7 @@ impl<T: Send + 'static> HandlerSlot<T> {
             Some(factory) if seen == self.generation => {
                 self.current = factory();
                 self.generation += 1;
+                self.sends = Sends::default();
                 true
             }
             _ => false,
@@ -161,6 +202,22 @@ impl<T: Send + 'static> fmt::Debug for HandlerSlot<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_crash_is_attributed_only_to_a_lone_send() {
+        let mut alone = SendTracker::default();
+        alone.begin();
+        assert!(alone.crash_was_alone());
+        let mut crowd = SendTracker::default();
+        crowd.begin();
+        crowd.begin();
+        assert!(!crowd.crash_was_alone());
+        crowd.end();
+        assert!(
+            !crowd.crash_was_alone(),
+            "decided at the first failure, not the last"
+        );
+    }
     use actix_outbox::HandlerResult;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -191,12 +248,12 @@ mod tests {
         .into_handler();
         assert!(source.type_name().ends_with("Echo"));
         let mut slot = HandlerSlot::new(source);
-        let (handler, generation) = slot.current();
+        let (handler, generation, _) = slot.current();
         assert_eq!(handler.send(Event::new("k", 1)).await.ok(), Some(Ok(())));
         assert!(handler.send(Event::new("k", 13)).await.is_err(), "panicked");
         assert!(slot.restart(generation), "first report restarts");
         assert!(!slot.restart(generation), "a stale report does not");
-        let (handler, _) = slot.current();
+        let (handler, _, _) = slot.current();
         assert_eq!(handler.send(Event::new("k", 2)).await.ok(), Some(Ok(())));
         assert_eq!(made.load(Ordering::SeqCst), 2);
     }

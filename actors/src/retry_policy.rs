@@ -106,8 +106,13 @@ pub(crate) enum Outcome {
     Handled,
     /// The handler returned an error.
     Failed(HandlerError),
-    /// The handler actor died while handling (a panic) and a factory can replace it.
+    /// The handler actor died (a panic) while this was the only event sent to it, so this
+    /// event caused it; a factory can replace the actor.
     Crashed,
+    /// The handler actor died (a panic) while several events were sent to it: which one
+    /// caused it is unknown, so this one is given back to the queue without charging an
+    /// attempt, and the consumer sends one event at a time for a while to find out.
+    Displaced,
     /// The handler actor is gone and cannot be replaced (registered by address).
     HandlerGone,
     /// The payload could not be decoded; the text says why.
@@ -123,6 +128,7 @@ impl Outcome {
             Outcome::Handled => "handled",
             Outcome::Failed(err) => err.kind(),
             Outcome::Crashed => "panicked",
+            Outcome::Displaced => "displaced",
             Outcome::HandlerGone => "handler_gone",
             Outcome::Undecodable(_) => "undecodable",
             Outcome::Expired => "expired",
@@ -160,7 +166,7 @@ pub(crate) const EXPIRED: &str = "expired";
 /// | `Failed`, or a crashed handler | retry if `retry_on_error` and a tier is left, else dead-letter |
 /// | `Retry` | retry if a tier is left, else dead-letter |
 /// | `Reject`, undecodable, expired | dead-letter |
-/// | handler gone for good | requeue |
+/// | handler gone for good, or died with several events in its mailbox | requeue |
 pub(crate) fn decide(outcome: &Outcome, attempt: u32, policy: &RetryPolicy) -> Action {
     let retry_or_dead = |reason: String, forced: bool| match policy.tier_after(attempt) {
         Some(delay) if forced || policy.retry_on_error => Action::Retry { delay },
@@ -175,7 +181,7 @@ pub(crate) fn decide(outcome: &Outcome, attempt: u32, policy: &RetryPolicy) -> A
         },
         Outcome::Failed(err) => retry_or_dead(err.to_string(), false),
         Outcome::Crashed => retry_or_dead("failed: handler actor panicked".to_owned(), false),
-        Outcome::HandlerGone => Action::Requeue,
+        Outcome::HandlerGone | Outcome::Displaced => Action::Requeue,
         Outcome::Undecodable(reason) => Action::DeadLetter {
             reason: format!("undecodable payload: {reason}"),
         },
@@ -295,6 +301,7 @@ mod tests {
         );
         assert_eq!(decide(&Outcome::HandlerGone, 1, &p), Action::Requeue);
         assert_eq!(Outcome::Crashed.name(), "panicked");
+        assert_eq!(decide(&Outcome::Displaced, 3, &p), Action::Requeue);
         assert_eq!(Outcome::Failed(HandlerError::reject("x")).name(), "reject");
         assert_eq!(decide(&Outcome::Crashed, 1, &p), retry(100));
     }
