@@ -15,7 +15,7 @@ use actix_outbox_actors::{
 use common::faults::rabbitmqctl;
 use common::relay::{TestRelay, config};
 use common::worker::{Log, WorkerEnv, delays, scripted};
-use common::{TestDb, unique, wait_for};
+use common::{TestDb, unique};
 use serde_json::Value;
 
 /// A broker user with `configure`, `write`, `read` permission patterns on vhost `/`.
@@ -122,12 +122,8 @@ async fn relay_and_worker_run_with_the_documented_permissions() {
         1,
         "the rejected event reached the dead-letter queue"
     );
-    wait_for(
-        "the outbox table to be empty",
-        Duration::from_secs(10),
-        || async { (t.int("SELECT count(*) FROM outbox").await == 0).then_some(()) },
-    )
-    .await;
+    t.wait_outbox_empty("the outbox table to be empty", Duration::from_secs(10))
+        .await;
     let stats = relay.stop().await;
     assert_eq!((stats.published, stats.errors), (3, 0), "{stats:?}");
     running.stop().await;

@@ -52,10 +52,9 @@ where
     )
     .await;
     fault().await;
-    wait_for(
+    t.wait_outbox_empty(
         "the relay to finish the drain after the fault",
         Duration::from_secs(90),
-        || async { (t.int("SELECT count(*) FROM outbox").await == 0).then_some(()) },
     )
     .await;
     let stats = relay.stop().await;

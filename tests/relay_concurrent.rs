@@ -6,9 +6,9 @@ mod common;
 use std::time::Duration;
 
 use actix_outbox::{OutboxEvent, setup};
+use common::TestDb;
 use common::broker::{TestBroker, assert_exactly_once};
 use common::relay::{TestRelay, config};
-use common::{TestDb, wait_for};
 use sea_orm::TransactionTrait;
 
 async fn drain_with(relays: usize) {
@@ -35,12 +35,8 @@ async fn drain_with(relays: usize) {
         .collect();
     let seen = broker.drain(&queue, 20_000, Duration::from_secs(90)).await;
     assert_exactly_once(&seen, &ids);
-    wait_for(
-        "the outbox table to be empty",
-        Duration::from_secs(10),
-        || async { (t.int("SELECT count(*) FROM outbox").await == 0).then_some(()) },
-    )
-    .await;
+    t.wait_outbox_empty("the outbox table to be empty", Duration::from_secs(10))
+        .await;
     let mut busy = 0;
     let mut total = 0;
     for relay in running {

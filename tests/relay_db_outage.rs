@@ -45,10 +45,9 @@ async fn database_unreachable_for_a_while() {
     outage(Duration::from_secs(3)).await;
     let during = relay.stats().await;
     proxy.restore();
-    wait_for(
+    t.wait_outbox_empty(
         "the relay to drain after the outage",
         Duration::from_secs(60),
-        || async { (t.int("SELECT count(*) FROM outbox").await == 0).then_some(()) },
     )
     .await;
     let stats = relay.stop().await;

@@ -37,12 +37,8 @@ async fn ten_thousand_rows_arrive_exactly_once() {
     let relay = TestRelay::start(&t.db, &broker.url, config(&broker.exchange));
     let seen = broker.drain(&queue, 10_000, Duration::from_secs(60)).await;
     assert_exactly_once(&seen, &ids);
-    wait_for(
-        "the outbox table to be empty",
-        Duration::from_secs(10),
-        || async { (t.int("SELECT count(*) FROM outbox").await == 0).then_some(()) },
-    )
-    .await;
+    t.wait_outbox_empty("the outbox table to be empty", Duration::from_secs(10))
+        .await;
     let stats = relay.stop().await;
     assert_eq!(stats.published, 10_000, "{stats:?}");
     assert_eq!(stats.refused + stats.parked, 0, "{stats:?}");
@@ -105,12 +101,8 @@ async fn sqlite_rows_arrive_exactly_once() {
     let relay = TestRelay::start(&t.db, &broker.url, config(&broker.exchange));
     let seen = broker.drain(&queue, 2_000, Duration::from_secs(30)).await;
     assert_exactly_once(&seen, &ids);
-    wait_for(
-        "the SQLite outbox to be empty",
-        Duration::from_secs(10),
-        || async { (t.int("SELECT count(*) FROM outbox").await == 0).then_some(()) },
-    )
-    .await;
+    t.wait_outbox_empty("the SQLite outbox to be empty", Duration::from_secs(10))
+        .await;
     relay.stop().await;
     broker.cleanup().await;
     t.cleanup().await;

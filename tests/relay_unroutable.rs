@@ -37,12 +37,8 @@ async fn unroutable_messages_are_kept_in_the_alternate_queue() {
         Some(&1),
         "the unroutable message was kept"
     );
-    wait_for(
-        "the outbox table to be empty",
-        Duration::from_secs(10),
-        || async { (t.int("SELECT count(*) FROM outbox").await == 0).then_some(()) },
-    )
-    .await;
+    t.wait_outbox_empty("the outbox table to be empty", Duration::from_secs(10))
+        .await;
     let stats = relay.stop().await;
     assert_eq!(stats.published, 2, "{stats:?}");
     assert_eq!(stats.refused, 0, "{stats:?}");
@@ -106,12 +102,8 @@ async fn drop_mode_counts_dropped_messages() {
         || async { (relay.stats().await.unroutable_dropped == 1).then_some(()) },
     )
     .await;
-    wait_for(
-        "the outbox table to be empty",
-        Duration::from_secs(10),
-        || async { (t.int("SELECT count(*) FROM outbox").await == 0).then_some(()) },
-    )
-    .await;
+    t.wait_outbox_empty("the outbox table to be empty", Duration::from_secs(10))
+        .await;
     let stats = relay.stop().await;
     assert_eq!(
         stats.published, 1,

@@ -99,6 +99,14 @@ impl TestDb {
         values[0]
     }
 
+    /// Waits (bounded by `timeout`, failing with `what`) until the `outbox` table has no row.
+    pub async fn wait_outbox_empty(&self, what: &str, timeout: Duration) {
+        wait_for(what, timeout, || async {
+            (self.int("SELECT count(*) FROM outbox").await == 0).then_some(())
+        })
+        .await;
+    }
+
     /// Removes what the test created (best effort; CI machines are thrown away anyway).
     pub async fn cleanup(self) {
         if self.db.get_database_backend() == sea_orm::DbBackend::Postgres {
