@@ -11,7 +11,8 @@
 //! Environment: `DATABASE_URL` (default `postgres://outbox:outbox@127.0.0.1:5432/outbox`),
 //! `AMQP_URL` (default `amqp://outbox:outbox@127.0.0.1:5672/%2f`), `OUTBOX_TABLE` (default
 //! `outbox`), `OUTBOX_EXCHANGE` (default `outbox`), `OUTBOX_BATCH_SIZE` (default 500),
-//! `RUST_LOG` (default `info`). On stop it finishes the batch in flight, closes the broker
+//! `OUTBOX_RELAY_CONCURRENCY` (batches in flight, default 2), `RUST_LOG` (default `info`;
+//! `actix_outbox_actors::relay_batch=debug` logs each batch's stage timings). On stop it finishes the batch in flight, closes the broker
 //! connection, then the database, and prints its counters.
 
 use actix::Actor;
@@ -47,10 +48,17 @@ async fn main() -> Result<(), Error> {
             field: "OUTBOX_BATCH_SIZE",
             reason: e.to_string(),
         })?;
+    let concurrency = env_or("OUTBOX_RELAY_CONCURRENCY", "2")
+        .parse::<u32>()
+        .map_err(|e| Error::InvalidConfig {
+            field: "OUTBOX_RELAY_CONCURRENCY",
+            reason: e.to_string(),
+        })?;
     let config = RelayConfig::default()
         .with_table(table.clone())
         .with_exchange(env_or("OUTBOX_EXCHANGE", "outbox"))
-        .with_batch_size(batch_size);
+        .with_batch_size(batch_size)
+        .with_concurrency(concurrency);
     config.validate()?;
 
     info!(database = %redact_url(&db_url), "connecting to the database");

@@ -65,31 +65,50 @@ pub(crate) async fn run_batch(
 ) -> Result<BatchReport> {
     let span = info_span!("relay_batch", table = %config.table(), claimed = tracing::field::Empty);
     async move {
-        let started = Instant::now();
-        let report = match sql.backend() {
+        let mut t = StageTimer::new();
+        let (report, lag) = match sql.backend() {
             DbBackend::Postgres => {
                 let txn = db.begin().await?;
+                t.lap(Stage::Begin);
                 let rows = claim(&txn, config, sql).await?;
-                let report = publish_and_settle(&txn, channel, config, sql, rows).await?;
+                t.lap(Stage::Claim);
+                let lag = due_lag(&rows);
+                let published = publish(channel, config, &rows, &mut t).await;
+                let report = settle(&txn, config, sql, &rows, published).await?;
+                t.lap(Stage::Settle);
                 txn.commit().await?;
-                report
+                t.lap(Stage::Commit);
+                (report, lag)
             }
             _ => {
                 let rows = claim(db, config, sql).await?;
-                let fates = publish(channel, config, &rows).await;
+                t.lap(Stage::Claim);
+                let lag = due_lag(&rows);
+                let published = publish(channel, config, &rows, &mut t).await;
                 let txn = db.begin().await?;
-                let report = settle(&txn, config, sql, &rows, fates).await?;
+                t.lap(Stage::Begin);
+                let report = settle(&txn, config, sql, &rows, published).await?;
+                t.lap(Stage::Settle);
                 txn.commit().await?;
-                report
+                t.lap(Stage::Commit);
+                (report, lag)
             }
         };
         tracing::Span::current().record("claimed", report.claimed);
         if report.claimed > 0 {
+            let us = |stage: Stage| t.micros(stage);
             debug!(
                 sent = report.sent,
                 refused = report.refused,
                 released = report.released,
-                elapsed_ms = started.elapsed().as_millis() as u64,
+                due_lag_us = lag,
+                begin_us = us(Stage::Begin),
+                claim_us = us(Stage::Claim),
+                publish_us = us(Stage::Publish),
+                confirm_us = us(Stage::Confirm),
+                settle_us = us(Stage::Settle),
+                commit_us = us(Stage::Commit),
+                elapsed_us = t.total_micros(),
                 "batch done"
             );
         }
@@ -108,15 +127,67 @@ async fn claim<C: ConnectionTrait>(
     Ok(Entity::find().from_raw_sql(stmt).all(db).await?)
 }
 
-async fn publish_and_settle<C: ConnectionTrait>(
-    txn: &C,
-    channel: &Channel,
-    config: &RelayConfig,
-    sql: &RelaySql,
-    rows: Vec<Model>,
-) -> Result<BatchReport> {
-    let fates = publish(channel, config, &rows).await;
-    settle(txn, config, sql, &rows, fates).await
+/// The stages of a batch, timed for the `batch done` debug event.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Stage {
+    /// `BEGIN` (PostgreSQL: before the claim; SQLite: the settling transaction).
+    Begin,
+    /// The claiming `SELECT`.
+    Claim,
+    /// Handing every publish to the channel.
+    Publish,
+    /// Waiting for the broker's confirms.
+    Confirm,
+    /// Deleting, marking and recording failures.
+    Settle,
+    /// `COMMIT`.
+    Commit,
+}
+
+/// Time spent per [`Stage`]: each lap books the time since the previous one.
+#[derive(Debug)]
+pub(crate) struct StageTimer {
+    started: Instant,
+    last: Instant,
+    micros: [u64; 6],
+}
+
+impl StageTimer {
+    pub(crate) fn new() -> Self {
+        let now = Instant::now();
+        Self {
+            started: now,
+            last: now,
+            micros: [0; 6],
+        }
+    }
+
+    /// Books the time since the previous lap to `stage`.
+    pub(crate) fn lap(&mut self, stage: Stage) {
+        let now = Instant::now();
+        self.micros[stage as usize] += micros(now - self.last);
+        self.last = now;
+    }
+
+    fn micros(&self, stage: Stage) -> u64 {
+        self.micros[stage as usize]
+    }
+
+    fn total_micros(&self) -> u64 {
+        micros(self.started.elapsed())
+    }
+}
+
+fn micros(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// How long the longest-waiting row of a batch had been due when it was claimed, in µs (by
+/// this host's clock against the row's `send_after`; meaningful when both share a clock).
+fn due_lag(rows: &[Model]) -> u64 {
+    rows.iter().map(|r| r.send_after).min().map_or(0, |due| {
+        u64::try_from((Utc::now() - due).num_microseconds().unwrap_or(0)).unwrap_or(0)
+    })
 }
 
 /// The outcome of publishing a batch: one fate per row, plus a channel error if any.
@@ -128,7 +199,12 @@ pub(crate) struct Published {
 /// Publishes every row (pipelined: all frames first), then awaits the confirms in order under
 /// one deadline. Never returns early on a broker error: rows it could not confirm are
 /// [`Fate::Unknown`].
-pub(crate) async fn publish(channel: &Channel, config: &RelayConfig, rows: &[Model]) -> Published {
+pub(crate) async fn publish(
+    channel: &Channel,
+    config: &RelayConfig,
+    rows: &[Model],
+    timer: &mut StageTimer,
+) -> Published {
     let now = Utc::now();
     let exchange = config.exchange();
     let mut pending: Vec<PublisherConfirm> = Vec::with_capacity(rows.len());
@@ -154,6 +230,7 @@ pub(crate) async fn publish(channel: &Channel, config: &RelayConfig, rows: &[Mod
             }
         }
     }
+    timer.lap(Stage::Publish);
     let deadline = tokio::time::Instant::now() + config.confirm_timeout;
     let mut fates = Vec::with_capacity(rows.len());
     for (row, confirm) in rows.iter().zip(pending) {
@@ -176,6 +253,7 @@ pub(crate) async fn publish(channel: &Channel, config: &RelayConfig, rows: &[Mod
         fates.push(fate);
     }
     fates.resize(rows.len(), Fate::Unknown);
+    timer.lap(Stage::Confirm);
     Published {
         fates,
         channel_error,
@@ -242,7 +320,12 @@ async fn settle<C: ConnectionTrait>(
     }
     if !done.is_empty() {
         let keep = matches!(config.cleanup, Cleanup::Keep { .. });
-        db.execute_raw(sql.finish(&done, keep, now)).await?;
+        let finish = sql.finish(&done, keep, now);
+        if finish.values.is_none() {
+            db.execute_unprepared(&finish.sql).await?;
+        } else {
+            db.execute_raw(finish).await?;
+        }
     }
     Ok(report)
 }

@@ -248,6 +248,8 @@ pub(super) async fn end_to_end(b: &Bench) -> Result<(), Error> {
     for _ in 0..b.params.runs {
         // The production layout: relay and worker in their own processes.
         let (worker, mut relay) = spawn_pipeline(b, &table, exchange, queue, n as u64).await?;
+        // Drains the relay's log (a full pipe would block it).
+        let relay_log = collect_batch_stages(&mut relay);
         tokio::time::sleep(Duration::from_secs(2)).await; // start-up, not synchronisation
         let events = b.events(n, "bench.e2e")?;
         let start_us = now_us();
@@ -256,6 +258,7 @@ pub(super) async fn end_to_end(b: &Bench) -> Result<(), Error> {
         txn.commit().await?;
         let report = worker_report(worker).await;
         stop_process(&mut relay);
+        let _ = relay_log.join();
         let report = report?;
         let handled = report["handled"].as_u64().unwrap_or(0);
         if handled < n as u64 {

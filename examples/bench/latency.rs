@@ -1,13 +1,14 @@
 //! `latency` and `footprint` with relay and worker as processes, and the broker's own floor.
 
 use super::*;
-/// Emits `rate` events/s, one per transaction, for `latency_seconds` while a relay and a
-/// worker run in this process; returns (latencies in µs, emitted, seconds taken to emit).
+/// Emits `rate` events/s, one per transaction, for `latency_seconds` while the relay and the
+/// worker run; returns (emitted, seconds taken to emit, each event's emit → committed time
+/// in µs).
 pub(super) async fn paced_emit(
     b: &Bench,
     outbox: &actix_outbox::Outbox,
     key: &str,
-) -> Result<(u64, f64), Error> {
+) -> Result<(u64, f64, Vec<u64>), Error> {
     let total = b.params.rate * b.params.latency_seconds;
     let period = Duration::from_secs_f64(1.0 / b.params.rate as f64);
     let mut ticker = tokio::time::interval(period);
@@ -21,18 +22,20 @@ pub(super) async fn paced_emit(
         // Each emit is its own transaction; spawned so a slow commit does not delay the pace.
         tasks.push(actix::spawn(async move {
             let txn = db.begin().await?;
+            let sent_us = now_us();
             outbox
-                .emit(&txn, &key, &json!({"sent_us": now_us(), "pad": pad}))
+                .emit(&txn, &key, &json!({"sent_us": sent_us, "pad": pad}))
                 .await?;
             txn.commit().await?;
-            Ok::<(), Error>(())
+            Ok::<u64, Error>(now_us().saturating_sub(sent_us))
         }));
     }
     let emitting = start.elapsed().as_secs_f64();
+    let mut commits = Vec::with_capacity(tasks.len());
     for task in tasks {
-        task.await.map_err(|e| bad("emit task", e.to_string()))??;
+        commits.push(task.await.map_err(|e| bad("emit task", e.to_string()))??);
     }
-    Ok((total, emitting))
+    Ok((total, emitting, commits))
 }
 
 pub(super) fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -62,6 +65,7 @@ pub(super) async fn latency(
     outbox.setup(&b.db).await?;
     let total = b.params.rate * b.params.latency_seconds;
     let (worker, mut relay) = spawn_pipeline(b, &table, exchange, &queue, total).await?;
+    let relay_log = collect_batch_stages(&mut relay);
     // Both processes connect, declare and LISTEN before the load starts (start-up, not sync).
     tokio::time::sleep(Duration::from_secs(2)).await;
     let emitted = paced_emit(b, &outbox, "bench.latency").await;
@@ -69,9 +73,11 @@ pub(super) async fn latency(
     let report = worker_report(worker).await;
     let relay_kib = peak_rss_kib(relay.id());
     stop_process(&mut relay);
+    let relay_stages = relay_log.join().unwrap_or_default();
     b.db.execute_unprepared("DROP TABLE IF EXISTS bench_latency_outbox")
         .await?;
-    let (total, emitting) = emitted?;
+    let (total, emitting, mut commits) = emitted?;
+    commits.sort_unstable();
     let report = report?;
     let floor = broker_latency_floor(b, exchange).await?;
     let mut l: Vec<u64> = report["latencies_us"]
@@ -93,6 +99,7 @@ pub(super) async fn latency(
                 "result": {"p50_ms": percentile(&l, 0.5), "p95_ms": percentile(&l, 0.95), "p99_ms": p99, "max_ms": percentile(&l, 1.0),
                            "handled": l.len(), "emitted": total, "achieved_rate": achieved.round(), "kept_up": kept_up},
                 "floor_raw_broker": floor,
+                "stages": stages_json(&commits, &relay_stages),
                 "target": {"p99_ms": 10.0},
                 "meets_target": kept_up && p99 <= 10.0,
             })
@@ -146,7 +153,10 @@ pub(super) async fn spawn_pipeline(
         .stdout(std::process::Stdio::piped())
         .spawn()
         .map_err(|e| bad("worker process", e.to_string()))?;
-    let relay = std::process::Command::new(dir.join("relay"))
+    // BENCH_RELAY_BIN: another relay build to compare (for before/after measurements).
+    let relay_bin =
+        std::env::var_os("BENCH_RELAY_BIN").map_or_else(|| dir.join("relay"), Into::into);
+    let relay = std::process::Command::new(relay_bin)
         .env(
             "DATABASE_URL",
             std::env::var("DATABASE_URL")
@@ -156,7 +166,11 @@ pub(super) async fn spawn_pipeline(
         .env("OUTBOX_TABLE", table.as_str())
         .env("OUTBOX_EXCHANGE", exchange)
         .env("OUTBOX_BATCH_SIZE", b.params.batch_size.to_string())
-        .env("RUST_LOG", "warn")
+        // The relay's per-batch stage timings (its `batch done` debug events) feed the
+        // latency scenario's stage breakdown; see `collect_batch_stages`.
+        .env("RUST_LOG", "warn,actix_outbox_actors::relay_batch=debug")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
         .spawn()
         .map_err(|e| {
             bad(
@@ -165,6 +179,64 @@ pub(super) async fn spawn_pipeline(
             )
         })?;
     Ok((worker, relay))
+}
+
+/// Stage timings of the relay's batches, in µs: one vector per field of its `batch done`
+/// debug events (`due_lag_us`, `claim_us`, `publish_us`, `confirm_us`, ...).
+type BatchStages = std::collections::BTreeMap<String, Vec<u64>>;
+
+/// Reads the relay process's log (its stdout) on a thread until it exits, keeping the fields
+/// of its `batch done` events.
+pub(super) fn collect_batch_stages(
+    relay: &mut std::process::Child,
+) -> std::thread::JoinHandle<BatchStages> {
+    let stdout = relay.stdout.take();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut stages = BatchStages::new();
+        let Some(stdout) = stdout else { return stages };
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if !line.contains("batch done") {
+                continue;
+            }
+            let fields = line.split_whitespace().filter_map(|f| f.split_once('='));
+            for (key, value) in fields {
+                if let Ok(v) = value.parse::<u64>() {
+                    stages.entry(key.to_owned()).or_default().push(v);
+                }
+            }
+        }
+        stages
+    })
+}
+
+/// The stage breakdown of the latency run: emit → commit in the emitter, and the relay's
+/// per-batch stages (p50/p95/p99 in ms, over batches).
+fn stages_json(commits: &[u64], relay: &BatchStages) -> Value {
+    let summary = |sorted: &[u64]| json!({"p50_ms": percentile(sorted, 0.5), "p95_ms": percentile(sorted, 0.95), "p99_ms": percentile(sorted, 0.99)});
+    let mut out = json!({"emit_commit": summary(commits)});
+    for (field, name) in [
+        ("due_lag_us", "relay_due_to_claimed"),
+        ("begin_us", "relay_begin"),
+        ("claim_us", "relay_claim"),
+        ("publish_us", "relay_publish"),
+        ("confirm_us", "relay_confirm_wait"),
+        ("settle_us", "relay_delete"),
+        ("commit_us", "relay_commit"),
+        ("elapsed_us", "relay_batch_total"),
+    ] {
+        let mut v = relay.get(field).cloned().unwrap_or_default();
+        v.sort_unstable();
+        out[name] = summary(&v);
+    }
+    let mut sizes = relay.get("sent").cloned().unwrap_or_default();
+    sizes.sort_unstable();
+    out["relay_batches"] = json!(sizes.len());
+    out["relay_rows_per_batch_p50"] = json!(sizes.get(sizes.len() / 2));
+    out
 }
 
 /// Waits for the worker process to exit and parses its report line.

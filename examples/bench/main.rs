@@ -17,11 +17,13 @@
 mod consume;
 mod emit;
 mod latency;
+mod latency_floor;
 mod relay;
 
 use consume::*;
 use emit::*;
 use latency::*;
+use latency_floor::*;
 use relay::*;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -74,6 +76,7 @@ impl Params {
                 "consume",
                 "end_to_end",
                 "latency",
+                "latency_floor",
                 "footprint",
             ]
             .map(String::from)
@@ -248,6 +251,12 @@ async fn main() -> Result<(), Error> {
     if std::env::args().nth(1).as_deref() == Some("--worker-process") {
         return worker_process().await;
     }
+    if std::env::args().nth(1).as_deref() == Some("--raw-relay-process") {
+        return raw_relay_process().await;
+    }
+    if std::env::args().nth(1).as_deref() == Some("--raw-worker-process") {
+        return raw_worker_process().await;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
@@ -290,6 +299,7 @@ async fn main() -> Result<(), Error> {
             }
             "footprint" if bench.params.scenarios.iter().any(|s| s == "latency") => {}
             "footprint" => latency(&bench, false, true).await?,
+            "latency_floor" => latency_floor(&bench).await?,
             other => return Err(bad("scenario", format!("unknown scenario {other}"))),
         }
     }
