@@ -140,7 +140,8 @@ pub(super) async fn latency_floor(b: &Bench) -> Result<(), Error> {
         .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
         .await;
     let _ = conn.close(200, "".into()).await;
-    let (total, emitting) = emitted?;
+    let (total, emitting, mut commits) = emitted?;
+    commits.sort_unstable();
     let report = report?;
     let mut l: Vec<u64> = report["latencies_us"]
         .as_array()
@@ -158,14 +159,17 @@ pub(super) async fn latency_floor(b: &Bench) -> Result<(), Error> {
                        "layout": "bare SQL emitter, bare relay process, bare lapin consumer process"},
             "result": {"p50_ms": percentile(&l, 0.5), "p95_ms": percentile(&l, 0.95), "p99_ms": percentile(&l, 0.99),
                        "max_ms": percentile(&l, 1.0), "handled": l.len(), "emitted": total, "kept_up": kept_up},
+            "stages": {"emit_commit": {"p50_ms": percentile(&commits, 0.5), "p95_ms": percentile(&commits, 0.95),
+                                       "p99_ms": percentile(&commits, 0.99)}},
         })
     );
     Ok(())
 }
 
 /// Inserts `rate` rows/s into [`TABLE`] for `latency_seconds`, one transaction per row, with
-/// plain SQL; returns (rows inserted, seconds taken to insert them).
-async fn raw_paced_emit(b: &Bench, key: &str) -> Result<(u64, f64), Error> {
+/// plain SQL; returns (rows inserted, seconds taken to insert them, each row's emit →
+/// committed time in µs).
+async fn raw_paced_emit(b: &Bench, key: &str) -> Result<(u64, f64, Vec<u64>), Error> {
     let total = b.params.rate * b.params.latency_seconds;
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / b.params.rate as f64));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -177,7 +181,8 @@ async fn raw_paced_emit(b: &Bench, key: &str) -> Result<(u64, f64), Error> {
         let (db, pad, key) = (b.db.clone(), pad.clone(), key.to_owned());
         // Each insert is its own transaction; spawned so a slow commit does not delay the pace.
         tasks.push(actix::spawn(async move {
-            let body = serde_json::to_vec(&json!({"sent_us": now_us(), "pad": pad}))
+            let sent_us = now_us();
+            let body = serde_json::to_vec(&json!({"sent_us": sent_us, "pad": pad}))
                 .map_err(Error::Json)?;
             let txn = db.begin().await?;
             txn.execute_raw(Statement::from_sql_and_values(
@@ -187,14 +192,15 @@ async fn raw_paced_emit(b: &Bench, key: &str) -> Result<(u64, f64), Error> {
             ))
             .await?;
             txn.commit().await?;
-            Ok::<(), Error>(())
+            Ok::<u64, Error>(now_us().saturating_sub(sent_us))
         }));
     }
     let emitting = start.elapsed().as_secs_f64();
+    let mut commits = Vec::with_capacity(tasks.len());
     for task in tasks {
-        task.await.map_err(|e| bad("emit task", e.to_string()))??;
+        commits.push(task.await.map_err(|e| bad("emit task", e.to_string()))??);
     }
-    Ok((total, emitting))
+    Ok((total, emitting, commits))
 }
 
 /// `bench --raw-relay-process <exchange> <batch_size>`: the textbook relay, one async loop.
