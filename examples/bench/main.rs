@@ -12,6 +12,11 @@
 //! `--emit-seconds` [5], `--rate` [1000], `--latency-seconds` [10], `--runs` [3]. Needs `DATABASE_URL` and `AMQP_URL` (defaults match
 //! `scripts/services`). Each scenario runs `--runs` times; the JSON line reports the median,
 //! min and max, the ceiling's median, their ratio and the target ratio.
+//!
+//! Scenarios: `emit`, `emit_many`, `relay_drain`, `consume`, `end_to_end`, `latency` (with a
+//! per-stage breakdown from the relay's `batch done` events), `latency_floor` (the same
+//! pipeline written bare, without this library) and `footprint`. `BENCH_RELAY_BIN` runs the
+//! latency scenario with another build of the `relay` example, for before/after comparisons.
 #![allow(clippy::print_stdout)]
 
 mod consume;
