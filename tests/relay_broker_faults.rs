@@ -11,21 +11,26 @@ use std::time::Duration;
 
 use actix_outbox::{OutboxEvent, setup};
 use common::broker::{TestBroker, assert_none_lost};
-use common::faults::{outage, rabbitmqctl};
+use common::faults::{DiskAlarm, outage, rabbitmqctl};
 use common::relay::{TestRelay, config};
 use common::{TestDb, wait_for};
-use sea_orm::TransactionTrait;
+use sea_orm::{ConnectionTrait, TransactionTrait};
 
 static BROKER_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const ROWS: usize = 20_000;
-/// Small batches, one at a time: the drain must last longer than `rabbitmqctl` takes to start
-/// and inject the fault (on an idle machine a default relay drains 20,000 rows in about a
-/// second, before the fault lands, and the test would prove nothing).
+/// Rows the relay drains before the fault.
+const BEFORE_FAULT: usize = 2_000;
+/// Small batches, one at a time: few duplicates to explain.
 const BATCH: u32 = 50;
 
-/// Emits the backlog, starts a relay, waits until it is mid-drain, injects `fault`, then
-/// checks every row arrived and the table is empty. Returns the duplicates.
+/// Emits the backlog, starts a relay and injects `fault` mid-drain with a batch in flight,
+/// then checks every row arrived and the table is empty. Returns the duplicates.
+///
+/// The fault's timing is made deterministic, not raced against the relay's speed: the test
+/// locks every row after the first [`BEFORE_FAULT`] (the relay's claims skip locked rows), so
+/// the relay drains those and waits; then the broker's disk alarm blocks publishing, the lock
+/// is released, and the relay's next batch stays unconfirmed until the fault hits it.
 async fn drain_through<F, Fut>(fault: F) -> usize
 where
     F: FnOnce() -> Fut,
@@ -42,6 +47,14 @@ where
     let txn = t.db.begin().await.expect("begin");
     let ids = actix_outbox::emit_many(&txn, events).await.expect("emit");
     txn.commit().await.expect("commit");
+    let hold = t.db.begin().await.expect("begin");
+    hold.execute_unprepared(&format!(
+        "SELECT id FROM outbox WHERE id > (SELECT id FROM outbox ORDER BY id OFFSET {} LIMIT 1) \
+         FOR UPDATE",
+        BEFORE_FAULT - 1
+    ))
+    .await
+    .expect("lock the rows after the first ones");
 
     let relay = TestRelay::start(
         &t.db,
@@ -51,12 +64,24 @@ where
             .with_concurrency(1),
     );
     wait_for(
-        "the relay to be mid-drain",
+        "the relay to drain the unlocked rows",
         Duration::from_secs(30),
-        || async { (relay.stats().await.published >= 2_000).then_some(()) },
+        || async { (relay.stats().await.published >= BEFORE_FAULT as u64).then_some(()) },
+    )
+    .await;
+    let alarm = DiskAlarm::raise().await;
+    hold.rollback().await.expect("release the rows");
+    wait_for(
+        "the broker to block the relay's next batch",
+        Duration::from_secs(30),
+        || async {
+            let states = rabbitmqctl(&["list_connections", "state"]).await;
+            states.lines().any(|l| l.trim() == "blocked").then_some(())
+        },
     )
     .await;
     fault().await;
+    alarm.clear().await;
     t.wait_outbox_empty(
         "the relay to finish the drain after the fault",
         Duration::from_secs(90),

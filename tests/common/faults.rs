@@ -78,7 +78,7 @@ pub fn host_port(url: &str) -> String {
 }
 
 /// Runs `rabbitmqctl <args>` (bounded at 120 s) and fails the test on error.
-pub async fn rabbitmqctl(args: &[&str]) {
+pub async fn rabbitmqctl(args: &[&str]) -> String {
     let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
     let shown = args.join(" ");
     let output = tokio::task::spawn_blocking(move || {
@@ -97,6 +97,47 @@ pub async fn rabbitmqctl(args: &[&str]) {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The broker's free-disk-space alarm, raised. While it is raised the broker blocks every
+/// connection that publishes: their publishes stay unconfirmed, so a fault injected then is
+/// sure to find a batch in flight. Cleared by [`DiskAlarm::clear`], or on drop (so a failing
+/// test does not leave the broker blocking everyone).
+pub struct DiskAlarm {
+    raised: bool,
+}
+
+/// The broker's default free-disk limit (`scripts/services` does not change it).
+const DEFAULT_DISK_FREE_LIMIT: &str = "50MB";
+
+impl DiskAlarm {
+    /// Raises the alarm: a free-disk limit no disk meets.
+    pub async fn raise() -> Self {
+        rabbitmqctl(&["set_disk_free_limit", "1000000000000000"]).await;
+        Self { raised: true }
+    }
+
+    /// Clears the alarm (back to the default limit).
+    pub async fn clear(mut self) {
+        rabbitmqctl(&["set_disk_free_limit", DEFAULT_DISK_FREE_LIMIT]).await;
+        self.raised = false;
+    }
+}
+
+impl Drop for DiskAlarm {
+    fn drop(&mut self) {
+        if self.raised {
+            let _ = Command::new("timeout")
+                .args([
+                    "60",
+                    "rabbitmqctl",
+                    "set_disk_free_limit",
+                    DEFAULT_DISK_FREE_LIMIT,
+                ])
+                .output();
+        }
+    }
 }
 
 /// A deliberate outage of `d` (the fault itself, not a synchronisation wait).
