@@ -202,11 +202,19 @@ pub(super) fn collect_batch_stages(
             if !line.contains("batch done") {
                 continue;
             }
-            let fields = line.split_whitespace().filter_map(|f| f.split_once('='));
-            for (key, value) in fields {
-                if let Ok(v) = value.parse::<u64>() {
-                    stages.entry(key.to_owned()).or_default().push(v);
-                }
+            let fields: Vec<(&str, u64)> = line
+                .split_whitespace()
+                .filter_map(|f| f.split_once('='))
+                .filter_map(|(k, v)| Some((k, v.parse::<u64>().ok()?)))
+                .collect();
+            for &(key, value) in &fields {
+                stages.entry(key.to_owned()).or_default().push(value);
+            }
+            // Per event: every row of the batch counted with the batch's (oldest row's) lag.
+            let get = |name: &str| fields.iter().find(|(k, _)| *k == name).map(|&(_, v)| v);
+            if let (Some(lag), Some(rows)) = (get("due_lag_us"), get("sent")) {
+                let per_event = stages.entry("event_due_lag_us".to_owned()).or_default();
+                per_event.extend(std::iter::repeat_n(lag, rows as usize));
             }
         }
         stages
@@ -214,12 +222,15 @@ pub(super) fn collect_batch_stages(
 }
 
 /// The stage breakdown of the latency run: emit → commit in the emitter, and the relay's
-/// per-batch stages (p50/p95/p99 in ms, over batches).
+/// per-batch stages (p50/p95/p99 in ms, over batches). `relay_due_to_claimed_per_event`
+/// counts each row with its batch's lag (an upper bound per event: the batch's oldest row
+/// waited longest), so a stalled batch of 100 rows weighs as 100 events, not as one batch.
 fn stages_json(commits: &[u64], relay: &BatchStages) -> Value {
     let summary = |sorted: &[u64]| json!({"p50_ms": percentile(sorted, 0.5), "p95_ms": percentile(sorted, 0.95), "p99_ms": percentile(sorted, 0.99)});
     let mut out = json!({"emit_commit": summary(commits)});
     for (field, name) in [
         ("due_lag_us", "relay_due_to_claimed"),
+        ("event_due_lag_us", "relay_due_to_claimed_per_event"),
         ("begin_us", "relay_begin"),
         ("claim_us", "relay_claim"),
         ("publish_us", "relay_publish"),
