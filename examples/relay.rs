@@ -27,6 +27,17 @@ fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
 }
 
+/// A number from the environment, or `default`; a value that is not a number is an error.
+fn env_number(name: &'static str, default: u32) -> Result<u32, Error> {
+    match std::env::var(name) {
+        Err(_) => Ok(default),
+        Ok(value) => value.parse().map_err(|e| Error::InvalidConfig {
+            field: name,
+            reason: format!("{value:?}: {e}"),
+        }),
+    }
+}
+
 #[actix::main]
 async fn main() -> Result<(), Error> {
     // Installed before anything else, so a SIGTERM during start-up still stops gracefully.
@@ -42,18 +53,8 @@ async fn main() -> Result<(), Error> {
         "postgres://outbox:outbox@127.0.0.1:5432/outbox",
     );
     let table = TableName::new(env_or("OUTBOX_TABLE", "outbox"))?;
-    let batch_size = env_or("OUTBOX_BATCH_SIZE", "500")
-        .parse::<u32>()
-        .map_err(|e| Error::InvalidConfig {
-            field: "OUTBOX_BATCH_SIZE",
-            reason: e.to_string(),
-        })?;
-    let concurrency = env_or("OUTBOX_RELAY_CONCURRENCY", "2")
-        .parse::<u32>()
-        .map_err(|e| Error::InvalidConfig {
-            field: "OUTBOX_RELAY_CONCURRENCY",
-            reason: e.to_string(),
-        })?;
+    let batch_size = env_number("OUTBOX_BATCH_SIZE", 500)?;
+    let concurrency = env_number("OUTBOX_RELAY_CONCURRENCY", 2)?;
     let config = RelayConfig::default()
         .with_table(table.clone())
         .with_exchange(env_or("OUTBOX_EXCHANGE", "outbox"))

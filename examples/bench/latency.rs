@@ -9,26 +9,39 @@ pub(super) async fn paced_emit(
     outbox: &actix_outbox::Outbox,
     key: &str,
 ) -> Result<(u64, f64, Vec<u64>), Error> {
-    let total = b.params.rate * b.params.latency_seconds;
-    let period = Duration::from_secs_f64(1.0 / b.params.rate as f64);
-    let mut ticker = tokio::time::interval(period);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let pad = b.payload["pad"].clone();
-    let start = Instant::now();
-    let mut tasks = Vec::with_capacity(total as usize);
-    for _ in 0..total {
-        ticker.tick().await;
+    paced(b, || {
         let (db, outbox, pad, key) = (b.db.clone(), outbox.clone(), pad.clone(), key.to_owned());
-        // Each emit is its own transaction; spawned so a slow commit does not delay the pace.
-        tasks.push(actix::spawn(async move {
+        async move {
             let txn = db.begin().await?;
             let sent_us = now_us();
             outbox
                 .emit(&txn, &key, &json!({"sent_us": sent_us, "pad": pad}))
                 .await?;
             txn.commit().await?;
-            Ok::<u64, Error>(now_us().saturating_sub(sent_us))
-        }));
+            Ok(now_us().saturating_sub(sent_us))
+        }
+    })
+    .await
+}
+
+/// Runs `emit_one` `rate` times a second for `latency_seconds`, each call spawned so a slow
+/// commit does not delay the pace; returns (calls, seconds taken to start them all, and what
+/// each call returned: its emit → committed time in µs).
+pub(super) async fn paced<F, Fut>(b: &Bench, emit_one: F) -> Result<(u64, f64, Vec<u64>), Error>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<u64, Error>> + 'static,
+{
+    let total = b.params.rate * b.params.latency_seconds;
+    let period = Duration::from_secs_f64(1.0 / b.params.rate as f64);
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        ticker.tick().await;
+        tasks.push(actix::spawn(emit_one()));
     }
     let emitting = start.elapsed().as_secs_f64();
     let mut commits = Vec::with_capacity(tasks.len());
@@ -36,6 +49,16 @@ pub(super) async fn paced_emit(
         commits.push(task.await.map_err(|e| bad("emit task", e.to_string()))??);
     }
     Ok((total, emitting, commits))
+}
+
+/// The `latencies_us` of a worker process's report, sorted.
+pub(super) fn sorted_latencies(report: &Value) -> Vec<u64> {
+    let mut l: Vec<u64> = report["latencies_us"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default();
+    l.sort_unstable();
+    l
 }
 
 pub(super) fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -80,11 +103,7 @@ pub(super) async fn latency(
     commits.sort_unstable();
     let report = report?;
     let floor = broker_latency_floor(b, exchange).await?;
-    let mut l: Vec<u64> = report["latencies_us"]
-        .as_array()
-        .map(|a| a.iter().filter_map(Value::as_u64).collect())
-        .unwrap_or_default();
-    l.sort_unstable();
+    let l = sorted_latencies(&report);
     let achieved = total as f64 / emitting;
     let kept_up = l.len() as u64 == total && achieved >= 0.95 * b.params.rate as f64;
     let p99 = percentile(&l, 0.99);

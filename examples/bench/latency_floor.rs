@@ -143,11 +143,7 @@ pub(super) async fn latency_floor(b: &Bench) -> Result<(), Error> {
     let (total, emitting, mut commits) = emitted?;
     commits.sort_unstable();
     let report = report?;
-    let mut l: Vec<u64> = report["latencies_us"]
-        .as_array()
-        .map(|a| a.iter().filter_map(Value::as_u64).collect())
-        .unwrap_or_default();
-    l.sort_unstable();
+    let l = sorted_latencies(&report);
     let achieved = total as f64 / emitting;
     let kept_up = l.len() as u64 == total && achieved >= 0.95 * b.params.rate as f64;
     println!(
@@ -170,17 +166,10 @@ pub(super) async fn latency_floor(b: &Bench) -> Result<(), Error> {
 /// plain SQL; returns (rows inserted, seconds taken to insert them, each row's emit →
 /// committed time in µs).
 async fn raw_paced_emit(b: &Bench, key: &str) -> Result<(u64, f64, Vec<u64>), Error> {
-    let total = b.params.rate * b.params.latency_seconds;
-    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / b.params.rate as f64));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let pad = b.payload["pad"].clone();
-    let start = Instant::now();
-    let mut tasks = Vec::with_capacity(total as usize);
-    for _ in 0..total {
-        ticker.tick().await;
+    paced(b, || {
         let (db, pad, key) = (b.db.clone(), pad.clone(), key.to_owned());
-        // Each insert is its own transaction; spawned so a slow commit does not delay the pace.
-        tasks.push(actix::spawn(async move {
+        async move {
             let sent_us = now_us();
             let body = serde_json::to_vec(&json!({"sent_us": sent_us, "pad": pad}))
                 .map_err(Error::Json)?;
@@ -192,15 +181,10 @@ async fn raw_paced_emit(b: &Bench, key: &str) -> Result<(u64, f64, Vec<u64>), Er
             ))
             .await?;
             txn.commit().await?;
-            Ok::<u64, Error>(now_us().saturating_sub(sent_us))
-        }));
-    }
-    let emitting = start.elapsed().as_secs_f64();
-    let mut commits = Vec::with_capacity(tasks.len());
-    for task in tasks {
-        commits.push(task.await.map_err(|e| bad("emit task", e.to_string()))??);
-    }
-    Ok((total, emitting, commits))
+            Ok(now_us().saturating_sub(sent_us))
+        }
+    })
+    .await
 }
 
 /// `bench --raw-relay-process <exchange> <batch_size>`: the textbook relay, one async loop.
