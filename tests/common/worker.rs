@@ -14,10 +14,7 @@ use actix_outbox_actors::{
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
-    QueueDeleteOptions,
-};
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde::de::DeserializeOwned;
@@ -173,16 +170,7 @@ impl WorkerEnv {
             Connection::connect(&self.broker.url, ConnectionProperties::default()).await
         {
             if let Ok(channel) = conn.create_channel().await {
-                for q in &queues {
-                    let _ = channel
-                        .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                        .await;
-                }
-                for e in &exchanges {
-                    let _ = channel
-                        .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
-                        .await;
-                }
+                super::process::delete_topology(&channel, &queues, &exchanges).await;
             }
             let _ = conn.close(200, "".into()).await;
         }

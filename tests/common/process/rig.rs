@@ -10,9 +10,7 @@ use std::time::Duration;
 
 use actix_outbox::{Outbox, OutboxEvent, TableName};
 use chrono::Utc;
-use lapin::options::{
-    BasicGetOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
-};
+use lapin::options::{BasicGetOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ConnectionProperties};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, TransactionTrait};
@@ -436,16 +434,7 @@ impl FaultRig {
                 queues.push(n.delay(*ms));
                 exchanges.push(n.delay(*ms));
             }
-            for q in &queues {
-                let _ = channel
-                    .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                    .await;
-            }
-            for e in &exchanges {
-                let _ = channel
-                    .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
-                    .await;
-            }
+            super::delete_topology(&channel, &queues, &exchanges).await;
         }
         let _ = conn.close(200, "".into()).await;
         let _ = self.db.close().await;
