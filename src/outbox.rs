@@ -131,6 +131,18 @@ impl Outbox {
         let now = Utc::now();
         let events: Vec<OutboxEvent> = events.into_iter().collect();
         let ids: Vec<Uuid> = events.iter().map(|e| e.message_id).collect();
+        #[cfg(feature = "postgres")]
+        if backend == DbBackend::Postgres {
+            let mut rest = events.into_iter().peekable();
+            while rest.peek().is_some() {
+                let chunk: Vec<OutboxEvent> =
+                    rest.by_ref().take(ROWS_PER_ARRAY_STATEMENT).collect();
+                db.execute_raw(unnest_insert(&self.table, chunk, now))
+                    .await?;
+            }
+            trace!(table = %self.table, count = ids.len(), "emitted many");
+            return Ok(ids);
+        }
         let mut rows = events.into_iter().peekable();
         while let Some(first) = rows.next() {
             let shape = has_eta(&first);
@@ -148,6 +160,67 @@ impl Outbox {
         trace!(table = %self.table, count = ids.len(), "emitted many");
         Ok(ids)
     }
+}
+
+/// Rows per statement in [`Outbox::emit_many`] on PostgreSQL, where each column travels as one
+/// array parameter: the bound keeps a single message to the server at a few MiB.
+#[cfg(feature = "postgres")]
+const ROWS_PER_ARRAY_STATEMENT: usize = 10_000;
+
+/// One `INSERT … SELECT … FROM unnest(…)` for many events on PostgreSQL: nine array
+/// parameters whatever the row count, sent in binary, parsed once. It is several times faster
+/// than multi-row `VALUES` lists, whose SQL text and parameter count grow with the rows.
+///
+/// A missing eta leaves `send_after` to the database clock (`now()`, as the column default
+/// does) and a missing expiry stays `NULL`; the `bool` arrays say which entries are set, since
+/// the array parameters cannot carry `NULL` elements. `WITH ORDINALITY … ORDER BY` keeps the
+/// given order, so ids grow in it.
+#[cfg(feature = "postgres")]
+fn unnest_insert(
+    table: &TableName,
+    events: Vec<OutboxEvent>,
+    now: DateTime<Utc>,
+) -> sea_orm::Statement {
+    use sea_orm::Value;
+    let n = events.len();
+    let mut message_ids = Vec::with_capacity(n);
+    let mut routing_keys = Vec::with_capacity(n);
+    let mut payloads = Vec::with_capacity(n);
+    let mut content_types = Vec::with_capacity(n);
+    let mut headers = Vec::with_capacity(n);
+    let (mut has_eta, mut etas) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut has_expiry, mut expiries) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for event in events {
+        headers.push(event.headers_json());
+        message_ids.push(event.message_id);
+        routing_keys.push(event.routing_key.into_string());
+        payloads.push(event.payload);
+        content_types.push(event.content_type);
+        has_eta.push(event.eta.is_some());
+        etas.push(event.eta.unwrap_or(now));
+        has_expiry.push(event.expires_at.is_some());
+        expiries.push(event.expires_at.unwrap_or(now));
+    }
+    let sql = format!(
+        "INSERT INTO {table} (message_id, routing_key, payload, content_type, headers, send_after, expires_at) \
+         SELECT m, r, p, c, h, CASE WHEN he THEN e ELSE now() END, CASE WHEN hx THEN x END \
+         FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::text[], $5::jsonb[], \
+                     $6::bool[], $7::timestamptz[], $8::bool[], $9::timestamptz[]) \
+              WITH ORDINALITY AS u(m, r, p, c, h, he, e, hx, x, n) \
+         ORDER BY n"
+    );
+    let values: Vec<Value> = vec![
+        message_ids.into(),
+        routing_keys.into(),
+        payloads.into(),
+        content_types.into(),
+        headers.into(),
+        has_eta.into(),
+        etas.into(),
+        has_expiry.into(),
+        expiries.into(),
+    ];
+    sea_orm::Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
 }
 
 /// Rows of one multi-row `INSERT` must set the same columns; on PostgreSQL an event without

@@ -1,4 +1,4 @@
-//! `emit_many` writes 10,000 events in one transaction, in insertion order.
+//! `emit_many` writes 12,000 events in one transaction, in insertion order, every column intact.
 #![cfg(feature = "service-tests")]
 
 mod common;
@@ -9,18 +9,35 @@ use actix_outbox::outbox_message::{Column, Entity};
 use actix_outbox::{OutboxEvent, setup};
 use sea_orm::{EntityTrait, QueryOrder, TransactionTrait};
 
-/// 10,000 events → 10,000 rows whose ids grow in the order the events were given.
+/// 12,000 events (more than one PostgreSQL array statement) → 12,000 rows whose ids grow in
+/// the order the events were given, each column as the event set it.
 #[tokio::test]
-async fn ten_thousand_events_in_order() {
+async fn twelve_thousand_events_in_order_with_every_column() {
+    const N: usize = 12_000;
     for t in common::both_backends().await {
         let db = &t.db;
         setup(db).await.expect("setup");
-        let events: Vec<OutboxEvent> = (0..10_000)
+        let deadline = chrono::Utc::now() + chrono::TimeDelta::hours(2);
+        let events: Vec<OutboxEvent> = (0..N)
             .map(|n| {
                 let event = OutboxEvent::json("bulk.item", &n).expect("event");
-                // A few events with an eta split the multi-row inserts; order must survive.
-                if n % 997 == 0 {
+                // Some events carry an eta, an expiry or a header, interleaved; order and
+                // every column must survive.
+                let event = if n % 997 == 0 {
                     event.with_delay(Duration::from_secs(3_600))
+                } else {
+                    event
+                };
+                let event = if n % 500 == 0 {
+                    event.with_expires_at(deadline)
+                } else {
+                    event
+                };
+                if n % 3 == 0 {
+                    event
+                        .with_content_type("application/x-bulk")
+                        .with_header("x-n", n as u64)
+                        .expect("header")
                 } else {
                     event
                 }
@@ -31,20 +48,53 @@ async fn ten_thousand_events_in_order() {
             .await
             .expect("emit_many");
         txn.commit().await.expect("commit");
-        assert_eq!(ids.len(), 10_000);
+        assert_eq!(ids.len(), N);
 
         let rows = Entity::find()
             .order_by_asc(Column::Id)
             .all(db)
             .await
             .expect("read");
-        assert_eq!(rows.len(), 10_000, "{}", t.name);
+        assert_eq!(rows.len(), N, "{}", t.name);
         for (n, (row, id)) in rows.iter().zip(&ids).enumerate() {
-            assert_eq!(&row.message_id, id, "row {n} out of order");
+            assert_eq!(&row.message_id, id, "{}: row {n} out of order", t.name);
+            assert_eq!(row.routing_key, "bulk.item");
             assert_eq!(row.payload, n.to_string().into_bytes());
+            let tracking = row.headers["x-outbox-tracking-ids"][0].as_str();
+            assert_eq!(tracking, Some(id.to_string().as_str()), "row {n} headers");
+            if n % 3 == 0 {
+                assert_eq!(row.content_type, "application/x-bulk", "row {n}");
+                assert_eq!(row.headers["x-n"].as_u64(), Some(n as u64), "row {n}");
+            } else {
+                assert_eq!(row.content_type, "application/json", "row {n}");
+                assert!(row.headers.get("x-n").is_none(), "row {n}");
+            }
+            if n % 997 == 0 {
+                assert!(
+                    row.send_after > row.created_at,
+                    "{}: row {n} lost its eta",
+                    t.name
+                );
+            } else {
+                assert!(
+                    row.send_after <= row.created_at + chrono::TimeDelta::seconds(1),
+                    "{}: row {n} is due late: {} vs {}",
+                    t.name,
+                    row.send_after,
+                    row.created_at
+                );
+            }
+            if n % 500 == 0 {
+                let got = row.expires_at.expect("expiry kept");
+                assert!(
+                    (got - deadline).num_milliseconds().abs() < 1,
+                    "row {n}: {got}"
+                );
+            } else {
+                assert_eq!(row.expires_at, None, "{}: row {n}", t.name);
+            }
+            assert_eq!(row.attempts, 0);
         }
-        let future = rows.iter().filter(|r| r.send_after > r.created_at).count();
-        assert_eq!(future, 11, "the events with an eta kept it");
         t.cleanup().await;
     }
 }
