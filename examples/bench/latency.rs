@@ -202,7 +202,7 @@ pub(super) async fn spawn_pipeline(
 
 /// Stage timings of the relay's batches, in µs: one vector per field of its `batch done`
 /// debug events (`due_lag_us`, `claim_us`, `publish_us`, `confirm_us`, ...).
-type BatchStages = std::collections::BTreeMap<String, Vec<u64>>;
+pub(super) type BatchStages = std::collections::BTreeMap<String, Vec<u64>>;
 
 /// Reads the relay process's log (its stdout) on a thread until it exits, keeping the fields
 /// of its `batch done` events.
@@ -244,7 +244,7 @@ pub(super) fn collect_batch_stages(
 /// per-batch stages (p50/p95/p99 in ms, over batches). `relay_due_to_claimed_per_event`
 /// counts each row with its batch's lag (an upper bound per event: the batch's oldest row
 /// waited longest), so a stalled batch of 100 rows weighs as 100 events, not as one batch.
-fn stages_json(commits: &[u64], relay: &BatchStages) -> Value {
+pub(super) fn stages_json(commits: &[u64], relay: &BatchStages) -> Value {
     let summary = |sorted: &[u64]| json!({"p50_ms": percentile(sorted, 0.5), "p95_ms": percentile(sorted, 0.95), "p99_ms": percentile(sorted, 0.99)});
     let mut out = json!({"emit_commit": summary(commits)});
     for (field, name) in [
