@@ -16,8 +16,8 @@ use crate::outbox_message::{ActiveModel, Entity};
 use crate::schema;
 use crate::table_name::TableName;
 
-/// Rows per `INSERT` statement in [`Outbox::emit_many`]: 8 bound columns a row stays far
-/// below PostgreSQL's 65,535 and SQLite's 32,766 parameter limits.
+/// Rows per `INSERT` statement in [`Outbox::emit_many`] on SQLite (multi-row `VALUES`): 8
+/// bound columns a row stays far below SQLite's 32,766 parameter limit.
 const ROWS_PER_STATEMENT: usize = 1_000;
 
 /// The emit side of the outbox, bound to one outbox table.
@@ -115,8 +115,13 @@ impl Outbox {
         Ok(id)
     }
 
-    /// Emits many events with as few statements as possible (1,000 rows a statement), in the
-    /// given order: ids grow in that order. Returns the message ids in the same order.
+    /// Emits many events with as few statements as possible, in the given order: ids grow in
+    /// that order. Returns the message ids in the same order.
+    ///
+    /// On PostgreSQL each statement is one `INSERT … SELECT … FROM unnest(…)` of up to 10,000
+    /// rows, with one array parameter per column; on SQLite, multi-row `VALUES` lists of up to
+    /// 1,000 rows. Either way nothing is committed here: the rows become visible, and the relay
+    /// is woken, when the caller's transaction commits.
     ///
     /// # Errors
     ///
