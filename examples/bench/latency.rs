@@ -175,6 +175,7 @@ pub(super) async fn spawn_pipeline(
     // BENCH_RELAY_BIN: another relay build to compare (for before/after measurements).
     let relay_bin =
         std::env::var_os("BENCH_RELAY_BIN").map_or_else(|| dir.join("relay"), Into::into);
+    let mut worker = worker;
     let relay = std::process::Command::new(relay_bin)
         .env(
             "DATABASE_URL",
@@ -192,6 +193,8 @@ pub(super) async fn spawn_pipeline(
         .stdout(std::process::Stdio::piped())
         .spawn()
         .map_err(|e| {
+            // An orphaned worker would keep consuming the next run's messages.
+            stop_process(&mut worker);
             bad(
                 "relay process (cargo build --release --example relay)",
                 e.to_string(),
