@@ -38,8 +38,8 @@ use std::time::{Duration, Instant};
 use actix::Actor;
 use actix_outbox::{Error, Event, HandlerResult, OutboxEvent};
 use actix_outbox_actors::{
-    BrokerConfig, ConnectionSupervisor, Listen, QueueType, RelayActor, RelayConfig, RunningWorker,
-    Shutdown, StopRelay, Worker, WorkerConfig,
+    BrokerConfig, ConnectionSupervisor, GetRelayStats, Listen, QueueType, RelayActor, RelayConfig,
+    RunningWorker, Shutdown, StopRelay, WakeUp, Worker, WorkerConfig,
 };
 use futures_util::StreamExt;
 use lapin::options::{
