@@ -49,7 +49,7 @@ pub(super) async fn relay_drain(b: &Bench) -> Result<(), Error> {
             params,
             summarize(runs),
             "msg/s",
-            Some((ceiling_name, ceiling.clone())),
+            Some((ceiling_name, ceiling)),
             0.7,
         );
     }
