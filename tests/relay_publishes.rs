@@ -47,6 +47,40 @@ async fn ten_thousand_rows_arrive_exactly_once() {
     t.cleanup().await;
 }
 
+/// One relay with one batch in flight publishes in row order: the frames of a batch are
+/// queued in order before any write is awaited, and batches follow one another.
+#[actix_rt::test]
+async fn one_relay_one_batch_at_a_time_keeps_row_order() {
+    let t = TestDb::postgres().await;
+    setup(&t.db).await.expect("setup");
+    let mut broker = TestBroker::new().await;
+    broker.declare_exchange().await;
+    let queue = broker.bind_queue(&["#"]).await;
+    let ids = emit_n(&t, 2_000, "order.line").await;
+
+    let relay = TestRelay::start(
+        &t.db,
+        &broker.url,
+        config(&broker.exchange)
+            .with_batch_size(300)
+            .with_concurrency(1),
+    );
+    let seen = broker
+        .drain_in_order(&queue, 2_000, Duration::from_secs(30))
+        .await;
+    let expected: Vec<String> = ids.iter().map(ToString::to_string).collect();
+    if let Some(at) = seen.iter().zip(&expected).position(|(a, b)| a != b) {
+        panic!(
+            "message {at} arrived out of order: got {}, expected {}",
+            seen[at], expected[at]
+        );
+    }
+    let stats = relay.stop().await;
+    assert_eq!(stats.published, 2_000, "{stats:?}");
+    broker.cleanup().await;
+    t.cleanup().await;
+}
+
 /// Keep mode: rows stay with `sent_at` set instead of being deleted.
 #[actix_rt::test]
 async fn keep_mode_marks_rows_sent() {

@@ -3,7 +3,11 @@
 //! The actor only sequences batches; everything that touches the database and the broker
 //! for one batch is here.
 
+use std::future::Future;
+use std::task::Poll;
 use std::time::Instant;
+
+use futures_util::future::Either;
 
 use actix_outbox::Result;
 use actix_outbox::outbox_message::{Entity, Model};
@@ -199,6 +203,11 @@ pub(crate) struct Published {
 /// Publishes every row (pipelined: all frames first), then awaits the confirms in order under
 /// one deadline. Never returns early on a broker error: rows it could not confirm are
 /// [`Fate::Unknown`].
+///
+/// lapin's `basic_publish` queues a message's frames (and takes its delivery tag) as soon as it
+/// is first polled, then waits until its I/O thread has written them. Awaiting each in turn
+/// would cost one hand-over to that thread per message; instead every publish is polled once,
+/// in row order, so the frames of the whole batch are queued before the first write is awaited.
 pub(crate) async fn publish(
     channel: &Channel,
     config: &RelayConfig,
@@ -207,22 +216,32 @@ pub(crate) async fn publish(
 ) -> Published {
     let now = Utc::now();
     let exchange = config.exchange();
-    let mut pending: Vec<PublisherConfirm> = Vec::with_capacity(rows.len());
-    let mut channel_error = None;
+    let mut queued = Vec::with_capacity(rows.len());
     for row in rows {
-        let published = channel
-            .basic_publish(
-                exchange.into(),
-                row.routing_key.as_str().into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    immediate: false,
-                },
-                &row.payload,
-                envelope::properties(row, now),
-            )
-            .await;
-        match published {
+        let mut publish = Box::pin(channel.basic_publish(
+            exchange.into(),
+            row.routing_key.as_str().into(),
+            BasicPublishOptions {
+                mandatory: true,
+                immediate: false,
+            },
+            &row.payload,
+            envelope::properties(row, now),
+        ));
+        let first = std::future::poll_fn(|cx| Poll::Ready(publish.as_mut().poll(cx))).await;
+        let failed = matches!(first, Poll::Ready(Err(_)));
+        queued.push(match first {
+            Poll::Ready(done) => Either::Left(std::future::ready(done)),
+            Poll::Pending => Either::Right(publish),
+        });
+        if failed {
+            break; // the channel is gone: the rest stay unpublished (Unknown)
+        }
+    }
+    let mut pending: Vec<PublisherConfirm> = Vec::with_capacity(queued.len());
+    let mut channel_error = None;
+    for written in queued {
+        match written.await {
             Ok(confirm) => pending.push(confirm),
             Err(e) => {
                 channel_error = Some(e.to_string());

@@ -141,6 +141,20 @@ impl TestBroker {
         expected: usize,
         timeout: Duration,
     ) -> HashMap<String, usize> {
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for id in self.drain_in_order(queue, expected, timeout).await {
+            *seen.entry(id).or_default() += 1;
+        }
+        seen
+    }
+
+    /// As [`drain`](Self::drain), but returns the message ids in arrival order.
+    pub async fn drain_in_order(
+        &self,
+        queue: &str,
+        expected: usize,
+        timeout: Duration,
+    ) -> Vec<String> {
         let channel = self.conn.create_channel().await.expect("channel");
         let mut consumer = channel
             .basic_consume(
@@ -154,10 +168,9 @@ impl TestBroker {
             )
             .await
             .expect("consume");
-        let mut seen: HashMap<String, usize> = HashMap::new();
-        let mut total = 0;
+        let mut seen: Vec<String> = Vec::with_capacity(expected);
         let deadline = tokio::time::Instant::now() + timeout;
-        while total < expected {
+        while seen.len() < expected {
             let next = tokio::time::timeout_at(deadline, consumer.next()).await;
             match next {
                 Ok(Some(Ok(delivery))) => {
@@ -167,13 +180,13 @@ impl TestBroker {
                         .as_ref()
                         .map(|s| s.to_string())
                         .unwrap_or_default();
-                    *seen.entry(id).or_default() += 1;
-                    total += 1;
+                    seen.push(id);
                 }
                 Ok(Some(Err(e))) => panic!("consumer error while draining {queue}: {e}"),
-                Ok(None) => panic!("consumer of {queue} ended after {total}/{expected}"),
+                Ok(None) => panic!("consumer of {queue} ended after {}/{expected}", seen.len()),
                 Err(_) => panic!(
-                    "timed out after {timeout:?} draining {queue}: got {total} of {expected} messages"
+                    "timed out after {timeout:?} draining {queue}: got {} of {expected} messages",
+                    seen.len()
                 ),
             }
         }
