@@ -45,6 +45,50 @@ pub(crate) fn check_user_header(name: &str) -> Result<()> {
     })
 }
 
+/// The longest AMQP short string (content types, header names at any depth), in bytes.
+pub(crate) const MAX_SHORT_STRING: usize = 255;
+
+/// Checks a user header value: the names inside nested objects, at any depth, must fit an
+/// AMQP short string, or the relay could not publish the event.
+pub(crate) fn check_user_header_value(name: &str, value: &serde_json::Value) -> Result<()> {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            for (key, inner) in map {
+                if key.len() > MAX_SHORT_STRING {
+                    return Err(Error::InvalidConfig {
+                        field: "header",
+                        reason: format!(
+                            "header {name:?} holds a field name of {} bytes; AMQP allows at most {MAX_SHORT_STRING}",
+                            key.len()
+                        ),
+                    });
+                }
+                check_user_header_value(name, inner)?;
+            }
+            Ok(())
+        }
+        Value::Array(items) => items
+            .iter()
+            .try_for_each(|item| check_user_header_value(name, item)),
+        _ => Ok(()),
+    }
+}
+
+/// Checks a content type: it travels as an AMQP short string, so at most 255 bytes.
+pub(crate) fn check_content_type(content_type: &str) -> Result<()> {
+    if content_type.len() > MAX_SHORT_STRING {
+        return Err(Error::InvalidConfig {
+            field: "content_type",
+            reason: format!(
+                "the content type is {} bytes; AMQP allows at most {MAX_SHORT_STRING}",
+                content_type.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,5 +107,16 @@ mod tests {
         for ok in ["tenant", "x-request-id", "traceparent"] {
             assert!(check_user_header(ok).is_ok(), "{ok:?}");
         }
+    }
+
+    #[test]
+    fn short_string_limits() {
+        assert!(check_content_type(&"c".repeat(255)).is_ok());
+        let err = check_content_type(&"c".repeat(256)).expect_err("256 bytes");
+        assert!(err.to_string().contains("256 bytes"), "{err}");
+        let nested = serde_json::json!({"a": [{"k".repeat(256): 1}]});
+        assert!(check_user_header_value("meta", &nested).is_err());
+        let fine = serde_json::json!({"a": [{"k".repeat(255): {"b": 1}}], "n": 1});
+        assert!(check_user_header_value("meta", &fine).is_ok());
     }
 }

@@ -103,8 +103,11 @@ impl Outbox {
     ///
     /// # Errors
     ///
-    /// [`Error::Db`](crate::Error::Db) when the insert fails.
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) when the content type is longer
+    /// than 255 bytes (nothing is written), [`Error::Db`](crate::Error::Db) when the insert
+    /// fails.
     pub async fn emit_event<C: ConnectionTrait>(&self, db: &C, event: OutboxEvent) -> Result<Uuid> {
+        event.check()?;
         let id = event.message_id;
         let now = Utc::now();
         let model = active_model(event, db.get_database_backend(), now);
@@ -125,8 +128,9 @@ impl Outbox {
     ///
     /// # Errors
     ///
-    /// [`Error::Db`](crate::Error::Db) when an insert fails; inside a transaction nothing is
-    /// then written once it rolls back.
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) when an event's content type is
+    /// longer than 255 bytes (checked before anything is written); [`Error::Db`](crate::Error::Db)
+    /// when an insert fails; inside a transaction nothing is then written once it rolls back.
     pub async fn emit_many<C, I>(&self, db: &C, events: I) -> Result<Vec<Uuid>>
     where
         C: ConnectionTrait,
@@ -135,6 +139,7 @@ impl Outbox {
         let backend = db.get_database_backend();
         let now = Utc::now();
         let events: Vec<OutboxEvent> = events.into_iter().collect();
+        events.iter().try_for_each(OutboxEvent::check)?;
         let ids: Vec<Uuid> = events.iter().map(|e| e.message_id).collect();
         #[cfg(feature = "postgres")]
         if backend == DbBackend::Postgres {

@@ -101,7 +101,9 @@ impl OutboxEvent {
         }
     }
 
-    /// Sets the content type of the payload. Defaults to the codec's type.
+    /// Sets the content type of the payload. Defaults to the codec's type. It travels as an
+    /// AMQP short string: emitting an event whose content type is longer than 255 bytes fails
+    /// with [`Error::InvalidConfig`].
     #[must_use]
     pub fn with_content_type(mut self, content_type: impl Into<String>) -> Self {
         self.content_type = content_type.into();
@@ -149,11 +151,19 @@ impl OutboxEvent {
     /// # Errors
     ///
     /// [`Error::InvalidConfig`] when `name` is empty, longer than 128 bytes, or reserved
-    /// (`x-outbox-*`, or a name RabbitMQ sets such as `x-death`).
+    /// (`x-outbox-*`, or a name RabbitMQ sets such as `x-death`), or when an object inside
+    /// `value` has a field name longer than 255 bytes (AMQP cannot carry it).
     pub fn with_header(mut self, name: &str, value: impl Into<Value>) -> Result<Self> {
         headers::check_user_header(name)?;
-        self.headers.insert(name.to_owned(), value.into());
+        let value = value.into();
+        headers::check_user_header_value(name, &value)?;
+        self.headers.insert(name.to_owned(), value);
         Ok(self)
+    }
+
+    /// Checks what only the emit can check: the content type fits an AMQP short string.
+    pub(crate) fn check(&self) -> Result<()> {
+        headers::check_content_type(&self.content_type)
     }
 
     /// Continues a tracking chain: pass the tracking ids of the event being handled so the

@@ -63,3 +63,71 @@ fn reserved_headers_are_refused() {
         .expect_err("RabbitMQ's own header");
     assert!(err.to_string().contains("reserved"), "{err}");
 }
+
+/// A content type AMQP cannot carry (over 255 bytes) is refused by `emit_event` and by
+/// `emit_many` before anything is written, on both backends; 255 bytes is fine.
+#[tokio::test]
+async fn oversize_content_types_write_nothing() {
+    for t in common::both_backends().await {
+        setup(&t.db).await.expect("setup");
+        let too_long = format!("text/{}", "x".repeat(251));
+        let event = || OutboxEvent::bytes("a.b", b"{}".to_vec()).expect("event");
+        let err = actix_outbox::emit_event(&t.db, event().with_content_type(too_long.clone()))
+            .await
+            .expect_err("256-byte content type");
+        assert!(
+            matches!(
+                &err,
+                Error::InvalidConfig {
+                    field: "content_type",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("256 bytes"), "{err}");
+
+        let txn = t.db.begin().await.expect("begin");
+        let batch = vec![
+            event(),
+            event().with_content_type(too_long.clone()),
+            event(),
+        ];
+        let err = actix_outbox::emit_many(&txn, batch)
+            .await
+            .expect_err("one bad event refuses the batch");
+        assert!(
+            matches!(
+                &err,
+                Error::InvalidConfig {
+                    field: "content_type",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let fits = format!("text/{}", "x".repeat(250));
+        actix_outbox::emit_event(&txn, event().with_content_type(fits))
+            .await
+            .expect("255 bytes fit, and the transaction is still usable");
+        txn.commit().await.expect("commit");
+        assert_eq!(t.int("SELECT count(*) FROM outbox").await, 1, "{}", t.name);
+        t.cleanup().await;
+    }
+}
+
+/// A header value holding an object with a field name over 255 bytes is refused when the
+/// event is built.
+#[test]
+fn oversize_names_inside_header_values_are_refused() {
+    let event = OutboxEvent::json("a.b", &1).expect("valid event");
+    let long = "k".repeat(256);
+    let err = event
+        .clone()
+        .with_header("meta", serde_json::json!({"list": [{long.as_str(): 1}]}))
+        .expect_err("nested name too long");
+    assert!(err.to_string().contains("256 bytes"), "{err}");
+    event
+        .with_header("meta", serde_json::json!({"k".repeat(255): [1, 2]}))
+        .expect("255 bytes fit");
+}

@@ -13,7 +13,7 @@ use common::broker::TestBroker;
 use common::relay::{TestRelay, config};
 use common::{TestDb, wait_for};
 use lapin::types::{AMQPValue, FieldTable};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
 
 /// A queue that rejects every publish (max length 0, `reject-publish`) makes the broker nack
 /// rows routed to it: attempts are counted, the error recorded, the row parked after 3
@@ -110,6 +110,69 @@ async fn missing_exchange_keeps_rows_until_it_exists() {
     let seen = broker.drain(&queue, 1, Duration::from_secs(15)).await;
     assert_eq!(seen.get(&id.to_string()), Some(&1));
     relay.stop().await;
+    broker.cleanup().await;
+    t.cleanup().await;
+}
+
+/// Rows that AMQP cannot carry (a content type, or a header name inside a header value,
+/// longer than 255 bytes), as another writer could leave them in the table: each is parked
+/// at once with the reason, the relay's connection stays healthy and the other rows go out.
+#[actix_rt::test]
+async fn rows_amqp_cannot_carry_are_parked_at_once() {
+    let t = TestDb::postgres().await;
+    setup(&t.db).await.expect("setup");
+    let mut broker = TestBroker::new().await;
+    broker.declare_exchange().await;
+    let queue = broker.bind_queue(&["#"]).await;
+    for i in 1..=3 {
+        actix_outbox::emit(&t.db, "user.created", &i)
+            .await
+            .expect("emit");
+    }
+    let long = "x".repeat(300);
+    t.db.execute_unprepared(&format!(
+        "INSERT INTO outbox (message_id, routing_key, payload, content_type) \
+         VALUES (gen_random_uuid(), 'user.created', '\\x7b7d', 'text/{long}')"
+    ))
+    .await
+    .expect("insert a row with a long content type");
+    t.db.execute_unprepared(&format!(
+        "INSERT INTO outbox (message_id, routing_key, payload, content_type, headers) \
+         VALUES (gen_random_uuid(), 'user.created', '\\x7b7d', 'application/json', \
+                 '{{\"meta\": {{\"{long}\": 1}}}}')"
+    ))
+    .await
+    .expect("insert a row with a long nested header name");
+    for i in 4..=6 {
+        actix_outbox::emit(&t.db, "user.created", &i)
+            .await
+            .expect("emit");
+    }
+    let relay = TestRelay::start(&t.db, &broker.url, config(&broker.exchange));
+    let seen = broker.drain(&queue, 6, Duration::from_secs(10)).await;
+    assert_eq!(seen.len(), 6, "the six good rows arrive");
+    let parked = wait_for(
+        "both bad rows to be parked",
+        Duration::from_secs(10),
+        || async {
+            let rows = Entity::find()
+                .filter(Column::ParkedAt.is_not_null())
+                .all(&t.db)
+                .await
+                .expect("read");
+            (rows.len() == 2).then_some(rows)
+        },
+    )
+    .await;
+    for row in &parked {
+        assert_eq!(row.attempts, 1, "parked on the first try");
+        let error = row.last_error.clone().unwrap_or_default();
+        assert!(error.contains("255 bytes"), "last_error: {error}");
+    }
+    let stats = relay.stop().await;
+    assert_eq!(stats.errors, 0, "the connection never broke: {stats:?}");
+    assert_eq!((stats.published, stats.parked), (6, 2), "{stats:?}");
+    assert_eq!(broker.depth(&queue).await, 0, "nothing else arrived");
     broker.cleanup().await;
     t.cleanup().await;
 }

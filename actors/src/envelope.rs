@@ -37,6 +37,39 @@ pub(crate) fn properties(row: &Model, now: DateTime<Utc>) -> BasicProperties {
     props.with_headers(headers)
 }
 
+/// The longest AMQP short string (routing keys, content types, header names), in bytes.
+const MAX_SHORT_STRING: usize = 255;
+
+/// Why AMQP cannot carry `row`, if it cannot: a routing key, content type or header name
+/// (at any depth) longer than a short string allows. `emit` refuses such events, but rows
+/// written by other means reach the relay unchecked; publishing one would fail inside lapin.
+pub(crate) fn unpublishable(row: &Model) -> Option<String> {
+    let too_long = |what: &str, len: usize| {
+        format!("{what} is {len} bytes; AMQP allows at most {MAX_SHORT_STRING} bytes")
+    };
+    if row.routing_key.len() > MAX_SHORT_STRING {
+        return Some(too_long("the routing key", row.routing_key.len()));
+    }
+    if row.content_type.len() > MAX_SHORT_STRING {
+        return Some(too_long("the content type", row.content_type.len()));
+    }
+    longest_key(&row.headers)
+        .filter(|&len| len > MAX_SHORT_STRING)
+        .map(|len| too_long("a header name", len))
+}
+
+/// The longest object key anywhere in `value`, in bytes.
+fn longest_key(value: &Value) -> Option<usize> {
+    match value {
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| longest_key(v).map_or(k.len(), |inner| inner.max(k.len())))
+            .max(),
+        Value::Array(items) => items.iter().filter_map(longest_key).max(),
+        _ => None,
+    }
+}
+
 /// True when the row's deadline has passed.
 pub(crate) fn is_expired(row: &Model, now: DateTime<Utc>) -> bool {
     row.expires_at.is_some_and(|d| d <= now)
@@ -170,5 +203,28 @@ mod tests {
     fn json_round_trips_through_amqp_values() {
         let value = json!({"s": "x", "i": -4, "f": 1.5, "b": true, "n": null, "a": [1, "two"], "o": {"k": 1}});
         assert_eq!(amqp_to_json(&json_to_amqp(&value)), value);
+    }
+
+    #[test]
+    fn rows_amqp_cannot_carry_are_named() {
+        let long = "x".repeat(256);
+        assert_eq!(unpublishable(&row(None)), None);
+        let mut r = row(None);
+        r.content_type = long.clone();
+        let why = unpublishable(&r).expect("content type");
+        assert!(why.contains("content type is 256 bytes"), "{why}");
+        let mut r = row(None);
+        r.routing_key = long.clone();
+        assert!(unpublishable(&r).expect("key").contains("routing key"));
+        let mut r = row(None);
+        r.headers = json!({"a": [{"b": {long.clone(): 1}}]});
+        assert!(
+            unpublishable(&r)
+                .expect("nested")
+                .contains("header name is 256")
+        );
+        let mut r = row(None);
+        r.headers = json!({"ok": {"x".repeat(255): 1}});
+        assert_eq!(unpublishable(&r), None, "255 bytes is allowed");
     }
 }

@@ -31,6 +31,9 @@ pub(crate) enum Fate {
     DroppedUnroutable,
     /// The broker refused it (nack, or unroutable with no alternate route): one more attempt.
     Refused(String),
+    /// AMQP cannot carry the row as it is (see [`envelope::unpublishable`]): parked at once,
+    /// with the reason, for an operator to fix.
+    Unpublishable(String),
     /// Unknown (channel broke, confirm timed out, never published): the row is released
     /// untouched and goes out again later.
     Unknown,
@@ -216,8 +219,15 @@ pub(crate) async fn publish(
 ) -> Published {
     let now = Utc::now();
     let exchange = config.exchange();
+    let mut fates = vec![Fate::Unknown; rows.len()];
+    // (row index, the publish being written)
     let mut queued = Vec::with_capacity(rows.len());
-    for row in rows {
+    for (i, row) in rows.iter().enumerate() {
+        if let Some(reason) = envelope::unpublishable(row) {
+            warn!(message_id = %row.message_id, %reason, "row cannot be published; parking it");
+            fates[i] = Fate::Unpublishable(reason);
+            continue;
+        }
         let mut publish = Box::pin(channel.basic_publish(
             exchange.into(),
             row.routing_key.as_str().into(),
@@ -230,19 +240,22 @@ pub(crate) async fn publish(
         ));
         let first = std::future::poll_fn(|cx| Poll::Ready(publish.as_mut().poll(cx))).await;
         let failed = matches!(first, Poll::Ready(Err(_)));
-        queued.push(match first {
-            Poll::Ready(done) => Either::Left(std::future::ready(done)),
-            Poll::Pending => Either::Right(publish),
-        });
+        queued.push((
+            i,
+            match first {
+                Poll::Ready(done) => Either::Left(std::future::ready(done)),
+                Poll::Pending => Either::Right(publish),
+            },
+        ));
         if failed {
             break; // the channel is gone: the rest stay unpublished (Unknown)
         }
     }
-    let mut pending: Vec<PublisherConfirm> = Vec::with_capacity(queued.len());
+    let mut pending: Vec<(usize, PublisherConfirm)> = Vec::with_capacity(queued.len());
     let mut channel_error = None;
-    for written in queued {
+    for (i, written) in queued {
         match written.await {
-            Ok(confirm) => pending.push(confirm),
+            Ok(confirm) => pending.push((i, confirm)),
             Err(e) => {
                 channel_error = Some(e.to_string());
                 break;
@@ -251,8 +264,8 @@ pub(crate) async fn publish(
     }
     timer.lap(Stage::Publish);
     let deadline = tokio::time::Instant::now() + config.confirm_timeout;
-    let mut fates = Vec::with_capacity(rows.len());
-    for (row, confirm) in rows.iter().zip(pending) {
+    for (i, confirm) in pending {
+        let row = &rows[i];
         let fate = match tokio::time::timeout_at(deadline, confirm).await {
             Ok(Ok(confirmation)) => fate_of(confirmation, config),
             Ok(Err(e)) => {
@@ -269,9 +282,8 @@ pub(crate) async fn publish(
         if let Fate::Refused(reason) = &fate {
             warn!(message_id = %row.message_id, routing_key = %row.routing_key, %reason, "publish refused");
         }
-        fates.push(fate);
+        fates[i] = fate;
     }
-    fates.resize(rows.len(), Fate::Unknown);
     timer.lap(Stage::Confirm);
     Published {
         fates,
@@ -333,6 +345,13 @@ async fn settle<C: ConnectionTrait>(
                     report.parked += 1;
                     warn!(message_id = %row.message_id, attempts, %reason, "row parked after too many refused publishes");
                 }
+            }
+            Fate::Unpublishable(reason) => {
+                let no_retry = std::time::Duration::ZERO;
+                db.execute_raw(sql.record_failure(row.id, reason, no_retry, true, now))
+                    .await?;
+                report.refused += 1;
+                report.parked += 1;
             }
             Fate::Unknown => report.released += 1,
         }
