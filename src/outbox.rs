@@ -122,7 +122,7 @@ impl Outbox {
     /// that order. Returns the message ids in the same order.
     ///
     /// On PostgreSQL each statement is one `INSERT … SELECT … FROM unnest(…)` of up to 10,000
-    /// rows, with one array parameter per column; on SQLite, multi-row `VALUES` lists of up to
+    /// rows or 32 MiB of payload, with one array parameter per column; on SQLite, multi-row `VALUES` lists of up to
     /// 1,000 rows. Either way nothing is committed here: the rows become visible, and the relay
     /// is woken, when the caller's transaction commits.
     ///
@@ -143,10 +143,22 @@ impl Outbox {
         let ids: Vec<Uuid> = events.iter().map(|e| e.message_id).collect();
         #[cfg(feature = "postgres")]
         if backend == DbBackend::Postgres {
-            let mut rest = events.into_iter().peekable();
-            while rest.peek().is_some() {
-                let chunk: Vec<OutboxEvent> =
-                    rest.by_ref().take(ROWS_PER_ARRAY_STATEMENT).collect();
+            let mut chunk: Vec<OutboxEvent> = Vec::new();
+            let mut chunk_bytes = 0;
+            for event in events {
+                let size = event.payload.len() + event.content_type.len();
+                let full = chunk.len() == ROWS_PER_ARRAY_STATEMENT
+                    || chunk_bytes + size > BYTES_PER_ARRAY_STATEMENT;
+                if full && !chunk.is_empty() {
+                    let rows = std::mem::take(&mut chunk);
+                    db.execute_raw(unnest_insert(&self.table, rows, now))
+                        .await?;
+                    chunk_bytes = 0;
+                }
+                chunk_bytes += size;
+                chunk.push(event);
+            }
+            if !chunk.is_empty() {
                 db.execute_raw(unnest_insert(&self.table, chunk, now))
                     .await?;
             }
@@ -173,9 +185,15 @@ impl Outbox {
 }
 
 /// Rows per statement in [`Outbox::emit_many`] on PostgreSQL, where each column travels as one
-/// array parameter: the bound keeps a single message to the server at a few MiB.
+/// array parameter.
 #[cfg(feature = "postgres")]
 const ROWS_PER_ARRAY_STATEMENT: usize = 10_000;
+
+/// Payload bytes per statement in [`Outbox::emit_many`] on PostgreSQL: large payloads split
+/// the batch earlier, so one message to the server stays far below PostgreSQL's 1 GiB limit
+/// (a single event may still carry up to that limit on its own).
+#[cfg(feature = "postgres")]
+const BYTES_PER_ARRAY_STATEMENT: usize = 32 << 20;
 
 /// One `INSERT … SELECT … FROM unnest(…)` for many events on PostgreSQL: nine array
 /// parameters whatever the row count, sent in binary, parsed once. It is several times faster

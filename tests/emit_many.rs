@@ -99,6 +99,37 @@ async fn twelve_thousand_events_in_order_with_every_column() {
     }
 }
 
+/// Large payloads split the batch by size (32 MiB of payload a statement on PostgreSQL):
+/// 40 events of 1 MiB, each intact and in order.
+#[tokio::test]
+async fn large_payloads_split_by_size_and_stay_intact() {
+    let t = common::TestDb::postgres().await;
+    setup(&t.db).await.expect("setup");
+    let events: Vec<OutboxEvent> = (0..40u8)
+        .map(|n| OutboxEvent::bytes("bulk.blob", vec![n; 1 << 20]).expect("event"))
+        .collect();
+    let txn = t.db.begin().await.expect("begin");
+    let ids = actix_outbox::emit_many(&txn, events)
+        .await
+        .expect("emit_many");
+    txn.commit().await.expect("commit");
+    let rows = Entity::find()
+        .order_by_asc(Column::Id)
+        .all(&t.db)
+        .await
+        .expect("read");
+    assert_eq!(rows.len(), 40);
+    for (n, (row, id)) in rows.iter().zip(&ids).enumerate() {
+        assert_eq!(&row.message_id, id, "row {n} out of order");
+        assert_eq!(row.payload.len(), 1 << 20, "row {n}");
+        assert!(
+            row.payload.iter().all(|&b| usize::from(b) == n),
+            "row {n} payload"
+        );
+    }
+    t.cleanup().await;
+}
+
 /// An empty batch is a no-op, not an error.
 #[tokio::test]
 async fn empty_batch_is_fine() {
