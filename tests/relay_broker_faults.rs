@@ -125,3 +125,64 @@ async fn broker_restarted_mid_drain() {
     })
     .await;
 }
+
+/// The broker blocks publishers (disk alarm) for longer than the relay's confirm timeout: the
+/// batch gives up within the timeout instead of holding its transaction open for as long as
+/// the alarm lasts, its rows are released untouched, and once the alarm clears every row
+/// goes out.
+#[actix_rt::test]
+async fn blocked_broker_times_out_the_batch_and_loses_nothing() {
+    let _serial = BROKER_LOCK.lock().await;
+    let t = TestDb::postgres().await;
+    setup(&t.db).await.expect("setup");
+    let mut broker = TestBroker::new().await;
+    broker.declare_exchange().await;
+    let queue = broker.bind_queue(&["#"]).await;
+    let relay = TestRelay::start(
+        &t.db,
+        &broker.url,
+        config(&broker.exchange)
+            .with_batch_size(2_000)
+            .with_concurrency(1)
+            .with_confirm_timeout(Duration::from_secs(2)),
+    );
+    wait_for("the relay to start", Duration::from_secs(30), || async {
+        (relay.stats().await.rounds >= 1).then_some(())
+    })
+    .await;
+    let alarm = DiskAlarm::raise().await;
+    // Big enough that the batch's frames cannot all sit in socket buffers.
+    let events: Vec<OutboxEvent> = (0..2_000)
+        .map(|i| OutboxEvent::bytes("blocked.item", vec![(i % 251) as u8; 8_192]).expect("event"))
+        .collect();
+    let txn = t.db.begin().await.expect("begin");
+    let ids = actix_outbox::emit_many(&txn, events).await.expect("emit");
+    txn.commit().await.expect("commit");
+    let stats = wait_for(
+        "the blocked batch to give up (confirm timeout 2 s)",
+        Duration::from_secs(20),
+        || async {
+            let s = relay.stats().await;
+            (s.errors >= 1 && s.released >= 1).then_some(s)
+        },
+    )
+    .await;
+    assert_eq!(
+        stats.published, 0,
+        "nothing can be confirmed while blocked: {stats:?}"
+    );
+    alarm.clear().await;
+    t.wait_outbox_empty(
+        "the relay to send everything once the alarm cleared",
+        Duration::from_secs(90),
+    )
+    .await;
+    relay.stop().await;
+    broker.reconnect().await;
+    let depth = broker.depth(&queue).await as usize;
+    let seen = broker.drain(&queue, depth, Duration::from_secs(60)).await;
+    let duplicates = assert_none_lost(&seen, &ids);
+    eprintln!("blocked broker survived: 0 lost, {duplicates} duplicates");
+    broker.cleanup().await;
+    t.cleanup().await;
+}

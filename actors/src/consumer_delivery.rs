@@ -190,7 +190,8 @@ enum Published {
     ChannelFailed(String),
 }
 
-/// Publishes a copy (`mandatory`) and waits for its confirm, bounded by the confirm timeout.
+/// Publishes a copy (`mandatory`) and waits for its confirm, both bounded by the confirm
+/// timeout: a broker that blocks publishers (a resource alarm) never takes the write.
 async fn publish<T: Send + 'static>(
     job: &Job<T>,
     exchange: &str,
@@ -202,16 +203,14 @@ async fn publish<T: Send + 'static>(
         mandatory: true,
         immediate: false,
     };
-    let confirm = match job
-        .channel
-        .basic_publish(exchange.into(), routing_key.into(), options, body, props)
-        .await
-    {
-        Ok(confirm) => confirm,
-        Err(e) => return Published::ChannelFailed(e.to_string()),
-    };
     let wait: Duration = job.spec.confirm_timeout;
-    match tokio::time::timeout(wait, confirm).await {
+    let published = tokio::time::timeout(wait, async {
+        job.channel
+            .basic_publish(exchange.into(), routing_key.into(), options, body, props)
+            .await?
+            .await
+    });
+    match published.await {
         Ok(Ok(Confirmation::Ack(None))) => Published::Confirmed,
         Ok(Ok(Confirmation::Ack(Some(_)))) => {
             Published::Refused(format!("copy to {exchange:?} was unroutable"))

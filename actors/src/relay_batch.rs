@@ -203,9 +203,9 @@ pub(crate) struct Published {
     channel_error: Option<String>,
 }
 
-/// Publishes every row (pipelined: all frames first), then awaits the confirms in order under
-/// one deadline. Never returns early on a broker error: rows it could not confirm are
-/// [`Fate::Unknown`].
+/// Publishes every row (pipelined: all frames first), then awaits the writes and the confirms
+/// in order under one deadline (`confirm_timeout`). Never returns early on a broker error:
+/// rows it could not confirm are [`Fate::Unknown`].
 ///
 /// lapin's `basic_publish` queues a message's frames (and takes its delivery tag) as soon as it
 /// is first polled, then waits until its I/O thread has written them. Awaiting each in turn
@@ -251,19 +251,29 @@ pub(crate) async fn publish(
             break; // the channel is gone: the rest stay unpublished (Unknown)
         }
     }
+    // One deadline for the whole exchange with the broker: a broker that blocks publishers
+    // (a resource alarm) stops reading, lapin's writes then never finish, and without it the
+    // batch would hold its transaction (and its row locks) open for as long as the alarm lasts.
+    let deadline = tokio::time::Instant::now() + config.confirm_timeout;
     let mut pending: Vec<(usize, PublisherConfirm)> = Vec::with_capacity(queued.len());
     let mut channel_error = None;
     for (i, written) in queued {
-        match written.await {
-            Ok(confirm) => pending.push((i, confirm)),
-            Err(e) => {
+        match tokio::time::timeout_at(deadline, written).await {
+            Ok(Ok(confirm)) => pending.push((i, confirm)),
+            Ok(Err(e)) => {
                 channel_error = Some(e.to_string());
+                break;
+            }
+            Err(_) => {
+                channel_error = Some(format!(
+                    "the broker took no publishes for {:?} (is it blocking publishers?)",
+                    config.confirm_timeout
+                ));
                 break;
             }
         }
     }
     timer.lap(Stage::Publish);
-    let deadline = tokio::time::Instant::now() + config.confirm_timeout;
     for (i, confirm) in pending {
         let row = &rows[i];
         let fate = match tokio::time::timeout_at(deadline, confirm).await {

@@ -76,7 +76,7 @@ pub struct RelayConfig {
     pub(crate) concurrency: u32,
     /// Safety-net poll when no NOTIFY arrives (and the only wake-up on SQLite).
     pub(crate) poll_interval: Duration,
-    /// Longest wait for the broker's confirms of one batch.
+    /// Longest wait for the broker to take and confirm one batch.
     pub(crate) confirm_timeout: Duration,
     /// Failed publish attempts after which a row is parked.
     pub(crate) max_attempts: u32,
@@ -153,7 +153,9 @@ impl RelayConfig {
         self
     }
 
-    /// Sets the longest wait for one batch's confirms. Defaults to 15 s.
+    /// Sets the longest wait for the broker to take and confirm one batch (writing its
+    /// messages, then their confirms). Past it the batch's rows are released untouched and go
+    /// out again later. Defaults to 15 s.
     #[must_use]
     pub fn with_confirm_timeout(mut self, timeout: Duration) -> Self {
         self.confirm_timeout = timeout;
