@@ -190,8 +190,7 @@ enum Published {
     ChannelFailed(String),
 }
 
-/// Publishes a copy (`mandatory`) and waits for its confirm, both bounded by the confirm
-/// timeout: a broker that blocks publishers (a resource alarm) never takes the write.
+/// Publishes a copy (`mandatory`) and waits for its confirm, bounded by the confirm timeout.
 async fn publish<T: Send + 'static>(
     job: &Job<T>,
     exchange: &str,
@@ -203,14 +202,16 @@ async fn publish<T: Send + 'static>(
         mandatory: true,
         immediate: false,
     };
+    let confirm = match job
+        .channel
+        .basic_publish(exchange.into(), routing_key.into(), options, body, props)
+        .await
+    {
+        Ok(confirm) => confirm,
+        Err(e) => return Published::ChannelFailed(e.to_string()),
+    };
     let wait: Duration = job.spec.confirm_timeout;
-    let published = tokio::time::timeout(wait, async {
-        job.channel
-            .basic_publish(exchange.into(), routing_key.into(), options, body, props)
-            .await?
-            .await
-    });
-    match published.await {
+    match tokio::time::timeout(wait, confirm).await {
         Ok(Ok(Confirmation::Ack(None))) => Published::Confirmed,
         Ok(Ok(Confirmation::Ack(Some(_)))) => {
             Published::Refused(format!("copy to {exchange:?} was unroutable"))

@@ -156,6 +156,11 @@ impl RelayConfig {
     /// Sets the longest wait for the broker to take and confirm one batch (writing its
     /// messages, then their confirms). Past it the batch's rows are released untouched and go
     /// out again later. Defaults to 15 s.
+    ///
+    /// This also bounds how long a batch keeps its transaction open while the broker blocks
+    /// publishers (a memory or disk alarm). The price: messages the client had queued but not
+    /// yet written go out when the alarm clears, and their rows go out again, so an alarm
+    /// longer than the timeout can cause duplicates (allowed by at-least-once delivery).
     #[must_use]
     pub fn with_confirm_timeout(mut self, timeout: Duration) -> Self {
         self.confirm_timeout = timeout;
