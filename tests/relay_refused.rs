@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use actix_outbox::outbox_message::{Column, Entity};
-use actix_outbox::setup;
+use actix_outbox::{OutboxEvent, setup};
 use actix_outbox_actors::TopologyMode;
 use common::broker::TestBroker;
 use common::relay::{TestRelay, config};
@@ -173,6 +173,61 @@ async fn rows_amqp_cannot_carry_are_parked_at_once() {
     assert_eq!(stats.errors, 0, "the connection never broke: {stats:?}");
     assert_eq!((stats.published, stats.parked), (6, 2), "{stats:?}");
     assert_eq!(broker.depth(&queue).await, 0, "nothing else arrived");
+    broker.cleanup().await;
+    t.cleanup().await;
+}
+
+/// A payload larger than the broker takes (`max_message_size`; here the relay is told 4 KiB)
+/// is parked at once with the reason instead of being published: RabbitMQ would close the
+/// channel and fail the whole batch on every try. The other rows go out.
+#[actix_rt::test]
+async fn payload_over_the_broker_limit_is_parked_at_once() {
+    let t = TestDb::postgres().await;
+    setup(&t.db).await.expect("setup");
+    let mut broker = TestBroker::new().await;
+    broker.declare_exchange().await;
+    let queue = broker.bind_queue(&["#"]).await;
+    let small = |n: u8| OutboxEvent::bytes("blob.small", vec![n; 1_024]).expect("event");
+    let big = OutboxEvent::bytes("blob.big", vec![7; 8_192]).expect("event");
+    let big_id = big.message_id();
+    actix_outbox::emit_many(&t.db, [small(1), big, small(2), small(3)])
+        .await
+        .expect("emit");
+    let relay = TestRelay::start(
+        &t.db,
+        &broker.url,
+        config(&broker.exchange).with_max_message_bytes(4_096),
+    );
+    let seen = broker.drain(&queue, 3, Duration::from_secs(10)).await;
+    assert!(
+        !seen.contains_key(&big_id.to_string()),
+        "the big one stayed"
+    );
+    let row = wait_for(
+        "the big row to be parked",
+        Duration::from_secs(10),
+        || async {
+            Entity::find()
+                .filter(Column::MessageId.eq(big_id))
+                .one(&t.db)
+                .await
+                .expect("read")
+                .filter(|r| r.parked_at.is_some())
+        },
+    )
+    .await;
+    assert_eq!(row.attempts, 1);
+    let error = row.last_error.unwrap_or_default();
+    assert!(
+        error.contains("8192 bytes") && error.contains("4096"),
+        "last_error: {error}"
+    );
+    let stats = relay.stop().await;
+    assert_eq!(
+        (stats.published, stats.parked, stats.errors),
+        (3, 1, 0),
+        "{stats:?}"
+    );
     broker.cleanup().await;
     t.cleanup().await;
 }

@@ -76,7 +76,9 @@ pub use consumer_actor::{ConsumerActor, GetConsumerStats, StopConsumer};
 pub use consumer_handler::{HandlerSource, IntoHandler};
 pub use consumer_stats::ConsumerStats;
 pub use relay_actor::{GetRelayStats, RelayActor, RelayStats, StopRelay, WakeUp};
-pub use relay_config::{Cleanup, RelayConfig, TopologyMode, Unroutable};
+pub use relay_config::{
+    Cleanup, RABBITMQ_MAX_MESSAGE_BYTES, RelayConfig, TopologyMode, Unroutable,
+};
 pub use retry_policy::RetryDelay;
 pub use shutdown::shutdown_signal;
 pub use worker::{RunningWorker, Worker};

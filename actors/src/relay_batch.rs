@@ -223,7 +223,14 @@ pub(crate) async fn publish(
     // (row index, the publish being written)
     let mut queued = Vec::with_capacity(rows.len());
     for (i, row) in rows.iter().enumerate() {
-        if let Some(reason) = envelope::unpublishable(row) {
+        let too_big = (row.payload.len() > config.max_message_bytes).then(|| {
+            format!(
+                "the payload is {} bytes; the broker takes at most {} (max_message_size)",
+                row.payload.len(),
+                config.max_message_bytes
+            )
+        });
+        if let Some(reason) = too_big.or_else(|| envelope::unpublishable(row)) {
             warn!(message_id = %row.message_id, %reason, "row cannot be published; parking it");
             fates[i] = Fate::Unpublishable(reason);
             continue;

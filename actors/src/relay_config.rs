@@ -92,7 +92,12 @@ pub struct RelayConfig {
     pub(crate) topology: TopologyMode,
     /// Listen for PostgreSQL NOTIFY (ignored on SQLite).
     pub(crate) listen: bool,
+    /// The largest payload the broker takes (RabbitMQ's `max_message_size`).
+    pub(crate) max_message_bytes: usize,
 }
+
+/// RabbitMQ's default `max_message_size` (3.8 and later): 128 MiB.
+pub const RABBITMQ_MAX_MESSAGE_BYTES: usize = 128 << 20;
 
 impl Default for RelayConfig {
     fn default() -> Self {
@@ -110,6 +115,7 @@ impl Default for RelayConfig {
             unroutable: Unroutable::AlternateExchange,
             topology: TopologyMode::Declare,
             listen: true,
+            max_message_bytes: RABBITMQ_MAX_MESSAGE_BYTES,
         }
     }
 }
@@ -212,6 +218,19 @@ impl RelayConfig {
         self
     }
 
+    /// Sets the largest payload the broker accepts, in bytes: RabbitMQ's `max_message_size`.
+    /// Defaults to its default, [`RABBITMQ_MAX_MESSAGE_BYTES`] (128 MiB).
+    ///
+    /// The broker answers a larger message by closing the publishing channel, which would fail
+    /// the row's whole batch again and again. So the relay parks such a row at once, with the
+    /// reason in `last_error`, and publishes the rest. Set this to the broker's value if it was
+    /// changed there.
+    #[must_use]
+    pub fn with_max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = bytes;
+        self
+    }
+
     /// Turns PostgreSQL NOTIFY wake-ups on or off (polling only). Defaults to on.
     #[must_use]
     pub fn with_listen(mut self, listen: bool) -> Self {
@@ -242,7 +261,7 @@ impl RelayConfig {
     /// # Errors
     ///
     /// [`Error::InvalidConfig`] naming the first bad setting: batch size outside 1..=10,000,
-    /// a zero duration, `max_attempts` of 0, a backoff whose minimum exceeds its maximum, or an
+    /// a zero duration, `max_attempts` or `max_message_bytes` of 0, a backoff whose minimum exceeds its maximum, or an
     /// exchange name that is empty, longer than 200 bytes, starts with `amq.` (reserved by
     /// RabbitMQ) or has characters outside `[A-Za-z0-9_.:-]`.
     pub fn validate(&self) -> Result<()> {
@@ -260,6 +279,9 @@ impl RelayConfig {
         }
         if self.max_attempts == 0 {
             return bad("max_attempts", "must be at least 1");
+        }
+        if self.max_message_bytes == 0 {
+            return bad("max_message_bytes", "must be at least 1");
         }
         check_exchange_name(&self.exchange)?;
         let positive = actix_outbox::__private::require_positive;
@@ -313,6 +335,7 @@ mod tests {
             field_of(d().with_poll_interval(Duration::ZERO)),
             "poll_interval"
         );
+        assert_eq!(field_of(d().with_max_message_bytes(0)), "max_message_bytes");
         assert_eq!(
             field_of(d().with_confirm_timeout(Duration::ZERO)),
             "confirm_timeout"
