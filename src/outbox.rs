@@ -122,9 +122,9 @@ impl Outbox {
     /// that order. Returns the message ids in the same order.
     ///
     /// On PostgreSQL each statement is one `INSERT … SELECT … FROM unnest(…)` of up to 10,000
-    /// rows or 32 MiB of payload, with one array parameter per column; on SQLite, multi-row `VALUES` lists of up to
-    /// 1,000 rows. Either way nothing is committed here: the rows become visible, and the relay
-    /// is woken, when the caller's transaction commits.
+    /// rows or 32 MiB of payload, with one array parameter per column; on SQLite, multi-row
+    /// `VALUES` lists of up to 1,000 rows. Either way nothing is committed here: the rows
+    /// become visible, and the relay is woken, when the caller's transaction commits.
     ///
     /// # Errors
     ///
