@@ -40,10 +40,18 @@ pub(crate) fn properties(row: &Model, now: DateTime<Utc>) -> BasicProperties {
 /// The longest AMQP short string (routing keys, content types, header names), in bytes.
 const MAX_SHORT_STRING: usize = 255;
 
-/// Why AMQP cannot carry `row`, if it cannot: a routing key, content type or header name
-/// (at any depth) longer than a short string allows. `emit` refuses such events, but rows
-/// written by other means reach the relay unchecked; publishing one would fail inside lapin.
-pub(crate) fn unpublishable(row: &Model) -> Option<String> {
+/// Why the broker cannot take `row`, if it cannot: a payload over `max_message_bytes` (the
+/// broker's `max_message_size`: it would close the channel under the whole batch), or a
+/// routing key, content type or header name (at any depth) longer than an AMQP short string
+/// allows (`emit` refuses those, but rows written by other means reach the relay unchecked;
+/// publishing one would fail inside lapin).
+pub(crate) fn unpublishable(row: &Model, max_message_bytes: usize) -> Option<String> {
+    if row.payload.len() > max_message_bytes {
+        return Some(format!(
+            "the payload is {} bytes; the broker takes at most {max_message_bytes} (max_message_size)",
+            row.payload.len()
+        ));
+    }
     let too_long = |what: &str, len: usize| {
         format!("{what} is {len} bytes; AMQP allows at most {MAX_SHORT_STRING} bytes")
     };
@@ -208,23 +216,29 @@ mod tests {
     #[test]
     fn rows_amqp_cannot_carry_are_named() {
         let long = "x".repeat(256);
-        assert_eq!(unpublishable(&row(None)), None);
+        assert_eq!(unpublishable(&row(None), usize::MAX), None);
         let mut r = row(None);
         r.content_type = long.clone();
-        let why = unpublishable(&r).expect("content type");
+        let why = unpublishable(&r, usize::MAX).expect("content type");
         assert!(why.contains("content type is 256 bytes"), "{why}");
         let mut r = row(None);
         r.routing_key = long.clone();
-        assert!(unpublishable(&r).expect("key").contains("routing key"));
+        assert!(
+            unpublishable(&r, usize::MAX)
+                .expect("key")
+                .contains("routing key")
+        );
         let mut r = row(None);
         r.headers = json!({"a": [{"b": {long.clone(): 1}}]});
         assert!(
-            unpublishable(&r)
+            unpublishable(&r, usize::MAX)
                 .expect("nested")
                 .contains("header name is 256")
         );
         let mut r = row(None);
         r.headers = json!({"ok": {"x".repeat(255): 1}});
-        assert_eq!(unpublishable(&r), None, "255 bytes is allowed");
+        assert_eq!(unpublishable(&r, usize::MAX), None, "255 bytes is allowed");
+        let why = unpublishable(&row(None), 1).expect("payload over the limit");
+        assert!(why.contains("payload is 2 bytes"), "{why}");
     }
 }

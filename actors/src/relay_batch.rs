@@ -31,7 +31,7 @@ pub(crate) enum Fate {
     DroppedUnroutable,
     /// The broker refused it (nack, or unroutable with no alternate route): one more attempt.
     Refused(String),
-    /// AMQP cannot carry the row as it is (see [`envelope::unpublishable`]): parked at once,
+    /// The broker cannot take the row as it is (see [`envelope::unpublishable`]): parked at once,
     /// with the reason, for an operator to fix.
     Unpublishable(String),
     /// Unknown (channel broke, confirm timed out, never published): the row is released
@@ -223,14 +223,7 @@ pub(crate) async fn publish(
     // (row index, the publish being written)
     let mut queued = Vec::with_capacity(rows.len());
     for (i, row) in rows.iter().enumerate() {
-        let too_big = (row.payload.len() > config.max_message_bytes).then(|| {
-            format!(
-                "the payload is {} bytes; the broker takes at most {} (max_message_size)",
-                row.payload.len(),
-                config.max_message_bytes
-            )
-        });
-        if let Some(reason) = too_big.or_else(|| envelope::unpublishable(row)) {
+        if let Some(reason) = envelope::unpublishable(row, config.max_message_bytes) {
             warn!(message_id = %row.message_id, %reason, "row cannot be published; parking it");
             fates[i] = Fate::Unpublishable(reason);
             continue;
