@@ -45,7 +45,7 @@ use actix::{Actor, Addr, Context, Handler};
 use actix_outbox::{Event, HandlerResult, Outbox, TableName, redact_url};
 use actix_outbox_actors::{
     BrokerConfig, ConnectionSupervisor, ConsumerStats, Listen, RelayActor, RelayConfig, RelayStats,
-    RunningWorker, Shutdown, StopRelay, Worker, WorkerConfig,
+    RunningWorker, StopBroker, StopRelay, Worker, WorkerConfig,
 };
 use actix_web::{App, HttpResponse, HttpServer, web};
 use sea_orm::{
@@ -356,7 +356,7 @@ impl Pipeline {
         match Self::start_on(broker.clone(), db, config, sent).await {
             Ok(pipeline) => Ok(pipeline),
             Err(e) => {
-                let _closed = broker.send(Shutdown).await; // report `e`, not a mailbox error
+                let _closed = broker.send(StopBroker).await; // report `e`, not a mailbox error
                 Err(e)
             }
         }
@@ -370,7 +370,7 @@ impl Pipeline {
         sent: &Arc<SentMail>,
     ) -> Result<Self, actix_outbox::Error> {
         let sent = Arc::clone(sent);
-        let listen = Listen::new([USER_CREATED])?.queue(config.queue.as_str());
+        let listen = Listen::new([USER_CREATED])?.with_queue(config.queue.as_str());
         let worker = Worker::new(broker.clone(), config.worker)?
             .listen(listen, move || WelcomeMailer { sent: sent.clone() })?
             .start()
@@ -396,7 +396,7 @@ impl Pipeline {
         let mailer = self.mailer_stats().await;
         self.worker.stop().await;
         let relay = self.relay.send(StopRelay).await?;
-        self.broker.send(Shutdown).await?;
+        self.broker.send(StopBroker).await?;
         Ok(PipelineStats { relay, mailer })
     }
 }

@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use actix_outbox::{Error, Event, HandlerError, HandlerResult, TableName, redact_url};
 use actix_outbox_actors::{
-    BrokerConfig, ConnectionSupervisor, Listen, RetryDelay, Shutdown, Worker, WorkerConfig,
+    BrokerConfig, ConnectionSupervisor, Listen, RetryDelay, StopBroker, Worker, WorkerConfig,
 };
 use chrono::{DateTime, Utc};
 use sea_orm::{
@@ -333,7 +333,7 @@ async fn main() -> Result<(), Error> {
     create_seen_table(&db, &s.seen_table).await?;
 
     let broker_config = BrokerConfig::new(s.amqp_url.as_str())?
-        .with_reconnect(Duration::from_millis(50), Duration::from_secs(2))?
+        .with_reconnect(Duration::from_millis(50), Duration::from_secs(2))
         .with_connection_name(s.worker_name.clone());
     let broker = ConnectionSupervisor::start_supervised(broker_config)?;
     let config = WorkerConfig::default()
@@ -350,7 +350,7 @@ async fn main() -> Result<(), Error> {
     let (delay, record_starts) = (s.delay, s.record_starts);
     let running = Worker::new(broker.clone(), config)?
         .listen(
-            Listen::new([s.binding.as_str()])?.queue(s.queue.as_str()),
+            Listen::new([s.binding.as_str()])?.with_queue(s.queue.as_str()),
             move || Recording {
                 recorder: recorder.clone(),
                 delay,
@@ -364,7 +364,7 @@ async fn main() -> Result<(), Error> {
     stop.await;
     info!("stopping: draining the handlers in flight");
     running.stop().await;
-    broker.send(Shutdown).await?;
+    broker.send(StopBroker).await?;
     db.close().await?;
     info!(worker = %s.worker_name, "fault_worker stopped");
     Ok(())

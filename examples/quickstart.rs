@@ -17,13 +17,14 @@
 #![allow(clippy::print_stdout)]
 
 use std::collections::BTreeMap;
+use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use actix_outbox::{Error, Event, HandlerError, HandlerResult, Outbox, TableName};
 use actix_outbox_actors::{
-    BrokerConfig, ConnectionSupervisor, GetChannel, Listen, RelayActor, RelayConfig, Shutdown,
+    BrokerConfig, ConnectionSupervisor, GetChannel, Listen, RelayActor, RelayConfig, StopBroker,
     StopRelay, Worker, WorkerConfig,
 };
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, TransactionTrait};
@@ -117,7 +118,7 @@ impl Handler<Event<OrderPlaced>> for Billing {
 }
 
 #[actix::main]
-async fn main() -> Result<(), Error> {
+async fn main() -> Result<ExitCode, Error> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
@@ -149,14 +150,15 @@ async fn main() -> Result<(), Error> {
             .with_retry_delays(["200ms", "1s"]),
     )?
     .listen(
-        Listen::new(["user.created"])?.queue("quickstart_welcome_mailer"),
+        Listen::new(["user.created"])?.with_queue("quickstart_welcome_mailer"),
         move || WelcomeMailer(s1.clone()),
     )?
-    .listen(Listen::new(["#"])?.queue("quickstart_audit"), move || {
-        Audit(s2.clone())
-    })?
     .listen(
-        Listen::new(["order.placed"])?.queue("quickstart_billing"),
+        Listen::new(["#"])?.with_queue("quickstart_audit"),
+        move || Audit(s2.clone()),
+    )?
+    .listen(
+        Listen::new(["order.placed"])?.with_queue("quickstart_billing"),
         move || Billing(s3.clone()),
     )?
     .start()
@@ -234,7 +236,7 @@ async fn main() -> Result<(), Error> {
     let stats = worker.stats().await;
     worker.stop().await;
     relay.send(StopRelay).await?;
-    broker.send(Shutdown).await?;
+    broker.send(StopBroker).await?;
     db.close().await?;
 
     let retries: u64 = stats.values().map(|s| s.retried).sum();
@@ -255,10 +257,12 @@ async fn main() -> Result<(), Error> {
             "never sent"
         }
     );
-    match outcome {
-        Ok(()) if lost == 0 && !ghost_seen => Ok(()),
-        Ok(()) => Err(Error::BrokerRefused("the summary does not add up".into())),
-        Err(e) => Err(e),
+    outcome?;
+    if lost == 0 && !ghost_seen {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("the summary does not add up: an event was lost or a rolled-back one arrived");
+        Ok(ExitCode::FAILURE)
     }
 }
 

@@ -18,7 +18,7 @@
 use actix::Actor;
 use actix_outbox::{Error, TableName, redact_url};
 use actix_outbox_actors::{
-    BrokerConfig, ConnectionSupervisor, RelayActor, RelayConfig, Shutdown, StopRelay,
+    BrokerConfig, ConnectionSupervisor, RelayActor, RelayConfig, StopBroker, StopRelay,
 };
 use sea_orm::{ConnectOptions, Database};
 use tracing::info;
@@ -78,7 +78,7 @@ async fn main() -> Result<(), Error> {
     stop.await;
     info!("stopping: finishing the batch in flight");
     let stats = relay.send(StopRelay).await?;
-    broker.send(Shutdown).await?;
+    broker.send(StopBroker).await?;
     db.close().await?;
     info!(?stats, "relay stopped");
     Ok(())

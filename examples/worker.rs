@@ -18,7 +18,7 @@
 use actix::prelude::*;
 use actix_outbox::{Error, Event, HandlerError, HandlerResult};
 use actix_outbox_actors::{
-    BrokerConfig, ConnectionSupervisor, Listen, Shutdown, Worker, WorkerConfig,
+    BrokerConfig, ConnectionSupervisor, Listen, StopBroker, Worker, WorkerConfig,
 };
 use serde::Deserialize;
 use tracing::info;
@@ -89,7 +89,7 @@ async fn main() -> Result<(), Error> {
     )?
     .listen(Listen::new(["user.created"])?, WelcomeMailer::default)?
     .listen(
-        Listen::new(["user.*"])?.queue("user_audit"),
+        Listen::new(["user.*"])?.with_queue("user_audit"),
         UserAudit::default,
     )?
     .start()
@@ -97,6 +97,6 @@ async fn main() -> Result<(), Error> {
     info!(queues = ?running.queues().collect::<Vec<_>>(), "worker running; Ctrl-C to stop");
     stop.await;
     running.stop().await;
-    broker.send(Shutdown).await?;
+    broker.send(StopBroker).await?;
     Ok(())
 }

@@ -113,10 +113,28 @@ pub enum Error {
         /// How long we waited.
         after: std::time::Duration,
     },
-    /// The broker refused or could not route a message, or the topology is missing.
-    #[display("broker refused: {_0}")]
+    /// The broker refused an operation on one of its objects: a declaration with other
+    /// arguments, a missing exchange or queue (check-only mode), a binding.
+    #[display("broker refused {object} {name:?}: {reason}")]
     #[from(ignore)]
-    BrokerRefused(#[error(not(source))] String),
+    BrokerRefused {
+        /// The kind of object: `exchange`, `queue` or `binding`.
+        #[error(not(source))]
+        object: &'static str,
+        /// Its name (for a binding: `queue <- exchange` with the key).
+        name: String,
+        /// What the broker said, and what to do about it.
+        reason: String,
+    },
+    /// An operating-system resource could not be had, such as the thread lapin's I/O runs on.
+    #[display("cannot {what}: {source}")]
+    #[from(ignore)]
+    Io {
+        /// What was being done (`start the AMQP I/O thread`).
+        what: &'static str,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
     /// The component was shut down while the operation was pending.
     #[display("shut down")]
     #[from(ignore)]
@@ -130,16 +148,41 @@ impl Error {
     /// True when retrying the same operation later may succeed: the database or the broker was
     /// unreachable, a connection dropped, or an operation timed out.
     ///
-    /// Invalid input and configuration are never retryable.
+    /// Invalid input and configuration are never retryable, and neither is a closed actor
+    /// mailbox (the actor has stopped: asking it again finds it stopped again; a full mailbox
+    /// is retryable).
     #[must_use]
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Db(e) => is_retryable_db(e),
-            Error::Mailbox(_) | Error::Timeout { .. } => true,
+            Error::Mailbox(e) => matches!(e, actix::MailboxError::Timeout),
+            Error::Timeout { .. } => true,
             #[cfg(feature = "amqp")]
             Error::Amqp(_) => true,
             _ => false,
         }
+    }
+}
+
+impl Error {
+    /// True when the error is a mistake in what the caller gave or configured: a table name,
+    /// routing or binding key, duration or setting that is invalid, a backend or content type
+    /// this build does not support, a table or broker object that does not match what this
+    /// version expects. Fix the input or the deployment; retrying will not help.
+    #[must_use]
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            Error::InvalidTableName { .. }
+                | Error::InvalidRoutingKey { .. }
+                | Error::InvalidBindingKey { .. }
+                | Error::InvalidDuration { .. }
+                | Error::InvalidConfig { .. }
+                | Error::UnsupportedContentType(_)
+                | Error::UnsupportedBackend(_)
+                | Error::SchemaMismatch { .. }
+                | Error::BrokerRefused { .. }
+        )
     }
 }
 
@@ -197,5 +240,44 @@ mod tests {
         assert!(e.is_retryable());
         let e = Error::from(DbErr::Custom("syntax".into()));
         assert!(!e.is_retryable());
+    }
+
+    #[test]
+    fn a_closed_mailbox_is_not_retryable_but_a_timeout_is() {
+        assert!(!Error::from(actix::MailboxError::Closed).is_retryable());
+        assert!(Error::from(actix::MailboxError::Timeout).is_retryable());
+    }
+
+    #[test]
+    fn config_errors_are_classified() {
+        let refused = Error::BrokerRefused {
+            object: "queue",
+            name: "mailer".into(),
+            reason: "declared with other arguments".into(),
+        };
+        assert!(refused.is_config() && !refused.is_retryable());
+        assert_eq!(
+            refused.to_string(),
+            "broker refused queue \"mailer\": declared with other arguments"
+        );
+        let invalid = Error::InvalidConfig {
+            field: "batch_size",
+            reason: "must be between 1 and 10000".into(),
+        };
+        assert!(invalid.is_config());
+        let timeout = Error::Timeout {
+            what: "connecting to the broker",
+            after: std::time::Duration::from_secs(1),
+        };
+        assert!(!timeout.is_config() && timeout.is_retryable());
+        let io = Error::Io {
+            what: "start the AMQP I/O thread",
+            source: std::io::Error::other("no threads left"),
+        };
+        assert!(!io.is_config());
+        assert_eq!(
+            io.to_string(),
+            "cannot start the AMQP I/O thread: no threads left"
+        );
     }
 }

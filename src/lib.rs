@@ -89,6 +89,10 @@ mod schema;
 mod table_name;
 pub mod testing;
 
+/// The SeaORM this crate is built against: `emit` and `setup` take its connection types, so
+/// use `actix_outbox::sea_orm` (or pin the same version) to get matching types.
+pub use sea_orm;
+
 pub use binding_key::BindingKey;
 pub use codec::{Codec, RawPayload};
 pub use duration::parse_duration;

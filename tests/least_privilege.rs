@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use actix_outbox::{HandlerError, setup};
 use actix_outbox_actors::{
-    BrokerConfig, ConnectionSupervisor, Listen, Shutdown, TopologyMode, Worker,
+    BrokerConfig, ConnectionSupervisor, Listen, StopBroker, TopologyMode, Worker,
 };
 use common::faults::rabbitmqctl;
 use common::relay::{TestRelay, config};
@@ -60,7 +60,9 @@ async fn relay_and_worker_run_with_the_documented_permissions() {
     let admin = Worker::new(env.supervisor.clone(), env.config())
         .expect("config")
         .listen(
-            Listen::new(["lp.*"]).expect("keys").queue(queue.as_str()),
+            Listen::new(["lp.*"])
+                .expect("keys")
+                .with_queue(queue.as_str()),
             scripted::<Value, _>(&log, behave),
         )
         .expect("listen")
@@ -89,7 +91,9 @@ async fn relay_and_worker_run_with_the_documented_permissions() {
     )
     .expect("config")
     .listen(
-        Listen::new(["lp.*"]).expect("keys").queue(queue.as_str()),
+        Listen::new(["lp.*"])
+            .expect("keys")
+            .with_queue(queue.as_str()),
         scripted::<Value, _>(&log, behave),
     )
     .expect("listen")
@@ -127,7 +131,7 @@ async fn relay_and_worker_run_with_the_documented_permissions() {
     let stats = relay.stop().await;
     assert_eq!((stats.published, stats.errors), (3, 0), "{stats:?}");
     running.stop().await;
-    let _ = worker_broker.send(Shutdown).await;
+    let _ = worker_broker.send(StopBroker).await;
     relay_user.delete().await;
     worker_user.delete().await;
     env.cleanup(&delays()).await;

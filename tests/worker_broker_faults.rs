@@ -76,7 +76,9 @@ where
     let running = Worker::new(env.supervisor.clone(), env.config())
         .expect("config")
         .listen(
-            Listen::new(["load.#"]).expect("keys").queue(queue.as_str()),
+            Listen::new(["load.#"])
+                .expect("keys")
+                .with_queue(queue.as_str()),
             move || Steady(shared.clone()),
         )
         .expect("listen")

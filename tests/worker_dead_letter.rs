@@ -26,7 +26,7 @@ async fn exhausted_tiers_end_in_the_dead_letter_queue() {
         .listen(
             Listen::new(["order.placed"])
                 .expect("keys")
-                .queue(broken_q.as_str()),
+                .with_queue(broken_q.as_str()),
             scripted::<Value, _>(&broken, |_| {
                 Err(HandlerError::failed("database is read-only"))
             }),
@@ -35,7 +35,7 @@ async fn exhausted_tiers_end_in_the_dead_letter_queue() {
         .listen(
             Listen::new(["order.*"])
                 .expect("keys")
-                .queue(other_q.as_str()),
+                .with_queue(other_q.as_str()),
             scripted::<Value, _>(&other, |_| Ok(())),
         )
         .expect("other")

@@ -25,7 +25,7 @@ async fn expired_message_is_dead_lettered_unhandled() {
         .listen(
             Listen::new(["promo.sent"])
                 .expect("keys")
-                .queue(queue.as_str()),
+                .with_queue(queue.as_str()),
             scripted::<Value, _>(&log, |_| Ok(())),
         )
         .expect("listen")
@@ -70,8 +70,8 @@ async fn deadline_survives_retries() {
         .listen(
             Listen::new(["promo.sent"])
                 .expect("keys")
-                .queue(queue.as_str())
-                .retry_delays(["2s"]),
+                .with_queue(queue.as_str())
+                .with_retry_delays(["2s"]),
             scripted::<Value, _>(&log, |_| Err(HandlerError::failed("try later"))),
         )
         .expect("listen")

@@ -39,14 +39,14 @@ async fn each_queue_gets_its_own_copy() {
         .listen(
             Listen::new(["user.created"])
                 .expect("keys")
-                .queue(mailer_q.as_str()),
+                .with_queue(mailer_q.as_str()),
             scripted(&mailer, check),
         )
         .expect("mailer")
         .listen(
             Listen::new(["user.*"])
                 .expect("keys")
-                .queue(audit_q.as_str()),
+                .with_queue(audit_q.as_str()),
             scripted(&audit, check),
         )
         .expect("audit")

@@ -35,7 +35,7 @@ async fn run_one(
             listen(
                 Listen::new(["task.run"])
                     .expect("keys")
-                    .queue(queue.as_str()),
+                    .with_queue(queue.as_str()),
             ),
             scripted::<Value, _>(&log, move |e| behave(e.attempt())),
         )
@@ -91,7 +91,7 @@ async fn abort_drops_the_message() {
 #[actix_rt::test]
 async fn retry_is_honoured_with_retries_off() {
     let (env, running, _queue, log, id, stats) = run_one(
-        |l| l.retry_on_error(false),
+        |l| l.with_retry_on_error(false),
         |attempt| match attempt {
             1 => Err(HandlerError::retry("rate limited")),
             _ => Ok(()),
@@ -108,7 +108,7 @@ async fn retry_is_honoured_with_retries_off() {
 #[actix_rt::test]
 async fn plain_errors_with_retries_off_are_dead_lettered() {
     let (env, running, queue, log, id, stats) = run_one(
-        |l| l.retry_on_error(false),
+        |l| l.with_retry_on_error(false),
         |_| Err(HandlerError::failed("boom")),
         |s| s.dead_lettered == 1,
     )

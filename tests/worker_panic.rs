@@ -29,7 +29,9 @@ async fn panicking_handler_is_restarted_and_its_message_retried() {
     let running = Worker::new(env.supervisor.clone(), env.config())
         .expect("config")
         .listen(
-            Listen::new(["job.#"]).expect("keys").queue(queue.as_str()),
+            Listen::new(["job.#"])
+                .expect("keys")
+                .with_queue(queue.as_str()),
             scripted::<Value, _>(&log, panics_on_first_attempt),
         )
         .expect("listen")
@@ -77,7 +79,9 @@ async fn panicking_address_handler_requeues_and_parks() {
     let running = Worker::new(env.supervisor.clone(), env.config())
         .expect("config")
         .listen(
-            Listen::new(["job.#"]).expect("keys").queue(queue.as_str()),
+            Listen::new(["job.#"])
+                .expect("keys")
+                .with_queue(queue.as_str()),
             handler,
         )
         .expect("listen")

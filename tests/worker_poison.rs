@@ -30,7 +30,7 @@ async fn undecodable_payloads_are_dead_lettered_and_the_next_is_handled() {
         .listen(
             Listen::new(["user.created"])
                 .expect("keys")
-                .queue(queue.as_str()),
+                .with_queue(queue.as_str()),
             scripted::<UserCreated, _>(&log, |_| Ok(())),
         )
         .expect("listen")

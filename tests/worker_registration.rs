@@ -63,9 +63,9 @@ async fn bad_registrations_are_typed_errors() {
     let keys = || Listen::new(["user.*"]).expect("keys");
 
     let first = worker()
-        .listen(keys().queue("mailer"), handler())
+        .listen(keys().with_queue("mailer"), handler())
         .expect("first");
-    let duplicate = first.listen(keys().queue("mailer"), handler());
+    let duplicate = first.listen(keys().with_queue("mailer"), handler());
     match duplicate {
         Err(Error::InvalidConfig {
             field: "queue",
@@ -88,23 +88,26 @@ async fn bad_registrations_are_typed_errors() {
         "the derived name is taken too"
     );
     assert_eq!(
-        field(worker().listen(keys().queue("amq.mine"), handler())),
+        field(worker().listen(keys().with_queue("amq.mine"), handler())),
         "queue"
     );
     assert_eq!(
-        field(worker().listen(keys().queue("has space"), handler())),
+        field(worker().listen(keys().with_queue("has space"), handler())),
         "queue"
     );
     assert_eq!(
-        field(worker().listen(keys().prefetch(0), handler())),
+        field(worker().listen(keys().with_prefetch(0), handler())),
         "prefetch"
     );
     assert_eq!(
-        field(worker().listen(keys().retry_delays([std::time::Duration::ZERO]), handler())),
+        field(worker().listen(
+            keys().with_retry_delays([std::time::Duration::ZERO]),
+            handler()
+        )),
         "retry_delays"
     );
     assert!(matches!(
-        worker().listen(keys().retry_delays(["soon"]), handler()),
+        worker().listen(keys().with_retry_delays(["soon"]), handler()),
         Err(Error::InvalidDuration { .. })
     ));
     let bad_exchange = WorkerConfig::default().with_exchange("amq.topic");
@@ -139,27 +142,35 @@ async fn check_only_names_what_is_missing() {
         )
         .expect("config")
         .listen(
-            Listen::new(["user.*"]).expect("keys").queue(queue.as_str()),
+            Listen::new(["user.*"])
+                .expect("keys")
+                .with_queue(queue.as_str()),
             handler(),
         )
         .expect("listen")
     };
     let refused = |result: Result<_, Error>| match result {
-        Err(Error::BrokerRefused(message)) => message,
+        Err(
+            e @ Error::BrokerRefused {
+                object: "exchange", ..
+            },
+        ) => e.to_string(),
         Err(other) => panic!("expected BrokerRefused, got {other}"),
         Ok(_) => panic!("check-only start should fail while topology is missing"),
     };
 
     let message = refused(check_only().start().await);
     assert!(
-        message.contains(&format!("exchange {exchange:?} is missing")),
+        message.contains(&format!("exchange {exchange:?}: missing")),
         "{message}"
     );
 
     let declaring = Worker::new(env.supervisor.clone(), env.config())
         .expect("config")
         .listen(
-            Listen::new(["user.*"]).expect("keys").queue(queue.as_str()),
+            Listen::new(["user.*"])
+                .expect("keys")
+                .with_queue(queue.as_str()),
             handler(),
         )
         .expect("listen")

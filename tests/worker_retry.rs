@@ -25,7 +25,7 @@ async fn fails_twice_then_succeeds_on_attempt_three() {
         .listen(
             Listen::new(["user.created"])
                 .expect("keys")
-                .queue(flaky_q.as_str()),
+                .with_queue(flaky_q.as_str()),
             scripted::<Value, _>(&flaky, |e| match e.attempt() {
                 1 | 2 => Err(HandlerError::failed("smtp is down")),
                 _ => Ok(()),
@@ -35,7 +35,7 @@ async fn fails_twice_then_succeeds_on_attempt_three() {
         .listen(
             Listen::new(["user.created"])
                 .expect("keys")
-                .queue(steady_q.as_str()),
+                .with_queue(steady_q.as_str()),
             scripted::<Value, _>(&steady, |_| Ok(())),
         )
         .expect("steady")

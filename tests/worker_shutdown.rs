@@ -69,8 +69,8 @@ async fn ten_in_flight(
     .listen(
         Listen::new(["report.#"])
             .expect("keys")
-            .queue(queue.as_str())
-            .prefetch(10),
+            .with_queue(queue.as_str())
+            .with_prefetch(10),
         move || Slow {
             progress: shared.clone(),
             work,

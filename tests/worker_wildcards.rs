@@ -24,14 +24,14 @@ async fn star_matches_one_word_and_hash_any_number() {
         .listen(
             Listen::new(["user.*"])
                 .expect("keys")
-                .queue(users_q.as_str()),
+                .with_queue(users_q.as_str()),
             scripted::<Value, _>(&users, |_| Ok(())),
         )
         .expect("users")
         .listen(
             Listen::new(["order.#"])
                 .expect("keys")
-                .queue(orders_q.as_str()),
+                .with_queue(orders_q.as_str()),
             scripted::<Value, _>(&orders, |_| Ok(())),
         )
         .expect("orders")

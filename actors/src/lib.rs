@@ -1,26 +1,45 @@
 //! # actix-outbox-actors
 //!
 //! The moving parts of [actix-outbox](actix_outbox): the actors that relay outbox rows to
-//! RabbitMQ and consume them into your handlers. This crate re-exports `actix_outbox`, so a
-//! relay or worker process needs this one dependency.
+//! RabbitMQ and consume them into your handlers. This crate re-exports `actix_outbox` (and the
+//! `sea_orm` and `lapin` its signatures use), so a relay or worker process needs this one
+//! dependency.
 //!
-//! ## Actors
+//! ## The wings
 //!
-//! - [`ConnectionSupervisor`] — owns the RabbitMQ connection, hands out channels, reconnects
-//!   with backoff and jitter, tells subscribers ([`BrokerStatus`]).
-//! - [`RelayActor`] — claims due outbox rows in batches, publishes them to the topic exchange
-//!   with publisher confirms and `mandatory`, deletes (or marks) them once confirmed. Wakes on
-//!   PostgreSQL NOTIFY, a poll, and the next due row.
-//! - [`ConsumerActor`] — one per queue, started by a [`Worker`] (handlers registered with
-//!   [`Listen`] binding keys): decodes [`Event<T>`](actix_outbox::Event) for your
-//!   `Handler<Event<T>>` actor, acks after it, retries through TTL delay queues, dead-letters
-//!   to `dlq_<queue>`, restarts factory-made handlers after a panic, reconnects by itself and
-//!   drains on [`RunningWorker::stop`].
+//! ```text
+//!            broker/  ConnectionSupervisor: the connection, channels, reconnects
+//!              ▲  ▲
+//!   channels   │  │   channels
+//!        relay/       worker/
+//!  RelayActor:        Worker → one consumer actor per queue:
+//!  claim → publish    deliver → decode → your Handler<Event<T>>
+//!  → confirm → settle → fate (ack / retry / dead-letter) → settle
+//!              ╲      ╱
+//!             exchange/  what both must agree on: the topic exchange, unroutable
+//!                        handling, declare-or-check, object names, header tables
+//! ```
+//!
+//! - **broker** — [`ConnectionSupervisor`] owns the RabbitMQ connection (on its own small
+//!   runtime), hands out channels, reconnects with backoff and jitter, tells subscribers
+//!   ([`BrokerStatus`]); [`BrokerConfig`].
+//! - **relay** — [`RelayActor`] claims due outbox rows in batches, publishes them to the topic
+//!   exchange with publisher confirms and `mandatory`, deletes (or marks) them once confirmed.
+//!   Wakes on PostgreSQL NOTIFY, a poll, and the next due row; [`RelayConfig`].
+//! - **worker** — a [`Worker`] (handlers registered with [`Listen`] binding keys) runs one
+//!   consumer actor per queue: it decodes [`Event<T>`](actix_outbox::Event) for your
+//!   `Handler<Event<T>>` actor, acks after it, retries through TTL delay queues,
+//!   dead-letters to `dlq_<queue>`, restarts factory-made handlers after a panic, reconnects by
+//!   itself and drains on [`RunningWorker::stop`]; [`WorkerConfig`].
+//! - **exchange** — [`TopologyMode`] and [`Unroutable`], shared by both configs; relay and
+//!   worker import from it and never from each other.
+//! - `backoff` (exponential backoff with jitter, one validation) and `shutdown`
+//!   ([`shutdown_signal`]) serve all three.
 //!
 //! ## Running a relay
 //!
 //! ```no_run
-//! use actix_outbox_actors::{BrokerConfig, ConnectionSupervisor, RelayActor, RelayConfig, StopRelay};
+//! use actix_outbox_actors::prelude::*;
 //! use actix::Actor;
 //!
 //! #[actix::main]
@@ -30,9 +49,9 @@
 //!     let broker = ConnectionSupervisor::start_supervised(BrokerConfig::from_env()?)?;
 //!     let relay = RelayActor::new(db.clone(), broker.clone(), RelayConfig::default())?.start();
 //!     tokio::signal::ctrl_c().await.ok();
-//!     relay.send(StopRelay).await?;                       // finish the batch in flight
-//!     broker.send(actix_outbox_actors::Shutdown).await?;  // then the broker connection
-//!     db.close().await?;                                   // then the database
+//!     relay.send(StopRelay).await?;    // finish the batch in flight
+//!     broker.send(StopBroker).await?;  // then the broker connection
+//!     db.close().await?;               // then the database
 //!     Ok(())
 //! }
 //! ```
@@ -41,49 +60,46 @@
 //! connection or an open transaction when the System stops.
 #![doc = ""]
 
-mod amqp_name;
 mod backoff;
-mod broker_config;
-mod connection_supervisor;
-mod consumer_actor;
-mod consumer_delivery;
-mod consumer_envelope;
-mod consumer_handler;
-mod consumer_stats;
-mod envelope;
-mod notify_listener;
-mod relay_actor;
-mod relay_batch;
-mod relay_config;
-mod relay_sql;
-mod retry_policy;
+mod broker;
+mod exchange;
+mod relay;
 mod shutdown;
-mod topology;
 mod worker;
-mod worker_config;
-mod worker_listen;
-mod worker_topology;
 
 pub use actix_outbox;
-pub use actix_outbox::prelude;
-pub use backoff::Backoff;
-pub use broker_config::BrokerConfig;
-pub use connection_supervisor::{
-    BrokerState, BrokerStatus, ConnectionSupervisor, GetBrokerState, GetChannel, Shutdown,
-    Subscribe,
+/// The SeaORM this crate is built against: [`RelayActor::new`] takes its
+/// `DatabaseConnection`.
+pub use actix_outbox::sea_orm;
+/// The lapin this crate is built against: [`GetChannel`] answers with its `Channel`, and
+/// [`Error::Amqp`](actix_outbox::Error::Amqp) wraps its error.
+pub use lapin;
+
+pub use broker::{
+    BrokerConfig, BrokerState, BrokerStatus, ConnectionSupervisor, GetBrokerState, GetChannel,
+    StopBroker, Subscribe,
 };
-pub use consumer_actor::{ConsumerActor, GetConsumerStats, StopConsumer};
-pub use consumer_handler::{HandlerSource, IntoHandler};
-pub use consumer_stats::ConsumerStats;
-pub use relay_actor::{GetRelayStats, RelayActor, RelayStats, StopRelay, WakeUp};
-pub use relay_config::{
-    Cleanup, RABBITMQ_MAX_MESSAGE_BYTES, RelayConfig, TopologyMode, Unroutable,
+pub use exchange::{TopologyMode, Unroutable};
+pub use relay::{
+    Cleanup, GetRelayStats, RABBITMQ_MAX_MESSAGE_BYTES, RelayActor, RelayConfig, RelayStats,
+    StopRelay, WakeUp,
 };
-pub use retry_policy::RetryDelay;
 pub use shutdown::shutdown_signal;
-pub use worker::{RunningWorker, Worker};
-pub use worker_config::{QueueType, WorkerConfig};
-pub use worker_listen::Listen;
+pub use worker::{
+    ConsumerStats, HandlerSource, IntoHandler, Listen, QueueType, RetryDelay, RunningWorker,
+    Worker, WorkerConfig,
+};
+
+/// The types most relay and worker processes need: `use actix_outbox_actors::prelude::*;`
+/// (includes [`actix_outbox::prelude`]).
+pub mod prelude {
+    pub use actix_outbox::prelude::*;
+
+    pub use crate::{
+        BrokerConfig, ConnectionSupervisor, Listen, RelayActor, RelayConfig, RunningWorker,
+        StopBroker, StopRelay, Worker, WorkerConfig,
+    };
+}
 
 /// Guides: how actix-outbox behaves and how to run it (the markdown files in `docs/`).
 pub mod guides {

@@ -9,7 +9,7 @@ use std::future::Future;
 /// first polled: call it first thing in `main`, so a SIGTERM that arrives while the process is
 /// still connecting stops it gracefully instead of killing it. Relay and worker processes then
 /// stop in order: consumers and relays first, then the broker connection
-/// ([`Shutdown`](crate::Shutdown)), then the database.
+/// ([`StopBroker`](crate::StopBroker)), then the database.
 ///
 /// # Examples
 ///

@@ -66,7 +66,7 @@ pub(super) async fn start_worker(
         .with_prefetch(b.params.prefetch)
         .with_queue_type(queue_type);
     Worker::new(broker.clone(), config)?
-        .listen(Listen::new(["#"])?.queue(queue), move || Counter {
+        .listen(Listen::new(["#"])?.with_queue(queue), move || Counter {
             handled: handled.clone(),
             latencies: latencies.clone(),
             last_us: Arc::default(),
@@ -224,7 +224,7 @@ pub(super) async fn consume(b: &Bench) -> Result<(), Error> {
         consume_raw(&conn, queue, b.params.prefetch, n).await?;
         raw.push(n as f64 / start.elapsed().as_secs_f64());
     }
-    broker.send(Shutdown).await?;
+    broker.send(StopBroker).await?;
     let _ = conn.close(200, "".into()).await;
     let params = json!({"messages": n, "prefetch": b.params.prefetch, "queue_type": b.params.queue_type, "payload_bytes": b.params.payload_bytes, "handler": "no-op"});
     report(

@@ -431,10 +431,12 @@ pub(super) async fn worker_process() -> Result<(), Error> {
         .with_prefetch(prefetch)
         .with_queue_type(queue_type);
     let running = Worker::new(broker.clone(), config)?
-        .listen(Listen::new(["#"])?.queue(queue.as_str()), move || Counter {
-            handled: h.clone(),
-            latencies: Some(l.clone()),
-            last_us: t.clone(),
+        .listen(Listen::new(["#"])?.with_queue(queue.as_str()), move || {
+            Counter {
+                handled: h.clone(),
+                latencies: Some(l.clone()),
+                last_us: t.clone(),
+            }
         })?
         .start()
         .await?;
@@ -444,7 +446,7 @@ pub(super) async fn worker_process() -> Result<(), Error> {
     )
     .await;
     running.stop().await;
-    broker.send(Shutdown).await?;
+    broker.send(StopBroker).await?;
     let latencies = latencies.lock().map(|l| l.clone()).unwrap_or_default();
     println!(
         "{}",

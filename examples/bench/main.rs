@@ -39,7 +39,7 @@ use actix::Actor;
 use actix_outbox::{Error, Event, HandlerResult, OutboxEvent};
 use actix_outbox_actors::{
     BrokerConfig, ConnectionSupervisor, GetRelayStats, Listen, QueueType, RelayActor, RelayConfig,
-    RunningWorker, Shutdown, StopRelay, WakeUp, Worker, WorkerConfig,
+    RunningWorker, StopBroker, StopRelay, WakeUp, Worker, WorkerConfig,
 };
 use futures_util::StreamExt;
 use lapin::options::{

@@ -125,7 +125,7 @@ pub(super) async fn run_relays(
     for relay in running {
         published += relay.send(StopRelay).await?.published;
     }
-    broker.send(Shutdown).await?;
+    broker.send(StopBroker).await?;
     if published < n as u64 {
         return Err(bad("bench", format!("relays published {published} of {n}")));
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use actix::{Actor, Addr};
 use actix_outbox_actors::{
     BrokerConfig, ConnectionSupervisor, GetRelayStats, RelayActor, RelayConfig, RelayStats,
-    Shutdown, StopRelay,
+    StopBroker, StopRelay,
 };
 use sea_orm::DatabaseConnection;
 
@@ -21,8 +21,7 @@ impl TestRelay {
     pub fn start(db: &DatabaseConnection, url: &str, config: RelayConfig) -> Self {
         let broker_config = BrokerConfig::new(url)
             .expect("broker config")
-            .with_reconnect(Duration::from_millis(50), Duration::from_secs(1))
-            .expect("backoff");
+            .with_reconnect(Duration::from_millis(50), Duration::from_secs(1));
         let broker = ConnectionSupervisor::start_supervised(broker_config).expect("supervisor");
         let relay = RelayActor::new(db.clone(), broker.clone(), config)
             .expect("relay")
@@ -40,7 +39,7 @@ impl TestRelay {
             .await
             .expect("relay stops within 20 s")
             .expect("relay mailbox");
-        tokio::time::timeout(Duration::from_secs(10), self.broker.send(Shutdown))
+        tokio::time::timeout(Duration::from_secs(10), self.broker.send(StopBroker))
             .await
             .expect("broker connection closes within 10 s")
             .expect("supervisor mailbox");

@@ -9,7 +9,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use actix_outbox::{Event, HandlerResult, headers as h};
 use actix_outbox_actors::{
-    BrokerConfig, ConnectionSupervisor, ConsumerStats, RunningWorker, Shutdown, WorkerConfig,
+    BrokerConfig, ConnectionSupervisor, ConsumerStats, RunningWorker, StopBroker, WorkerConfig,
 };
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
@@ -42,8 +42,7 @@ impl WorkerEnv {
         let broker = TestBroker::new().await;
         let config = BrokerConfig::new(broker.url.as_str())
             .expect("broker config")
-            .with_reconnect(Duration::from_millis(50), Duration::from_secs(1))
-            .expect("backoff");
+            .with_reconnect(Duration::from_millis(50), Duration::from_secs(1));
         let supervisor = ConnectionSupervisor::start_supervised(config).expect("supervisor");
         let conn = Connection::connect(&broker.url, ConnectionProperties::default())
             .await
@@ -156,7 +155,8 @@ impl WorkerEnv {
     /// Closes the supervisor's connection and deletes queues and exchanges (best effort, on a
     /// fresh connection: fault tests force-close the test's own).
     pub async fn cleanup(self, delays: &[Duration]) {
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.supervisor.send(Shutdown)).await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(10), self.supervisor.send(StopBroker)).await;
         let ex = self.broker.exchange.clone();
         let mut queues = self.queues.clone();
         queues.push(format!("{ex}.unroutable"));

@@ -1,7 +1,7 @@
 //! `ConsumerStats`: what one consumer did since it started, for health checks and tests.
 
-use crate::consumer_delivery::{Report, Settled};
-use crate::retry_policy::{Action, EXPIRED, Outcome};
+use super::delivery::{Report, Settled};
+use super::retry::{EXPIRED, Fate, Outcome};
 
 /// Counters of one consumer (one queue) since it started. Ask with
 /// [`RunningWorker::stats`](crate::RunningWorker::stats).
@@ -43,19 +43,19 @@ pub struct ConsumerStats {
 impl ConsumerStats {
     /// Counts one finished delivery.
     pub(crate) fn book(&mut self, report: &Report) {
-        match (&report.settled, &report.action) {
+        match (&report.settled, &report.fate) {
             (Settled::Lost(_), _) => self.unsettled += 1,
             (Settled::Requeued(_), _) => self.requeued += 1,
-            (Settled::Done, Action::Ack) => match report.outcome {
+            (Settled::Done, Fate::Ack) => match report.outcome {
                 Outcome::Handled => self.handled += 1,
                 _ => self.aborted += 1,
             },
-            (Settled::Done, Action::Retry { .. }) => self.retried += 1,
-            (Settled::Done, Action::DeadLetter { reason }) => {
+            (Settled::Done, Fate::Retry { .. }) => self.retried += 1,
+            (Settled::Done, Fate::DeadLetter { reason }) => {
                 self.dead_lettered += 1;
                 self.expired += u64::from(reason == EXPIRED);
             }
-            (Settled::Done, Action::Requeue) => self.requeued += 1,
+            (Settled::Done, Fate::Requeue) => self.requeued += 1,
         }
         match report.outcome {
             Outcome::Undecodable(_) => self.decode_failures += 1,
@@ -71,16 +71,16 @@ mod tests {
     use actix_outbox::HandlerError;
     use std::time::Duration;
 
-    fn report(outcome: Outcome, action: Action, settled: Settled) -> Report {
+    fn report(outcome: Outcome, fate: Fate, settled: Settled) -> Report {
         Report {
             outcome,
-            action,
+            fate,
             settled,
         }
     }
 
-    fn dead(reason: &str) -> Action {
-        Action::DeadLetter {
+    fn dead(reason: &str) -> Fate {
+        Fate::DeadLetter {
             reason: reason.to_owned(),
         }
     }
@@ -88,13 +88,13 @@ mod tests {
     #[test]
     fn each_delivery_counts_once() {
         let mut s = ConsumerStats::default();
-        s.book(&report(Outcome::Handled, Action::Ack, Settled::Done));
+        s.book(&report(Outcome::Handled, Fate::Ack, Settled::Done));
         s.book(&report(
             Outcome::Failed(HandlerError::abort("x")),
-            Action::Ack,
+            Fate::Ack,
             Settled::Done,
         ));
-        let retry = Action::Retry {
+        let retry = Fate::Retry {
             delay: Duration::from_millis(100),
         };
         s.book(&report(Outcome::Crashed, retry.clone(), Settled::Done));
@@ -106,12 +106,12 @@ mod tests {
         ));
         s.book(&report(
             Outcome::HandlerGone,
-            Action::Requeue,
+            Fate::Requeue,
             Settled::Requeued("gone".into()),
         ));
         s.book(&report(
             Outcome::Handled,
-            Action::Ack,
+            Fate::Ack,
             Settled::Lost("closed".into()),
         ));
         let want = ConsumerStats {
@@ -132,7 +132,7 @@ mod tests {
     #[test]
     fn an_unconfirmed_copy_counts_as_requeued_not_retried() {
         let mut s = ConsumerStats::default();
-        let retry = Action::Retry {
+        let retry = Fate::Retry {
             delay: Duration::from_millis(100),
         };
         s.book(&report(

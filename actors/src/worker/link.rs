@@ -7,7 +7,7 @@
 //!
 //! | object | kind | arguments | bound |
 //! |---|---|---|---|
-//! | `X` | topic, durable | as the relay declares it (`topology::declare_exchange`) | |
+//! | `X` | topic, durable | as the relay declares it (`exchange::declare_exchange`) | |
 //! | `q` | durable, quorum (or classic) | `x-dead-letter-exchange = X.dlx`, `x-dead-letter-routing-key = dlq_q` | to `X` with each binding key |
 //! | `X.dlx` | direct, durable | | |
 //! | `dlq_q` | durable, same type as `q` | | to `X.dlx` with key `dlq_q` |
@@ -22,20 +22,25 @@
 
 use std::time::Duration;
 
-use actix::Addr;
+use actix::{Addr, Message, SpawnHandle};
 use actix_outbox::{Error, Result};
+use futures_util::{Stream, StreamExt, stream};
+use lapin::message::Delivery;
 use lapin::options::{
-    BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::types::ShortString;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Consumer, ExchangeKind};
 
-use crate::connection_supervisor::{ConnectionSupervisor, GetChannel};
-use crate::relay_config::TopologyMode;
-use crate::topology::declare_exchange;
-use crate::worker_config::QueueType;
-use crate::worker_listen::{ConsumerSpec, SharedSpec};
+use super::config::QueueType;
+use super::listen::{ConsumerSpec, SharedSpec};
+use crate::broker::{self, ConnectionSupervisor};
+use crate::exchange::{
+    TopologyMode, dead_letter_exchange, dead_letter_queue, declare_exchange, delay_name, long,
+    refused,
+};
 
 /// Gets a channel (bounded by the channel timeout) and starts consuming `spec`'s queue on it.
 ///
@@ -48,13 +53,7 @@ pub(crate) async fn open_link(
     supervisor: Addr<ConnectionSupervisor>,
     spec: SharedSpec,
 ) -> Result<(Channel, Consumer)> {
-    let wait = spec.channel_timeout;
-    let channel = tokio::time::timeout(wait, supervisor.send(GetChannel))
-        .await
-        .map_err(|_| Error::Timeout {
-            what: "waiting for a broker channel",
-            after: wait,
-        })???;
+    let channel = broker::channel(&supervisor, spec.channel_timeout).await?;
     match set_up(&channel, &spec).await {
         Ok(consumer) => Ok((channel, consumer)),
         Err(e) => {
@@ -65,9 +64,6 @@ pub(crate) async fn open_link(
 }
 
 async fn set_up(channel: &Channel, spec: &ConsumerSpec) -> Result<Consumer> {
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
     channel
         .basic_qos(spec.prefetch, BasicQosOptions::default())
         .await?;
@@ -83,6 +79,40 @@ async fn set_up(channel: &Channel, spec: &ConsumerSpec) -> Result<Consumer> {
     Ok(consumer)
 }
 
+/// One item of the consumer stream of channel `generation`.
+#[allow(clippy::large_enum_variant)] // almost every item is a delivery: boxing it buys nothing
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) enum Incoming {
+    /// A message to handle.
+    Delivery(u64, Delivery),
+    /// The stream failed (the channel or connection is gone).
+    Failed(u64, String),
+    /// The stream ended (the broker cancelled the consumer, or the channel closed).
+    Ended(u64),
+}
+
+/// The consumer's deliveries as [`Incoming`] items of channel `generation`, ending with
+/// [`Incoming::Ended`].
+pub(crate) fn incoming(consumer: Consumer, generation: u64) -> impl Stream<Item = Incoming> {
+    consumer
+        .map(move |item| match item {
+            Ok(delivery) => Incoming::Delivery(generation, delivery),
+            Err(e) => Incoming::Failed(generation, e.to_string()),
+        })
+        .chain(stream::once(async move { Incoming::Ended(generation) }))
+}
+
+/// The live channel and its consumer.
+pub(crate) struct Link {
+    /// The consumer's channel (confirm mode).
+    pub(crate) channel: Channel,
+    /// The consumer tag, for the cancel.
+    pub(crate) tag: ShortString,
+    /// The stream added to the actor's context.
+    pub(crate) stream: SpawnHandle,
+}
+
 /// Cancels consumer `tag` (bounded by 5 s): the broker sends no new deliveries.
 pub(crate) async fn cancel(channel: Channel, tag: lapin::types::ShortString) {
     let cancelling = channel.basic_cancel(tag, BasicCancelOptions::default());
@@ -95,21 +125,6 @@ pub(crate) async fn close(channel: Channel) {
         let closing = channel.close(200, "consumer closing its channel".into());
         let _ = tokio::time::timeout(Duration::from_secs(5), closing).await;
     }
-}
-
-/// The dead-letter exchange of `exchange`: `<exchange>.dlx`.
-pub(crate) fn dead_letter_exchange(exchange: &str) -> String {
-    format!("{exchange}.dlx")
-}
-
-/// The dead-letter queue of `queue`: `dlq_<queue>` (also its binding key).
-pub(crate) fn dead_letter_queue(queue: &str) -> String {
-    format!("dlq_{queue}")
-}
-
-/// The delay exchange and queue for `delay` on `exchange`: `<exchange>.delay.<ms>ms`.
-pub(crate) fn delay_name(exchange: &str, delay: Duration) -> String {
-    format!("{exchange}.delay.{}ms", delay.as_millis())
 }
 
 /// Declares (or checks, in check-only mode) everything `spec`'s queue needs.
@@ -178,7 +193,7 @@ async fn exchange(channel: &Channel, name: &str, kind: ExchangeKind, check: bool
     channel
         .exchange_declare(name.into(), kind, options, FieldTable::default())
         .await
-        .map_err(|e| refused("exchange", name, check, &e))
+        .map_err(|e| declare_refused("exchange", name, check, &e))
 }
 
 async fn queue(channel: &Channel, name: &str, args: FieldTable, check: bool) -> Result<()> {
@@ -192,7 +207,7 @@ async fn queue(channel: &Channel, name: &str, args: FieldTable, check: bool) -> 
         .queue_declare(name.into(), options, args)
         .await
         .map(drop)
-        .map_err(|e| refused("queue", name, check, &e))
+        .map_err(|e| declare_refused("queue", name, check, &e))
 }
 
 async fn bind(channel: &Channel, queue: &str, exchange: &str, key: &str) -> Result<()> {
@@ -206,43 +221,27 @@ async fn bind(channel: &Channel, queue: &str, exchange: &str, key: &str) -> Resu
         )
         .await
         .map_err(|e| {
-            Error::BrokerRefused(format!(
-                "cannot bind queue {queue:?} to exchange {exchange:?} with key {key:?}: {e}"
-            ))
+            refused(
+                "binding",
+                &format!("{queue} <- {exchange}"),
+                format!("cannot bind with key {key:?}: {e}"),
+            )
         })
 }
 
-fn refused(what: &str, name: &str, check: bool, e: &lapin::Error) -> Error {
-    Error::BrokerRefused(if check {
-        format!(
-            "{what} {name:?} is missing or not accessible (check-only mode: create it first): {e}"
-        )
+/// A declaration the broker refused, with what to do about it.
+fn declare_refused(object: &'static str, name: &str, check: bool, e: &lapin::Error) -> Error {
+    let reason = if check {
+        format!("missing or not accessible (check-only mode: create it first): {e}")
     } else {
-        format!("cannot declare {what} {name:?} (does it exist with other arguments?): {e}")
-    })
-}
-
-fn long(s: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(s))
+        format!("cannot declare it (does it exist with other arguments?): {e}")
+    };
+    refused(object, name, reason)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_follow_the_documented_scheme() {
-        assert_eq!(dead_letter_exchange("outbox"), "outbox.dlx");
-        assert_eq!(dead_letter_queue("welcome_mailer"), "dlq_welcome_mailer");
-        assert_eq!(
-            delay_name("outbox", Duration::from_secs(90)),
-            "outbox.delay.90000ms"
-        );
-        assert_eq!(
-            delay_name("outbox", Duration::from_millis(100)),
-            "outbox.delay.100ms"
-        );
-    }
 
     #[test]
     fn delay_queues_dead_letter_to_the_default_exchange_without_a_key() {

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use actix_outbox::{Error, Result};
 
+use super::retry::{RetryDelay, RetryPolicy, resolve_delays};
 use crate::backoff::Backoff;
-use crate::relay_config::{TopologyMode, Unroutable, check_exchange_name};
-use crate::retry_policy::{RetryDelay, RetryPolicy, resolve_delays};
+use crate::exchange::{TopologyMode, Unroutable, check_exchange_name};
 
 /// The kind of queue declared for each handler and its dead-letter queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -216,13 +216,7 @@ impl WorkerConfig {
         positive("grace_period", self.grace_period)?;
         positive("channel_timeout", self.channel_timeout)?;
         positive("confirm_timeout", self.confirm_timeout)?;
-        positive("reconnect_backoff", self.reconnect.min)?;
-        if self.reconnect.min > self.reconnect.max {
-            return Err(Error::InvalidConfig {
-                field: "reconnect_backoff",
-                reason: "minimum must not exceed maximum".to_owned(),
-            });
-        }
+        self.reconnect.validate("reconnect_backoff")?;
         resolve_delays(&self.retry_delays)?;
         Ok(())
     }

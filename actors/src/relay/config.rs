@@ -5,6 +5,7 @@ use std::time::Duration;
 use actix_outbox::{Error, Result, TableName};
 
 use crate::backoff::Backoff;
+use crate::exchange::{TopologyMode, Unroutable, check_exchange_name};
 
 /// What happens to rows once the broker confirmed them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -19,32 +20,6 @@ pub enum Cleanup {
         /// How long sent rows are kept.
         retention: Duration,
     },
-}
-
-/// What happens to messages whose routing key matches no binding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum Unroutable {
-    /// The exchange gets an alternate exchange `<exchange>.unroutable` (fanout) bound to a
-    /// durable queue of the same name, so unroutable messages are kept there; the relay
-    /// watches that queue's depth and warns when it grows. The default.
-    #[default]
-    AlternateExchange,
-    /// Fire-and-forget: the broker drops unroutable messages; the relay sees them returned
-    /// (published `mandatory`), counts and logs them, and deletes their rows.
-    Drop,
-}
-
-/// Whether the relay declares its topology or only checks it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum TopologyMode {
-    /// Declare the exchange (and alternate exchange and queue) at start. The default.
-    #[default]
-    Declare,
-    /// Least privilege: declare nothing, only check (passive declare) that the exchange
-    /// exists, and fail at start naming what is missing.
-    CheckOnly,
 }
 
 /// Settings of a [`RelayActor`](crate::RelayActor). `Default` + consuming `with_*` setters;
@@ -253,7 +228,7 @@ impl RelayConfig {
     /// The alternate exchange and queue for unroutable messages: `<exchange>.unroutable`.
     #[must_use]
     pub fn unroutable_name(&self) -> String {
-        format!("{}.unroutable", self.exchange)
+        crate::exchange::unroutable_name(&self.exchange)
     }
 
     /// Checks every setting.
@@ -287,25 +262,13 @@ impl RelayConfig {
         let positive = actix_outbox::__private::require_positive;
         positive("poll_interval", self.poll_interval)?;
         positive("confirm_timeout", self.confirm_timeout)?;
-        for (field, b) in [
-            ("retry_backoff", self.retry_backoff),
-            ("error_backoff", self.error_backoff),
-        ] {
-            positive(field, b.min)?;
-            if b.min > b.max {
-                return bad(field, "minimum must not exceed maximum");
-            }
-        }
+        self.retry_backoff.validate("retry_backoff")?;
+        self.error_backoff.validate("error_backoff")?;
         if let Cleanup::Keep { retention } = self.cleanup {
             positive("retention", retention)?;
         }
         Ok(())
     }
-}
-
-/// Exchange names: see [`check_amqp_name`](crate::amqp_name::check_amqp_name).
-pub(crate) fn check_exchange_name(name: &str) -> Result<()> {
-    crate::amqp_name::check_amqp_name("exchange", name)
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The consumer's side of the envelope: AMQP delivery → [`Event<T>`], and the properties of
 //! the copies a consumer publishes (retries and dead letters).
 //!
-//! Pure functions; the relay's side (row → properties) is in `envelope`.
+//! Pure functions; the relay's side (row → properties) is `relay::envelope`.
 
 use std::any::TypeId;
 
@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::envelope::table_to_json;
+use crate::exchange::table_to_json;
 
 /// Headers RabbitMQ sets itself: never shown to handlers as user headers, and never copied
 /// onto our retry and dead-letter copies (on a quorum queue, a copied `x-delivery-count`

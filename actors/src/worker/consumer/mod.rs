@@ -26,45 +26,34 @@
 //! The consumer itself is not supervised; the broker's unacked deliveries, not its state, are
 //! the source of truth.
 
-use std::collections::VecDeque;
+mod lifecycle;
 
 use actix::prelude::*;
 use actix_outbox::{Error, Result};
-use futures_util::{StreamExt, stream};
 use lapin::message::Delivery;
-use lapin::types::ShortString;
-use lapin::{Channel, Consumer};
+
 use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
-use crate::connection_supervisor::ConnectionSupervisor;
-use crate::consumer_delivery::{self, Job, Report, Settled};
-use crate::consumer_handler::{HandlerSlot, HandlerSource};
-use crate::consumer_stats::ConsumerStats;
-use crate::retry_policy::Outcome;
-use crate::worker_listen::SharedSpec;
-use crate::worker_topology::{cancel, close, open_link};
+use super::delivery::{self, Job, Report, Settled};
+use super::handler::{HandlerSlot, HandlerSource};
+use super::link::{Incoming, Link};
+use super::listen::SharedSpec;
+use super::probation::Probation;
+use super::retry::Outcome;
+use super::stats::ConsumerStats;
+use crate::broker::ConnectionSupervisor;
 
 /// Stops the consumer gracefully; resolves once it has stopped.
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "()")]
-pub struct StopConsumer;
+pub(crate) struct StopConsumer;
 
 /// Asks for the consumer's counters.
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "ConsumerStats")]
-pub struct GetConsumerStats;
-
-/// One item of the consumer stream of channel `generation`.
-#[allow(clippy::large_enum_variant)] // almost every item is a delivery: boxing it buys nothing
-#[derive(Message)]
-#[rtype(result = "()")]
-enum Incoming {
-    Delivery(u64, Delivery),
-    Failed(u64, String),
-    Ended(u64),
-}
+pub(crate) struct GetConsumerStats;
 
 /// The consumer's lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,15 +71,8 @@ enum State {
     Stopped,
 }
 
-/// The live channel and its consumer.
-struct Link {
-    channel: Channel,
-    tag: ShortString,
-    stream: SpawnHandle,
-}
-
 /// The consumer of one queue. See the module docs for its lifecycle.
-pub struct ConsumerActor<T: DeserializeOwned + Send + 'static> {
+pub(crate) struct ConsumerActor<T: DeserializeOwned + Send + 'static> {
     /// The queue's checked settings.
     spec: SharedSpec,
     /// Where channels come from.
@@ -105,12 +87,9 @@ pub struct ConsumerActor<T: DeserializeOwned + Send + 'static> {
     state: State,
     /// Deliveries handed to the handler and not settled yet.
     in_flight: usize,
-    /// After a crash with several events in the handler's mailbox: how many more deliveries
-    /// (one per displaced event) go to the new actor one at a time, so a crash among them
-    /// names its event.
-    probation: usize,
-    /// Deliveries held back during probation (with their channel generation).
-    waiting: VecDeque<(u64, Delivery)>,
+    /// After a crash with several events in the handler's mailbox: the deliveries that go to
+    /// the new actor one at a time, and those held back meanwhile.
+    probation: Probation<Delivery>,
     /// Tells `Worker::start` whether the first attempt to consume worked.
     ready: Option<oneshot::Sender<Result<()>>>,
     /// Consecutive failed attempts to consume (drives the backoff).
@@ -148,8 +127,7 @@ impl<T: DeserializeOwned + Send + 'static> ConsumerActor<T> {
             generation: 0,
             state: State::Connecting,
             in_flight: 0,
-            probation: 0,
-            waiting: VecDeque::new(),
+            probation: Probation::default(),
             ready: Some(ready),
             failures: 0,
             stats: ConsumerStats::default(),
@@ -220,7 +198,7 @@ impl<T: DeserializeOwned + Send + 'static> StreamHandler<Incoming> for ConsumerA
                     self.dispatch(delivery, ctx);
                 } else if self.state != State::Connecting {
                     // After a cancel (stop, parked): back to the queue, unhandled.
-                    actix::spawn(consumer_delivery::requeue_unhandled(delivery));
+                    actix::spawn(delivery::requeue_unhandled(delivery));
                 }
             }
             Incoming::Failed(generation, reason) if generation == self.generation => {
@@ -238,105 +216,21 @@ impl<T: DeserializeOwned + Send + 'static> StreamHandler<Incoming> for ConsumerA
 }
 
 impl<T: DeserializeOwned + Send + 'static> ConsumerActor<T> {
-    /// Gets a channel and starts consuming (unless stopping).
-    fn connect(&mut self, ctx: &mut Context<Self>) {
-        if self.state != State::Connecting {
-            return;
-        }
-        let opening = open_link(self.supervisor.clone(), self.spec.clone());
-        ctx.spawn(
-            opening
-                .into_actor(self)
-                .map(|result, act, ctx| match result {
-                    Ok((channel, consumer)) => act.on_open(channel, consumer, ctx),
-                    Err(e) => act.on_open_failed(e, ctx),
-                }),
-        );
-    }
-
-    fn on_open(&mut self, channel: Channel, consumer: Consumer, ctx: &mut Context<Self>) {
-        if self.state != State::Connecting {
-            actix::spawn(close(channel));
-            return;
-        }
-        self.generation += 1;
-        let generation = self.generation;
-        let tag = consumer.tag();
-        let items = consumer
-            .map(move |item| match item {
-                Ok(delivery) => Incoming::Delivery(generation, delivery),
-                Err(e) => Incoming::Failed(generation, e.to_string()),
-            })
-            .chain(stream::once(async move { Incoming::Ended(generation) }));
-        let stream = ctx.add_stream(items);
-        self.link = Some(Link {
-            channel,
-            tag,
-            stream,
-        });
-        self.state = State::Consuming;
-        self.failures = 0;
-        if let Some(ready) = self.ready.take() {
-            let _ = ready.send(Ok(()));
-            info!(queue = %self.spec.queue, handler = %self.spec.handler, "consumer started");
-        } else {
-            self.stats.reconnects += 1;
-            info!(queue = %self.spec.queue, "consumer resumed");
-        }
-    }
-
-    fn on_open_failed(&mut self, e: Error, ctx: &mut Context<Self>) {
-        if let Some(ready) = self.ready.take() {
-            // The first attempt: `Worker::start` reports it; no retrying in the background.
-            let _ = ready.send(Err(e));
-            self.state = State::Stopped;
-            return ctx.stop();
-        }
-        if self.state != State::Connecting {
-            return;
-        }
-        if matches!(e, Error::Shutdown) {
-            // The connection supervisor was shut down: no channel will ever come.
-            warn!(queue = %self.spec.queue, "broker connection shut down; consumer idle until stopped");
-            self.state = State::Parked;
-            return;
-        }
-        self.retry_later(&e.to_string(), ctx);
-    }
-
-    /// The channel broke while consuming: drop it and get a new one after a pause. (While
-    /// stopping, the end of the stream is expected and the channel is closed by
-    /// `finish_stop`.)
-    fn lost(&mut self, reason: String, ctx: &mut Context<Self>) {
-        if self.state != State::Consuming {
-            return;
-        }
-        self.drop_link(ctx);
-        self.state = State::Connecting;
-        self.retry_later(&reason, ctx);
-    }
-
-    fn retry_later(&mut self, reason: &str, ctx: &mut Context<Self>) {
-        let delay = self.spec.reconnect.delay_with_jitter(self.failures);
-        self.failures = self.failures.saturating_add(1);
-        warn!(queue = %self.spec.queue, %reason, retry_in = ?delay, "consumer lost its channel; consuming again after a pause");
-        ctx.run_later(delay, |act, ctx| act.connect(ctx));
-    }
-
     /// Hands one delivery to the handler, concurrently with the others — or, during
     /// probation, holds it until the handler has nothing else in flight.
     fn dispatch(&mut self, delivery: Delivery, ctx: &mut Context<Self>) {
-        if self.probation > 0 && self.in_flight > 0 {
-            self.waiting.push_back((self.generation, delivery));
-            return;
+        if let Some(delivery) = self
+            .probation
+            .admit(self.generation, delivery, self.in_flight)
+        {
+            self.start_delivery(delivery, ctx);
         }
-        self.start_delivery(delivery, ctx);
     }
 
     /// Releases held-back deliveries: one while on probation, all once it is over.
     fn release_waiting(&mut self, ctx: &mut Context<Self>) {
-        while self.state == State::Consuming && (self.probation == 0 || self.in_flight == 0) {
-            let Some((generation, delivery)) = self.waiting.pop_front() else {
+        while self.state == State::Consuming {
+            let Some((generation, delivery)) = self.probation.release(self.in_flight) else {
                 return;
             };
             if generation == self.generation {
@@ -357,7 +251,7 @@ impl<T: DeserializeOwned + Send + 'static> ConsumerActor<T> {
         };
         let generation = self.generation;
         self.in_flight += 1;
-        let work = consumer_delivery::run(job, delivery);
+        let work = delivery::run(job, delivery);
         ctx.spawn(work.into_actor(self).map(move |report, act, ctx| {
             act.settled(report, generation, handler_generation, ctx);
         }));
@@ -376,10 +270,10 @@ impl<T: DeserializeOwned + Send + 'static> ConsumerActor<T> {
             Outcome::Displaced => {
                 // The crash's cause is one of the displaced events: they come back from the
                 // queue and go to the fresh actor one at a time, so the next crash names it.
-                self.probation += 1;
+                self.probation.displaced();
             }
-            Outcome::Handled | Outcome::Failed(_) | Outcome::Crashed if self.probation > 0 => {
-                self.probation -= 1;
+            Outcome::Handled | Outcome::Failed(_) | Outcome::Crashed => {
+                self.probation.finished_alone();
             }
             Outcome::HandlerGone if self.state == State::Consuming => {
                 error!(queue = %self.spec.queue, handler = %self.spec.handler, "handler actor is gone and was registered by address, so it cannot be restarted: stopped consuming; messages stay in the queue (register a factory to get restarts)");
@@ -396,64 +290,5 @@ impl<T: DeserializeOwned + Send + 'static> ConsumerActor<T> {
             self.finish_stop(ctx);
         }
         self.release_waiting(ctx);
-    }
-
-    /// Stops consuming for good (the handler is gone): every unacked message is requeued.
-    fn park(&mut self, ctx: &mut Context<Self>) {
-        self.state = State::Parked;
-        self.drop_link(ctx);
-    }
-
-    /// Stops reading the stream and closes the channel in the background (which gives every
-    /// unacked delivery, held-back ones included, back to the queue).
-    fn drop_link(&mut self, ctx: &mut Context<Self>) {
-        self.waiting.clear();
-        if let Some(link) = self.link.take() {
-            ctx.cancel_future(link.stream);
-            actix::spawn(close(link.channel));
-        }
-    }
-
-    /// Cancels the consumer, then finishes once handlers in flight are done or the grace
-    /// period is over.
-    fn begin_stop(&mut self, ctx: &mut Context<Self>) {
-        match self.state {
-            State::Stopping | State::Stopped => return,
-            State::Connecting | State::Parked => return self.finish_stop(ctx),
-            State::Consuming => {}
-        }
-        self.state = State::Stopping;
-        for (_, delivery) in self.waiting.drain(..) {
-            actix::spawn(consumer_delivery::requeue_unhandled(delivery));
-        }
-        if let Some(link) = &self.link {
-            actix::spawn(cancel(link.channel.clone(), link.tag.clone()));
-        }
-        if self.in_flight == 0 {
-            return self.finish_stop(ctx);
-        }
-        let grace = self.spec.grace_period;
-        info!(queue = %self.spec.queue, in_flight = self.in_flight, ?grace, "consumer stopping: waiting for handlers in flight");
-        ctx.run_later(grace, |act, ctx| {
-            if act.state == State::Stopping {
-                warn!(queue = %act.spec.queue, in_flight = act.in_flight, "grace period over: closing the channel; unfinished messages will be redelivered");
-                act.finish_stop(ctx);
-            }
-        });
-    }
-
-    /// Closes the channel (bounded), then stops the actor.
-    fn finish_stop(&mut self, ctx: &mut Context<Self>) {
-        self.state = State::Stopped;
-        let link = self.link.take();
-        if let Some(link) = &link {
-            ctx.cancel_future(link.stream);
-        }
-        let closing = async move {
-            if let Some(link) = link {
-                close(link.channel).await;
-            }
-        };
-        ctx.wait(closing.into_actor(self).map(|(), _, ctx| ctx.stop()));
     }
 }

@@ -1,7 +1,7 @@
 //! One relay batch: claim due rows, publish them pipelined, await every confirm, settle.
 //!
 //! The actor only sequences batches; everything that touches the database and the broker
-//! for one batch is here.
+//! for one batch is here, and what each row's answer means is decided in `fate`.
 
 use std::future::Future;
 use std::task::Poll;
@@ -12,46 +12,16 @@ use futures_util::future::Either;
 use actix_outbox::Result;
 use actix_outbox::outbox_message::{Entity, Model};
 use chrono::Utc;
-use lapin::Confirmation;
 use lapin::options::BasicPublishOptions;
 use lapin::{Channel, PublisherConfirm};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, TransactionTrait};
 use tracing::{Instrument, debug, info_span, warn};
 
-use crate::envelope;
-use crate::relay_config::{Cleanup, RelayConfig, Unroutable};
-use crate::relay_sql::RelaySql;
-
-/// What happened to one published row.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Fate {
-    /// Confirmed by the broker: delete or mark sent.
-    Sent,
-    /// Returned as unroutable in drop mode: counted, then treated as sent.
-    DroppedUnroutable,
-    /// The broker refused it (nack, or unroutable with no alternate route): one more attempt.
-    Refused(String),
-    /// The broker cannot take the row as it is (see [`envelope::unpublishable`]): parked at once,
-    /// with the reason, for an operator to fix.
-    Unpublishable(String),
-    /// Unknown (channel broke, confirm timed out, never published): the row is released
-    /// untouched and goes out again later.
-    Unknown,
-}
-
-/// Counts of one batch.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub(crate) struct BatchReport {
-    pub(crate) claimed: usize,
-    pub(crate) sent: usize,
-    pub(crate) dropped_unroutable: usize,
-    pub(crate) refused: usize,
-    pub(crate) parked: usize,
-    pub(crate) expired: usize,
-    pub(crate) released: usize,
-    /// Why the channel can no longer be used, if it broke during the batch.
-    pub(crate) channel_error: Option<String>,
-}
+use super::config::{Cleanup, RelayConfig};
+use super::envelope;
+use super::fate::{self, BatchReport, Fate};
+use super::sql::RelaySql;
+use crate::exchange::Answer;
 
 /// Runs one batch on `db` through `channel`.
 ///
@@ -63,7 +33,7 @@ pub(crate) struct BatchReport {
 /// # Errors
 ///
 /// Database errors. Broker errors are not errors of the batch: they show up as
-/// [`Fate::Unknown`] rows and [`BatchReport::channel_error`].
+/// [`Fate::Unknown`] rows and in the report's `channel_error`.
 pub(crate) async fn run_batch(
     db: &DatabaseConnection,
     channel: &Channel,
@@ -198,29 +168,63 @@ fn due_lag(rows: &[Model]) -> u64 {
 }
 
 /// The outcome of publishing a batch: one fate per row, plus a channel error if any.
-pub(crate) struct Published {
+pub(crate) struct PublishedBatch {
     fates: Vec<Fate>,
     channel_error: Option<String>,
 }
 
-/// Publishes every row (pipelined: all frames first), then awaits the writes and the confirms
-/// in order under one deadline (`confirm_timeout`). Never returns early on a broker error:
-/// rows it could not confirm are [`Fate::Unknown`].
-///
-/// lapin's `basic_publish` queues a message's frames (and takes its delivery tag) as soon as it
-/// is first polled, then waits until its I/O thread has written them. Awaiting each in turn
-/// would cost one hand-over to that thread per message; instead every publish is polled once,
-/// in row order, so the frames of the whole batch are queued before the first write is awaited.
+/// Publishes every row, pipelined, then awaits the writes and the confirms under one deadline
+/// (`confirm_timeout`). Never returns early on a broker error: rows it could not confirm are
+/// [`Fate::Unknown`].
 pub(crate) async fn publish(
     channel: &Channel,
     config: &RelayConfig,
     rows: &[Model],
     timer: &mut StageTimer,
-) -> Published {
-    let now = Utc::now();
-    let exchange = config.exchange();
+) -> PublishedBatch {
     let mut fates = vec![Fate::Unknown; rows.len()];
-    // (row index, the publish being written)
+    let queued = queue_publishes(channel, config, rows, &mut fates).await;
+    // One deadline for the whole exchange with the broker: a broker that blocks publishers
+    // (a resource alarm) stops reading, lapin's writes then never finish, and without it the
+    // batch would hold its transaction (and its row locks) open for as long as the alarm lasts.
+    let deadline = tokio::time::Instant::now() + config.confirm_timeout;
+    let (pending, mut channel_error) = await_writes(queued, deadline, config).await;
+    timer.lap(Stage::Publish);
+    for (i, answer) in await_confirms(pending, deadline, config).await {
+        if let Some(why) = answer.channel_error() {
+            channel_error.get_or_insert_with(|| why.to_owned());
+        }
+        let fate = Fate::of(&answer, config.unroutable);
+        if let Fate::Refused(reason) = &fate {
+            let row = &rows[i];
+            warn!(message_id = %row.message_id, routing_key = %row.routing_key, %reason, "publish refused");
+        }
+        fates[i] = fate;
+    }
+    timer.lap(Stage::Confirm);
+    PublishedBatch {
+        fates,
+        channel_error,
+    }
+}
+
+/// Queues every publishable row's message, in row order; rows the broker cannot take get
+/// [`Fate::Unpublishable`] in `fates`.
+///
+/// lapin's `basic_publish` queues a message's frames (and takes its delivery tag) as soon as
+/// it is first polled, then waits until its I/O thread has written them. Awaiting each in turn
+/// would cost one hand-over to that thread per message; instead every publish is polled once,
+/// so the frames of the whole batch are queued before the first write is awaited.
+async fn queue_publishes<'a>(
+    channel: &'a Channel,
+    config: &'a RelayConfig,
+    rows: &'a [Model],
+    fates: &mut [Fate],
+) -> Vec<(
+    usize,
+    impl Future<Output = lapin::Result<PublisherConfirm>> + Unpin + 'a,
+)> {
+    let now = Utc::now();
     let mut queued = Vec::with_capacity(rows.len());
     for (i, row) in rows.iter().enumerate() {
         if let Some(reason) = envelope::unpublishable(row, config.max_message_bytes) {
@@ -229,7 +233,7 @@ pub(crate) async fn publish(
             continue;
         }
         let mut publish = Box::pin(channel.basic_publish(
-            exchange.into(),
+            config.exchange().into(),
             row.routing_key.as_str().into(),
             BasicPublishOptions {
                 mandatory: true,
@@ -251,70 +255,48 @@ pub(crate) async fn publish(
             break; // the channel is gone: the rest stay unpublished (Unknown)
         }
     }
-    // One deadline for the whole exchange with the broker: a broker that blocks publishers
-    // (a resource alarm) stops reading, lapin's writes then never finish, and without it the
-    // batch would hold its transaction (and its row locks) open for as long as the alarm lasts.
-    let deadline = tokio::time::Instant::now() + config.confirm_timeout;
-    let mut pending: Vec<(usize, PublisherConfirm)> = Vec::with_capacity(queued.len());
-    let mut channel_error = None;
+    queued
+}
+
+/// Awaits the writes in order until `deadline`; returns the confirms to wait for and, if a
+/// write failed or the deadline passed, why (the rest stay [`Fate::Unknown`]).
+async fn await_writes(
+    queued: Vec<(
+        usize,
+        impl Future<Output = lapin::Result<PublisherConfirm>> + Unpin,
+    )>,
+    deadline: tokio::time::Instant,
+    config: &RelayConfig,
+) -> (Vec<(usize, PublisherConfirm)>, Option<String>) {
+    let mut pending = Vec::with_capacity(queued.len());
     for (i, written) in queued {
         match tokio::time::timeout_at(deadline, written).await {
             Ok(Ok(confirm)) => pending.push((i, confirm)),
-            Ok(Err(e)) => {
-                channel_error = Some(e.to_string());
-                break;
-            }
+            Ok(Err(e)) => return (pending, Some(e.to_string())),
             Err(_) => {
-                channel_error = Some(format!(
+                let why = format!(
                     "the broker took no publishes for {:?} (is it blocking publishers?)",
                     config.confirm_timeout
-                ));
-                break;
+                );
+                return (pending, Some(why));
             }
         }
     }
-    timer.lap(Stage::Publish);
-    for (i, confirm) in pending {
-        let row = &rows[i];
-        let fate = match tokio::time::timeout_at(deadline, confirm).await {
-            Ok(Ok(confirmation)) => fate_of(confirmation, config),
-            Ok(Err(e)) => {
-                channel_error.get_or_insert_with(|| e.to_string());
-                Fate::Unknown
-            }
-            Err(_) => {
-                channel_error.get_or_insert_with(|| {
-                    format!("no confirm within {:?}", config.confirm_timeout)
-                });
-                Fate::Unknown
-            }
-        };
-        if let Fate::Refused(reason) = &fate {
-            warn!(message_id = %row.message_id, routing_key = %row.routing_key, %reason, "publish refused");
-        }
-        fates[i] = fate;
-    }
-    timer.lap(Stage::Confirm);
-    Published {
-        fates,
-        channel_error,
-    }
+    (pending, None)
 }
 
-fn fate_of(confirmation: Confirmation, config: &RelayConfig) -> Fate {
-    match confirmation {
-        Confirmation::Ack(None) => Fate::Sent,
-        Confirmation::Ack(Some(_)) if config.unroutable == Unroutable::Drop => {
-            Fate::DroppedUnroutable
-        }
-        Confirmation::Ack(Some(_)) => Fate::Refused(
-            "unroutable: no queue is bound for this routing key and the alternate exchange \
-             did not take it"
-                .to_owned(),
-        ),
-        Confirmation::Nack(_) => Fate::Refused("nacked by the broker".to_owned()),
-        Confirmation::NotRequested => Fate::Unknown,
+/// Awaits each confirm until `deadline`, in publish order.
+async fn await_confirms(
+    pending: Vec<(usize, PublisherConfirm)>,
+    deadline: tokio::time::Instant,
+    config: &RelayConfig,
+) -> Vec<(usize, Answer)> {
+    let mut answers = Vec::with_capacity(pending.len());
+    for (i, confirm) in pending {
+        let waited = tokio::time::timeout_at(deadline, confirm).await;
+        answers.push((i, Answer::of(waited, config.confirm_timeout)));
     }
+    answers
 }
 
 /// Applies the fates: finish sent rows in one statement, record each refusal, leave unknown
@@ -324,58 +306,25 @@ async fn settle<C: ConnectionTrait>(
     config: &RelayConfig,
     sql: &RelaySql,
     rows: &[Model],
-    published: Published,
+    published: PublishedBatch,
 ) -> Result<BatchReport> {
     let now = Utc::now();
-    let mut report = BatchReport {
-        claimed: rows.len(),
-        channel_error: published.channel_error,
-        ..BatchReport::default()
-    };
-    let mut done = Vec::with_capacity(rows.len());
-    for (row, fate) in rows.iter().zip(&published.fates) {
-        match fate {
-            Fate::Sent | Fate::DroppedUnroutable => {
-                done.push(row.id);
-                report.sent += usize::from(*fate == Fate::Sent);
-                report.expired += usize::from(envelope::is_expired(row, now));
-                if *fate == Fate::DroppedUnroutable {
-                    report.dropped_unroutable += 1;
-                    warn!(message_id = %row.message_id, routing_key = %row.routing_key, "unroutable message dropped (Unroutable::Drop)");
-                }
-            }
-            Fate::Refused(reason) => {
-                let attempts = u32::try_from(row.attempts).unwrap_or(0).saturating_add(1);
-                let park = attempts >= config.max_attempts;
-                let retry_in = config.retry_backoff.delay_with_jitter(attempts - 1);
-                db.execute_raw(sql.record_failure(row.id, reason, retry_in, park, now))
-                    .await?;
-                report.refused += 1;
-                if park {
-                    report.parked += 1;
-                    warn!(message_id = %row.message_id, attempts, %reason, "row parked after too many refused publishes");
-                }
-            }
-            Fate::Unpublishable(reason) => {
-                let no_retry = std::time::Duration::ZERO;
-                db.execute_raw(sql.record_failure(row.id, reason, no_retry, true, now))
-                    .await?;
-                report.refused += 1;
-                report.parked += 1;
-            }
-            Fate::Unknown => report.released += 1,
-        }
+    let mut plan = fate::plan(rows, &published.fates, config, now);
+    plan.report.channel_error = published.channel_error;
+    for f in &plan.failures {
+        db.execute_raw(sql.record_failure(f.id, &f.reason, f.retry_in, f.park, now))
+            .await?;
     }
-    if !done.is_empty() {
+    if !plan.finished.is_empty() {
         let keep = matches!(config.cleanup, Cleanup::Keep { .. });
-        let finish = sql.finish(&done, keep, now);
+        let finish = sql.finish(&plan.finished, keep, now);
         if finish.values.is_none() {
             db.execute_unprepared(&finish.sql).await?;
         } else {
             db.execute_raw(finish).await?;
         }
     }
-    Ok(report)
+    Ok(plan.report)
 }
 
 /// Purges sent rows older than the retention (keep mode); returns how many went.

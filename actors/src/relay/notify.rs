@@ -7,7 +7,7 @@ use sea_orm::DatabaseConnection;
 use sea_orm::sqlx::postgres::PgListener;
 use tracing::{debug, warn};
 
-use crate::relay_actor::WakeUp;
+use super::WakeUp;
 
 /// Spawns a task (on the current actix/tokio runtime) that listens on `channel` and sends a
 /// [`WakeUp`] per notification. It holds one pooled connection for as long as it runs,

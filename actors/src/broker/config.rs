@@ -18,7 +18,8 @@ use crate::backoff::Backoff;
 /// use actix_outbox_actors::BrokerConfig;
 ///
 /// let config = BrokerConfig::new("amqp://outbox:s3cret@127.0.0.1:5672/%2f")?
-///     .with_reconnect(Duration::from_millis(200), Duration::from_secs(10))?;
+///     .with_reconnect(Duration::from_millis(200), Duration::from_secs(10));
+/// config.validate()?;
 /// assert!(!format!("{config:?}").contains("s3cret"));
 /// # Ok::<(), actix_outbox::Error>(())
 /// ```
@@ -71,20 +72,10 @@ impl BrokerConfig {
 
     /// Sets the reconnect backoff: the first retry after `min`, doubling up to `max`, each
     /// with jitter. Defaults to 100 ms up to 30 s.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidConfig`] when a duration is zero or `min > max`.
-    pub fn with_reconnect(mut self, min: Duration, max: Duration) -> Result<Self> {
-        actix_outbox::__private::require_positive("reconnect_min", min)?;
-        if min > max {
-            return Err(Error::InvalidConfig {
-                field: "reconnect_max",
-                reason: format!("must be at least reconnect_min ({min:?}), got {max:?}"),
-            });
-        }
+    #[must_use]
+    pub fn with_reconnect(mut self, min: Duration, max: Duration) -> Self {
         self.reconnect = Backoff::new(min, max);
-        Ok(self)
+        self
     }
 
     /// Sets the connection name shown by RabbitMQ. Defaults to `actix-outbox`.
@@ -95,14 +86,22 @@ impl BrokerConfig {
     }
 
     /// Sets how long one connection attempt may take. Defaults to 10 s.
+    #[must_use]
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Checks every setting; [`ConnectionSupervisor::new`](crate::ConnectionSupervisor::new)
+    /// calls it.
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] when zero.
-    pub fn with_connect_timeout(mut self, timeout: Duration) -> Result<Self> {
-        actix_outbox::__private::require_positive("connect_timeout", timeout)?;
-        self.connect_timeout = timeout;
-        Ok(self)
+    /// [`Error::InvalidConfig`] naming the first bad setting: a zero reconnect delay or
+    /// connect timeout, or a reconnect minimum above its maximum.
+    pub fn validate(&self) -> Result<()> {
+        self.reconnect.validate("reconnect")?;
+        actix_outbox::__private::require_positive("connect_timeout", self.connect_timeout)
     }
 
     /// The URL with its password masked.
@@ -165,18 +164,24 @@ mod tests {
     }
 
     #[test]
-    fn reconnect_bounds_are_checked() {
+    fn each_bad_setting_is_named() {
         let config = BrokerConfig::new("amqp://localhost").expect("valid");
-        assert!(
-            config
-                .clone()
-                .with_reconnect(Duration::ZERO, Duration::from_secs(1))
-                .is_err()
-        );
-        assert!(
-            config
-                .with_reconnect(Duration::from_secs(2), Duration::from_secs(1))
-                .is_err()
+        config.validate().expect("defaults are valid");
+        let field = |c: BrokerConfig| match c.validate() {
+            Err(Error::InvalidConfig { field, .. }) => field,
+            other => panic!("expected InvalidConfig, got {other:?}"),
+        };
+        let zero = config
+            .clone()
+            .with_reconnect(Duration::ZERO, Duration::from_secs(1));
+        assert_eq!(field(zero), "reconnect");
+        let inverted = config
+            .clone()
+            .with_reconnect(Duration::from_secs(2), Duration::from_secs(1));
+        assert_eq!(field(inverted), "reconnect");
+        assert_eq!(
+            field(config.with_connect_timeout(Duration::ZERO)),
+            "connect_timeout"
         );
     }
 }

@@ -13,7 +13,7 @@ pub(crate) const MAX_NAME_LEN: usize = 200;
 /// # Errors
 ///
 /// [`Error::InvalidConfig`] for `field`, quoting the name and the rule it breaks.
-pub(crate) fn check_amqp_name(field: &'static str, name: &str) -> Result<()> {
+fn check_amqp_name(field: &'static str, name: &str) -> Result<()> {
     let reason = if name.is_empty() {
         "must not be empty"
     } else if name.len() > MAX_NAME_LEN {
@@ -32,6 +32,16 @@ pub(crate) fn check_amqp_name(field: &'static str, name: &str) -> Result<()> {
         field,
         reason: format!("{field} name {name:?} {reason}"),
     })
+}
+
+/// Exchange names: see [`check_amqp_name`].
+pub(crate) fn check_exchange_name(name: &str) -> Result<()> {
+    check_amqp_name("exchange", name)
+}
+
+/// Queue names: see [`check_amqp_name`].
+pub(crate) fn check_queue_name(name: &str) -> Result<()> {
+    check_amqp_name("queue", name)
 }
 
 #[cfg(test)]

@@ -6,13 +6,10 @@ use std::time::Duration;
 
 use actix_outbox::{BindingKey, Error, Result};
 
+use super::config::{QueueType, WorkerConfig, check_prefetch};
+use super::retry::{RetryDelay, RetryPolicy, resolve_delays};
 use crate::backoff::Backoff;
-use crate::relay_config::{TopologyMode, Unroutable};
-use crate::retry_policy::{RetryDelay, RetryPolicy, resolve_delays};
-use crate::worker_config::{QueueType, WorkerConfig, check_prefetch};
-
-/// Longest queue name: leaves room for the `dlq_` prefix within AMQP's 255 bytes.
-const MAX_QUEUE_LEN: usize = crate::amqp_name::MAX_NAME_LEN;
+use crate::exchange::{MAX_NAME_LEN, TopologyMode, Unroutable, check_queue_name};
 
 /// One registration of a handler with a [`Worker`](crate::Worker): its binding keys, and
 /// optionally its queue name, prefetch and retry rules (otherwise the worker's).
@@ -26,9 +23,9 @@ const MAX_QUEUE_LEN: usize = crate::amqp_name::MAX_NAME_LEN;
 /// use actix_outbox_actors::Listen;
 ///
 /// let listen = Listen::new(["user.created", "user.deleted"])?
-///     .queue("welcome_mailer")
-///     .prefetch(20)
-///     .retry_delays(["500ms", "5s"]);
+///     .with_queue("welcome_mailer")
+///     .with_prefetch(20)
+///     .with_retry_delays(["500ms", "5s"]);
 /// # let _ = listen;
 /// assert!(Listen::new(["user.cre*"]).is_err());
 /// # Ok::<(), actix_outbox::Error>(())
@@ -82,21 +79,21 @@ impl Listen {
     /// Sets the queue name. Defaults to the handler actor's type name in snake case
     /// (`WelcomeMailer` → `welcome_mailer`).
     #[must_use]
-    pub fn queue(mut self, name: impl Into<String>) -> Self {
+    pub fn with_queue(mut self, name: impl Into<String>) -> Self {
         self.queue = Some(name.into());
         self
     }
 
     /// Sets this queue's prefetch. Defaults to the worker's.
     #[must_use]
-    pub fn prefetch(mut self, prefetch: u16) -> Self {
+    pub fn with_prefetch(mut self, prefetch: u16) -> Self {
         self.prefetch = Some(prefetch);
         self
     }
 
     /// Sets whether this handler's plain errors are retried. Defaults to the worker's.
     #[must_use]
-    pub fn retry_on_error(mut self, retry: bool) -> Self {
+    pub fn with_retry_on_error(mut self, retry: bool) -> Self {
         self.retry_on_error = Some(retry);
         self
     }
@@ -104,7 +101,7 @@ impl Listen {
     /// Sets this handler's retry delays (durations or text such as `"500ms"`). Defaults to
     /// the worker's.
     #[must_use]
-    pub fn retry_delays<I>(mut self, delays: I) -> Self
+    pub fn with_retry_delays<I>(mut self, delays: I) -> Self
     where
         I: IntoIterator,
         I::Item: Into<RetryDelay>,
@@ -214,7 +211,7 @@ pub(crate) fn queue_name_for(type_name: &str) -> String {
     if trimmed.is_empty() {
         "handler".to_owned()
     } else {
-        trimmed.chars().take(MAX_QUEUE_LEN).collect()
+        trimmed.chars().take(MAX_NAME_LEN).collect()
     }
 }
 
@@ -222,11 +219,6 @@ pub(crate) fn queue_name_for(type_name: &str) -> String {
 fn short_type_name(type_name: &str) -> &str {
     let base = type_name.split('<').next().unwrap_or(type_name);
     base.rsplit("::").next().unwrap_or(base)
-}
-
-/// Queue names: see [`check_amqp_name`](crate::amqp_name::check_amqp_name).
-pub(crate) fn check_queue_name(name: &str) -> Result<()> {
-    crate::amqp_name::check_amqp_name("queue", name)
 }
 
 #[cfg(test)]
@@ -283,8 +275,8 @@ mod tests {
         let config = WorkerConfig::default().with_prefetch(5);
         let listen = Listen::new(["order.#"])
             .expect("keys")
-            .retry_on_error(false)
-            .retry_delays(["100ms"]);
+            .with_retry_on_error(false)
+            .with_retry_delays(["100ms"]);
         let spec = listen.resolve(&config, "app::OrderAudit").expect("valid");
         assert_eq!(spec.queue, "order_audit");
         assert_eq!(spec.handler, "OrderAudit");
@@ -292,14 +284,14 @@ mod tests {
         assert!(!spec.policy.retry_on_error);
         assert_eq!(spec.policy.delays, [Duration::from_millis(100)]);
 
-        let plain = Listen::new(["order.#"]).expect("keys").queue("audit");
+        let plain = Listen::new(["order.#"]).expect("keys").with_queue("audit");
         let spec = plain.resolve(&config, "app::OrderAudit").expect("valid");
         assert_eq!(spec.queue, "audit");
         assert_eq!(spec.policy.delays.len(), 4, "worker defaults");
 
-        let zero = Listen::new(["x"]).expect("keys").prefetch(0);
+        let zero = Listen::new(["x"]).expect("keys").with_prefetch(0);
         assert!(zero.resolve(&config, "A").is_err());
-        let bad_delay = Listen::new(["x"]).expect("keys").retry_delays(["0s"]);
+        let bad_delay = Listen::new(["x"]).expect("keys").with_retry_delays(["0s"]);
         assert!(bad_delay.resolve(&config, "A").is_err());
     }
 }

@@ -3,7 +3,7 @@
 //! **Owns** the lapin connection and the small tokio runtime lapin's I/O runs on (so a busy or
 //! blocked actix thread never stalls heartbeats, publishes or confirms).
 //! **Receives** [`GetChannel`] (from the relay and the consumers), [`Subscribe`],
-//! [`GetBrokerState`] and [`Shutdown`].
+//! [`GetBrokerState`] and [`StopBroker`].
 //! **Sends** [`BrokerStatus`] to subscribers whenever the connection comes up or is lost.
 //!
 //! When the connection is lost — broker restart, connection force-closed, network error,
@@ -27,11 +27,12 @@ use lapin::{Channel, Connection, ConnectionProperties};
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
-use crate::broker_config::BrokerConfig;
+use super::BrokerConfig;
+use super::runtime::LapinRuntime;
 
 /// Asks for a fresh channel on the current connection; waits while (re)connecting.
 ///
-/// Fails with [`Error::Shutdown`] after [`Shutdown`], or with [`Error::Amqp`] when the
+/// Fails with [`Error::Shutdown`] after [`StopBroker`], or with [`Error::Amqp`] when the
 /// connection broke while the channel was being opened (ask again).
 #[derive(Debug, Message)]
 #[rtype(result = "Result<Channel>")]
@@ -78,9 +79,9 @@ pub struct BrokerState {
 
 /// Closes the connection (bounded by 5 s) and refuses further channel requests. Send it after
 /// the relay and consumers have stopped.
-#[derive(Debug, Message)]
+#[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "()")]
-pub struct Shutdown;
+pub struct StopBroker;
 
 /// The outcome of one connection attempt.
 #[derive(Message)]
@@ -113,7 +114,7 @@ pub struct ConnectionSupervisor {
     waiters: Vec<oneshot::Sender<Arc<Connection>>>,
     /// Who hears about [`BrokerStatus`] changes.
     subscribers: Vec<Recipient<BrokerStatus>>,
-    /// [`Shutdown`] was received.
+    /// [`StopBroker`] was received.
     shut_down: bool,
 }
 
@@ -133,20 +134,13 @@ impl ConnectionSupervisor {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] when lapin's runtime thread cannot be created.
+    /// As [`BrokerConfig::validate`]; [`Error::Io`] when lapin's runtime thread cannot be
+    /// created.
     pub fn new(config: BrokerConfig) -> Result<Self> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("actix-outbox-amqp")
-            .enable_all()
-            .build()
-            .map_err(|e| Error::InvalidConfig {
-                field: "runtime",
-                reason: format!("cannot start the AMQP I/O thread: {e}"),
-            })?;
+        config.validate()?;
         Ok(Self {
             config,
-            runtime: LapinRuntime(Some(runtime)),
+            runtime: LapinRuntime::start()?,
             connection: None,
             generation: 0,
             connecting: false,
@@ -260,10 +254,10 @@ impl Handler<GetBrokerState> for ConnectionSupervisor {
     }
 }
 
-impl Handler<Shutdown> for ConnectionSupervisor {
+impl Handler<StopBroker> for ConnectionSupervisor {
     type Result = ResponseActFuture<Self, ()>;
 
-    fn handle(&mut self, _: Shutdown, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, _: StopBroker, _: &mut Context<Self>) -> Self::Result {
         self.shut_down = true;
         self.waiters.clear();
         let conn = self.connection.take();
@@ -330,31 +324,13 @@ impl Handler<ConnectionLost> for ConnectionSupervisor {
     }
 }
 
-/// lapin's runtime, shut down without blocking whenever it goes away: dropping a tokio runtime
-/// the ordinary way from inside the actix runtime would panic.
-struct LapinRuntime(Option<tokio::runtime::Runtime>);
-
-impl LapinRuntime {
-    fn shut_down(&mut self) {
-        if let Some(runtime) = self.0.take() {
-            runtime.shutdown_background();
-        }
-    }
-}
-
-impl Drop for LapinRuntime {
-    fn drop(&mut self) {
-        self.shut_down();
-    }
-}
-
 impl ConnectionSupervisor {
     /// Starts one connection attempt on lapin's runtime, unless one is under way.
     fn connect(&mut self, ctx: &mut Context<Self>) {
         if self.connecting || self.shut_down || self.connection.is_some() {
             return;
         }
-        let Some(runtime) = &self.runtime.0 else {
+        let Some(runtime) = self.runtime.get() else {
             return;
         };
         self.connecting = true;
@@ -386,7 +362,7 @@ impl ConnectionSupervisor {
         let generation = self.generation;
         let mut events = conn.events_listener();
         let addr = ctx.address();
-        if let Some(runtime) = &self.runtime.0 {
+        if let Some(runtime) = self.runtime.get() {
             runtime.spawn(async move {
                 while let Some(event) = events.next().await {
                     if let lapin::Event::Error(e) = event {

@@ -1,7 +1,7 @@
 //! What happens to a delivery once its fate is known: the pure decision behind every ack,
 //! retry, dead letter and requeue of a consumer.
 //!
-//! The consumer actor only performs the [`Action`] that [`decide`] picks; all the rules of
+//! The consumer actor only performs the [`Fate`] that [`decide`] picks; all the rules of
 //! [`HandlerError`] live here, with unit tests, and nothing here touches the broker.
 
 use std::fmt;
@@ -138,7 +138,7 @@ impl Outcome {
 
 /// What the consumer does with a delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Action {
+pub(crate) enum Fate {
     /// Acknowledge: the message is done (handled, or aborted on purpose).
     Ack,
     /// Publish a copy through the delay exchange for `delay`, then ack the original.
@@ -158,34 +158,34 @@ pub(crate) enum Action {
 /// The reason header of messages dead-lettered because their deadline passed.
 pub(crate) const EXPIRED: &str = "expired";
 
-/// Picks the action for `outcome` on delivery attempt `attempt` (1-based) under `policy`.
+/// Picks the fate for `outcome` on delivery attempt `attempt` (1-based) under `policy`.
 ///
-/// | outcome | action |
+/// | outcome | fate |
 /// |---|---|
 /// | handled, or `Abort` | ack |
 /// | `Failed`, or a crashed handler | retry if `retry_on_error` and a tier is left, else dead-letter |
 /// | `Retry` | retry if a tier is left, else dead-letter |
 /// | `Reject`, undecodable, expired | dead-letter |
 /// | handler gone for good, or died with several events in its mailbox | requeue |
-pub(crate) fn decide(outcome: &Outcome, attempt: u32, policy: &RetryPolicy) -> Action {
+pub(crate) fn decide(outcome: &Outcome, attempt: u32, policy: &RetryPolicy) -> Fate {
     let retry_or_dead = |reason: String, forced: bool| match policy.tier_after(attempt) {
-        Some(delay) if forced || policy.retry_on_error => Action::Retry { delay },
-        _ => Action::DeadLetter { reason },
+        Some(delay) if forced || policy.retry_on_error => Fate::Retry { delay },
+        _ => Fate::DeadLetter { reason },
     };
     match outcome {
-        Outcome::Handled => Action::Ack,
+        Outcome::Handled => Fate::Ack,
         Outcome::Failed(err @ HandlerError::Retry(_)) => retry_or_dead(err.to_string(), true),
-        Outcome::Failed(HandlerError::Abort(_)) => Action::Ack,
-        Outcome::Failed(err @ HandlerError::Reject(_)) => Action::DeadLetter {
+        Outcome::Failed(HandlerError::Abort(_)) => Fate::Ack,
+        Outcome::Failed(err @ HandlerError::Reject(_)) => Fate::DeadLetter {
             reason: err.to_string(),
         },
         Outcome::Failed(err) => retry_or_dead(err.to_string(), false),
         Outcome::Crashed => retry_or_dead("failed: handler actor panicked".to_owned(), false),
-        Outcome::HandlerGone | Outcome::Displaced => Action::Requeue,
-        Outcome::Undecodable(reason) => Action::DeadLetter {
+        Outcome::HandlerGone | Outcome::Displaced => Fate::Requeue,
+        Outcome::Undecodable(reason) => Fate::DeadLetter {
             reason: format!("undecodable payload: {reason}"),
         },
-        Outcome::Expired => Action::DeadLetter {
+        Outcome::Expired => Fate::DeadLetter {
             reason: EXPIRED.to_owned(),
         },
     }
@@ -194,25 +194,25 @@ pub(crate) fn decide(outcome: &Outcome, attempt: u32, policy: &RetryPolicy) -> A
 /// A retry of a message whose deadline has passed by `now` becomes a dead letter: the
 /// deadline survives retries.
 pub(crate) fn expire_if_past(
-    action: Action,
+    fate: Fate,
     deadline: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
-) -> Action {
-    match (&action, deadline) {
-        (Action::Retry { .. }, Some(d)) if d <= now => Action::DeadLetter {
+) -> Fate {
+    match (&fate, deadline) {
+        (Fate::Retry { .. }, Some(d)) if d <= now => Fate::DeadLetter {
             reason: EXPIRED.to_owned(),
         },
-        _ => action,
+        _ => fate,
     }
 }
 
-impl fmt::Display for Action {
+impl fmt::Display for Fate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Action::Ack => f.write_str("ack"),
-            Action::Retry { delay } => write!(f, "retry in {delay:?}"),
-            Action::DeadLetter { .. } => f.write_str("dead-letter"),
-            Action::Requeue => f.write_str("requeue"),
+            Fate::Ack => f.write_str("ack"),
+            Fate::Retry { delay } => write!(f, "retry in {delay:?}"),
+            Fate::DeadLetter { .. } => f.write_str("dead-letter"),
+            Fate::Requeue => f.write_str("requeue"),
         }
     }
 }
@@ -228,14 +228,14 @@ mod tests {
         }
     }
 
-    fn retry(ms: u64) -> Action {
-        Action::Retry {
+    fn retry(ms: u64) -> Fate {
+        Fate::Retry {
             delay: Duration::from_millis(ms),
         }
     }
 
-    fn is_dead(action: &Action) -> bool {
-        matches!(action, Action::DeadLetter { .. })
+    fn is_dead(fate: &Fate) -> bool {
+        matches!(fate, Fate::DeadLetter { .. })
     }
 
     #[test]
@@ -247,7 +247,7 @@ mod tests {
         let last = decide(&failed, 3, &p);
         assert_eq!(
             last,
-            Action::DeadLetter {
+            Fate::DeadLetter {
                 reason: "failed: boom".into()
             }
         );
@@ -272,11 +272,11 @@ mod tests {
     fn abort_acks_and_reject_dead_letters_at_once() {
         let p = policy(true);
         let abort = Outcome::Failed(HandlerError::abort("gone"));
-        assert_eq!(decide(&abort, 1, &p), Action::Ack);
+        assert_eq!(decide(&abort, 1, &p), Fate::Ack);
         let reject = Outcome::Failed(HandlerError::reject("never"));
         assert_eq!(
             decide(&reject, 1, &p),
-            Action::DeadLetter {
+            Fate::DeadLetter {
                 reason: "reject: never".into()
             }
         );
@@ -285,23 +285,23 @@ mod tests {
     #[test]
     fn poison_expiry_and_lost_handlers() {
         let p = policy(true);
-        assert_eq!(decide(&Outcome::Handled, 7, &p), Action::Ack);
+        assert_eq!(decide(&Outcome::Handled, 7, &p), Fate::Ack);
         let poison = decide(&Outcome::Undecodable("bad json".into()), 1, &p);
         assert_eq!(
             poison,
-            Action::DeadLetter {
+            Fate::DeadLetter {
                 reason: "undecodable payload: bad json".into()
             }
         );
         assert_eq!(
             decide(&Outcome::Expired, 1, &p),
-            Action::DeadLetter {
+            Fate::DeadLetter {
                 reason: EXPIRED.into()
             }
         );
-        assert_eq!(decide(&Outcome::HandlerGone, 1, &p), Action::Requeue);
+        assert_eq!(decide(&Outcome::HandlerGone, 1, &p), Fate::Requeue);
         assert_eq!(Outcome::Crashed.name(), "panicked");
-        assert_eq!(decide(&Outcome::Displaced, 3, &p), Action::Requeue);
+        assert_eq!(decide(&Outcome::Displaced, 3, &p), Fate::Requeue);
         assert_eq!(Outcome::Failed(HandlerError::reject("x")).name(), "reject");
         assert_eq!(decide(&Outcome::Crashed, 1, &p), retry(100));
     }
@@ -324,7 +324,7 @@ mod tests {
         assert!(is_dead(&expire_if_past(retry(100), past, now)));
         assert_eq!(expire_if_past(retry(100), future, now), retry(100));
         assert_eq!(expire_if_past(retry(100), None, now), retry(100));
-        assert_eq!(expire_if_past(Action::Ack, past, now), Action::Ack);
+        assert_eq!(expire_if_past(Fate::Ack, past, now), Fate::Ack);
     }
 
     #[test]

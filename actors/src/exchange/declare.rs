@@ -1,22 +1,12 @@
-//! Declaring (or only checking) the broker topology the relay publishes into.
+//! Declaring (or only checking) the topic exchange both wings use, and the store that keeps
+//! its unroutable messages.
 
-use actix_outbox::{Error, Result};
+use actix_outbox::Result;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::types::FieldTable;
 use lapin::{Channel, ExchangeKind};
 
-use crate::relay_config::{RelayConfig, TopologyMode, Unroutable};
-
-/// Declares the relay's exchange (see [`declare_exchange`]).
-pub(crate) async fn declare_relay_topology(channel: &Channel, config: &RelayConfig) -> Result<()> {
-    declare_exchange(
-        channel,
-        config.exchange(),
-        config.unroutable,
-        config.topology,
-    )
-    .await
-}
+use super::{TopologyMode, Unroutable, long, refused, unroutable_name};
 
 /// Declares `exchange` — a durable topic exchange — and, with
 /// [`Unroutable::AlternateExchange`], its alternate exchange `<exchange>.unroutable` (fanout)
@@ -28,7 +18,7 @@ pub(crate) async fn declare_relay_topology(channel: &Channel, config: &RelayConf
 ///
 /// # Errors
 ///
-/// [`Error::BrokerRefused`] naming the exchange when it is missing (check-only mode) or exists
+/// [`Error::BrokerRefused`](actix_outbox::Error::BrokerRefused) naming the exchange when it is missing (check-only mode) or exists
 /// with other arguments (for example without the alternate exchange).
 pub(crate) async fn declare_exchange(
     channel: &Channel,
@@ -43,9 +33,22 @@ pub(crate) async fn declare_exchange(
                 ..ExchangeDeclareOptions::default()
             };
             channel
-                .exchange_declare(exchange.into(), ExchangeKind::Topic, passive, FieldTable::default())
+                .exchange_declare(
+                    exchange.into(),
+                    ExchangeKind::Topic,
+                    passive,
+                    FieldTable::default(),
+                )
                 .await
-                .map_err(|e| refused(format!("exchange {exchange:?} is missing or not accessible (check-only mode: create it first): {e}")))
+                .map_err(|e| {
+                    refused(
+                        "exchange",
+                        exchange,
+                        format!(
+                            "missing or not accessible (check-only mode: create it first): {e}"
+                        ),
+                    )
+                })
         }
         TopologyMode::Declare => {
             let durable = ExchangeDeclareOptions {
@@ -54,17 +57,14 @@ pub(crate) async fn declare_exchange(
             };
             let mut args = FieldTable::default();
             if unroutable == Unroutable::AlternateExchange {
-                let ae = format!("{exchange}.unroutable");
+                let ae = unroutable_name(exchange);
                 declare_unroutable_store(channel, &ae).await?;
-                args.insert(
-                    "alternate-exchange".into(),
-                    AMQPValue::LongString(LongString::from(ae.as_str())),
-                );
+                args.insert("alternate-exchange".into(), long(&ae));
             }
             channel
                 .exchange_declare(exchange.into(), ExchangeKind::Topic, durable, args)
                 .await
-                .map_err(|e| refused(format!("cannot declare topic exchange {exchange:?} (does it exist with other arguments?): {e}")))
+                .map_err(|e| refused("exchange", exchange, format!("cannot declare it as a topic exchange (does it exist with other arguments?): {e}")))
         }
     }
 }
@@ -102,22 +102,18 @@ async fn declare_unroutable_store(channel: &Channel, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// How many messages wait in the unroutable queue (a passive declare: creates nothing).
-pub(crate) async fn unroutable_depth(channel: &Channel, config: &RelayConfig) -> Result<u32> {
+/// How many messages wait in `<exchange>.unroutable` (a passive declare: creates nothing).
+pub(crate) async fn unroutable_depth(channel: &Channel, exchange: &str) -> Result<u32> {
     let passive = QueueDeclareOptions {
         passive: true,
         ..QueueDeclareOptions::default()
     };
     let queue = channel
         .queue_declare(
-            config.unroutable_name().as_str().into(),
+            unroutable_name(exchange).as_str().into(),
             passive,
             FieldTable::default(),
         )
         .await?;
     Ok(queue.message_count())
-}
-
-fn refused(message: String) -> Error {
-    Error::BrokerRefused(message)
 }

@@ -6,11 +6,12 @@
 //! **Asks** the [`ConnectionSupervisor`] for a channel whenever it has none or its channel
 //! broke.
 //!
-//! It runs one batch at a time (see `relay_batch`): claim due rows, publish them pipelined
-//! with confirms, delete (or mark) the confirmed ones, all in one transaction. After a full
-//! batch it runs the next at once; otherwise it sleeps until a NOTIFY, the poll interval or
-//! the next due row, whichever comes first. A broker or database error drops the channel and
-//! pauses with exponential backoff; the rows of a failed batch are released untouched.
+//! It keeps up to `concurrency` batches in flight (see `batch`): claim due rows, publish them
+//! pipelined with confirms, delete (or mark) the confirmed ones, all in one transaction. After
+//! a full batch it runs the next at once; otherwise it sleeps until a NOTIFY, the poll interval
+//! or the next due row, whichever comes first. A broker or database error drops the channel
+//! and pauses with exponential backoff ([`State::BackingOff`]: wake-ups wait for the pause to
+//! end); the rows of a failed batch are released untouched.
 //!
 //! **Restart / crash**: the outbox rows are the source of truth. An uncommitted batch is
 //! rolled back by the database and its rows are claimed again (at-least-once: rows confirmed
@@ -23,61 +24,30 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use actix_outbox::{Error, Result};
 use lapin::Channel;
-use lapin::options::ConfirmSelectOptions;
 use sea_orm::{DatabaseConnection, DbBackend};
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
-use crate::connection_supervisor::{ConnectionSupervisor, GetChannel};
-use crate::relay_batch::{self, BatchReport};
-use crate::relay_config::{RelayConfig, Unroutable};
-use crate::relay_sql::RelaySql;
-use crate::topology;
+use super::batch;
+use super::config::RelayConfig;
+use super::fate::BatchReport;
+use super::sql::RelaySql;
+use super::{GetRelayStats, RelayStats, StopRelay, WakeUp};
+use crate::broker::{self, ConnectionSupervisor};
+use crate::exchange::{self, Unroutable};
 
-/// Asks the relay to look for due rows now (it coalesces wake-ups while a batch runs).
-#[derive(Debug, Clone, Copy, Message)]
-#[rtype(result = "()")]
-pub struct WakeUp;
-
-/// Asks for the relay's counters.
-#[derive(Debug, Clone, Copy, Message)]
-#[rtype(result = "RelayStats")]
-pub struct GetRelayStats;
-
-/// Stops the relay gracefully: the batch in flight finishes (and commits) first, the LISTEN
-/// task ends, the channel closes. Resolves with the final counters once the relay has stopped.
-#[derive(Debug, Clone, Copy, Message)]
-#[rtype(result = "RelayStats")]
-pub struct StopRelay;
-
-/// Counters of one relay since it started.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct RelayStats {
-    /// Claim rounds run, including those that found nothing due.
-    pub rounds: u64,
-    /// Batches that claimed at least one row.
-    pub batches: u64,
-    /// Messages confirmed by the broker (their rows deleted or marked sent).
-    pub published: u64,
-    /// Unroutable messages dropped and counted (only with [`Unroutable::Drop`]).
-    pub unroutable_dropped: u64,
-    /// Messages waiting in `<exchange>.unroutable` when last checked.
-    pub unroutable_queued: u64,
-    /// Publishes the broker refused (nack, or unroutable without an alternate route).
-    pub refused: u64,
-    /// Rows parked after too many refused publishes.
-    pub parked: u64,
-    /// Messages published after their deadline had passed (sent with expiration 0, so
-    /// queues with a dead-letter exchange dead-letter them).
-    pub expired: u64,
-    /// Rows released unconfirmed after a broker failure (they go out again: possible
-    /// duplicates).
-    pub released: u64,
-    /// Batches that failed on a database or broker error.
-    pub errors: u64,
-    /// Sent rows purged (keep mode).
-    pub purged: u64,
+/// The relay's lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Running batches, or waiting for a wake-up.
+    Active,
+    /// Paused after a failed batch until the error backoff ends; wake-ups meanwhile only
+    /// mark that a batch is wanted.
+    BackingOff,
+    /// [`StopRelay`] arrived: no new batches; waiting for those in flight.
+    Stopping,
+    /// Closing the channel; the actor is about to stop.
+    Stopped,
 }
 
 /// The relay actor. See the module docs for its lifecycle.
@@ -90,13 +60,15 @@ pub struct RelayActor {
     config: Arc<RelayConfig>,
     /// Statements for this table and backend.
     sql: Arc<RelaySql>,
+    /// Where in its lifecycle the relay is.
+    state: State,
     /// The publishing channel (confirm mode, topology declared); `None` until needed.
     channel: Option<Channel>,
-    /// Batches in flight (at most `config.concurrency`).
+    /// Batches in flight (at most `concurrency`).
     running: usize,
     /// Batches allowed in flight at once (1 on SQLite).
     concurrency: usize,
-    /// A wake-up arrived during the batch: run another right after.
+    /// A wake-up arrived while no batch could start: run another as soon as one can.
     wake_again: bool,
     /// Consecutive failed batches (drives the error backoff).
     error_streak: u32,
@@ -109,13 +81,14 @@ pub struct RelayActor {
     /// Counters.
     stats: RelayStats,
     /// Callers of [`StopRelay`] waiting for the stop.
-    stop_waiters: Option<Vec<oneshot::Sender<RelayStats>>>,
+    stop_waiters: Vec<oneshot::Sender<RelayStats>>,
 }
 
 impl std::fmt::Debug for RelayActor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RelayActor")
             .field("config", &self.config)
+            .field("state", &self.state)
             .field("running", &self.running)
             .field("stats", &self.stats)
             .finish_non_exhaustive()
@@ -149,6 +122,7 @@ impl RelayActor {
             supervisor,
             config: Arc::new(config),
             sql: Arc::new(sql),
+            state: State::Active,
             channel: None,
             running: 0,
             concurrency,
@@ -158,7 +132,7 @@ impl RelayActor {
             listener: None,
             last_housekeeping: Instant::now(),
             stats: RelayStats::default(),
-            stop_waiters: None,
+            stop_waiters: Vec::new(),
         })
     }
 }
@@ -170,7 +144,7 @@ impl Actor for RelayActor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         info!(table = %self.config.table(), exchange = %self.config.exchange(), "relay started");
         if self.config.listen && self.sql.backend() == DbBackend::Postgres {
-            self.listener = Some(crate::notify_listener::spawn(
+            self.listener = Some(super::notify::spawn(
                 &self.db,
                 self.config.table().notify_channel().to_owned(),
                 ctx.address().recipient(),
@@ -185,7 +159,7 @@ impl Actor for RelayActor {
         if let Some(task) = self.listener.take() {
             task.abort();
         }
-        for waiter in self.stop_waiters.take().unwrap_or_default() {
+        for waiter in self.stop_waiters.drain(..) {
             let _ = waiter.send(self.stats);
         }
         info!(table = %self.config.table(), stats = ?self.stats, "relay stopped");
@@ -213,9 +187,10 @@ impl Handler<StopRelay> for RelayActor {
 
     fn handle(&mut self, _: StopRelay, ctx: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = oneshot::channel();
-        self.stop_waiters.get_or_insert_with(Vec::new).push(tx);
-        if self.running == 0 {
-            self.finish_stop(ctx);
+        self.stop_waiters.push(tx);
+        if matches!(self.state, State::Active | State::BackingOff) {
+            self.state = State::Stopping;
+            self.stop_when_idle(ctx);
         }
         let last_known = self.stats;
         Box::pin(async move { rx.await.unwrap_or(last_known) })
@@ -223,12 +198,14 @@ impl Handler<StopRelay> for RelayActor {
 }
 
 impl RelayActor {
-    /// Runs a batch unless `concurrency` batches are in flight (then remembers to run
-    /// another). Concurrent batches claim disjoint rows (`SKIP LOCKED`); the second one
-    /// claims and publishes while the first waits for its confirms.
+    /// Runs a batch unless `concurrency` batches are in flight or the relay is pausing (then
+    /// remembers to run another). Concurrent batches claim disjoint rows (`SKIP LOCKED`); the
+    /// second one claims and publishes while the first waits for its confirms.
     fn start_batch(&mut self, ctx: &mut Context<Self>) {
-        if self.stop_waiters.is_some() {
-            return;
+        match self.state {
+            State::Active => {}
+            State::BackingOff => return self.wake_again = true,
+            State::Stopping | State::Stopped => return,
         }
         if self.running >= self.concurrency {
             self.wake_again = true;
@@ -247,7 +224,7 @@ impl RelayActor {
                     Err(e) => return (None, Err(e)),
                 },
             };
-            let result = relay_batch::run_batch(&db, &channel, &config, &sql).await;
+            let result = batch::run_batch(&db, &channel, &config, &sql).await;
             (Some(channel), result)
         };
         ctx.spawn(batch.into_actor(self).map(|(channel, result), act, ctx| {
@@ -263,73 +240,57 @@ impl RelayActor {
         ctx: &mut Context<Self>,
     ) {
         self.running -= 1;
-        match result {
-            Ok(report) => {
-                let full = report.claimed >= self.config.batch_size as usize;
-                let broken = report.channel_error.clone();
-                self.book(&report);
-                if let Some(reason) = broken {
-                    warn!(%reason, released = report.released, "publishing channel broke; reconnecting");
-                    self.channel = None;
-                    self.after_error(ctx);
-                } else {
-                    self.channel = channel;
-                    self.error_streak = 0;
-                    if self.stop_waiters.is_some() {
-                        if self.running == 0 {
-                            self.finish_stop(ctx);
-                        }
-                        return;
-                    }
-                    if full || self.wake_again {
-                        // Fill every free slot: a full batch means more is waiting.
-                        for _ in self.running..self.concurrency {
-                            self.start_batch(ctx);
-                        }
-                    } else if self.running == 0 {
-                        self.idle(ctx);
-                    }
-                }
-            }
+        let report = match result {
+            Ok(report) => report,
             Err(e) => {
                 self.stats.errors += 1;
                 warn!(error = %e, streak = self.error_streak + 1, "relay batch failed");
-                self.channel = None;
-                self.after_error(ctx);
+                return self.after_error(ctx);
             }
+        };
+        self.stats.book(&report);
+        if let Some(reason) = &report.channel_error {
+            warn!(%reason, released = report.released, "publishing channel broke; reconnecting");
+            return self.after_error(ctx);
+        }
+        self.channel = channel;
+        self.error_streak = 0;
+        if self.state == State::Stopping {
+            return self.stop_when_idle(ctx);
+        }
+        let full = report.claimed >= self.config.batch_size as usize;
+        if full || self.wake_again {
+            // Fill every free slot: a full batch means more is waiting.
+            for _ in self.running..self.concurrency {
+                self.start_batch(ctx);
+            }
+        } else if self.running == 0 {
+            self.idle(ctx);
         }
     }
 
-    fn book(&mut self, r: &BatchReport) {
-        let s = &mut self.stats;
-        s.rounds += 1;
-        s.batches += u64::from(r.claimed > 0);
-        s.published += r.sent as u64;
-        s.unroutable_dropped += r.dropped_unroutable as u64;
-        s.refused += r.refused as u64;
-        s.parked += r.parked as u64;
-        s.expired += r.expired as u64;
-        s.released += r.released as u64;
-        s.errors += u64::from(r.channel_error.is_some());
-    }
-
-    /// Pauses with backoff after an error, then tries again (or stops, if asked to).
+    /// Drops the channel and, once no batch is in flight, pauses with backoff before trying
+    /// again (or stops, if asked to).
     fn after_error(&mut self, ctx: &mut Context<Self>) {
-        if self.stop_waiters.is_some() {
-            if self.running == 0 {
-                self.finish_stop(ctx);
-            }
-            return;
+        self.channel = None;
+        if self.state == State::Stopping {
+            return self.stop_when_idle(ctx);
         }
-        if self.running > 0 {
-            return; // the batch still in flight decides what happens next
+        if self.running > 0 || self.state != State::Active {
+            return; // the batch still in flight, or the pause under way, decides what follows
         }
         let delay = self
             .config
             .error_backoff
             .delay_with_jitter(self.error_streak);
         self.error_streak = self.error_streak.saturating_add(1);
-        ctx.run_later(delay, |act, ctx| act.start_batch(ctx));
+        self.state = State::BackingOff;
+        ctx.run_later(delay, |act, ctx| {
+            if act.state == State::BackingOff {
+                act.state = State::Active;
+                act.start_batch(ctx);
+            }
+        });
     }
 
     /// Nothing more is due now: arm the due-time timer and do housekeeping.
@@ -341,18 +302,16 @@ impl RelayActor {
             self.last_housekeeping = Instant::now();
         }
         let work = async move {
-            let due = relay_batch::next_due(&db, &sql).await;
+            let due = batch::next_due(&db, &sql).await;
             let mut purged = 0;
             let mut depth = None;
             if housekeeping {
-                purged = relay_batch::purge(&db, &config, &sql)
-                    .await
-                    .unwrap_or_else(|e| {
-                        warn!(error = %e, "purging sent rows failed");
-                        0
-                    });
+                purged = batch::purge(&db, &config, &sql).await.unwrap_or_else(|e| {
+                    warn!(error = %e, "purging sent rows failed");
+                    0
+                });
                 if let (Some(c), Unroutable::AlternateExchange) = (&channel, config.unroutable) {
-                    depth = topology::unroutable_depth(c, &config).await.ok();
+                    depth = exchange::unroutable_depth(c, config.exchange()).await.ok();
                 }
             }
             (due, purged, depth)
@@ -386,8 +345,16 @@ impl RelayActor {
         }));
     }
 
+    /// Stops once no batch is in flight.
+    fn stop_when_idle(&mut self, ctx: &mut Context<Self>) {
+        if self.running == 0 && self.state == State::Stopping {
+            self.finish_stop(ctx);
+        }
+    }
+
     /// Closes the channel (bounded), then stops the actor.
     fn finish_stop(&mut self, ctx: &mut Context<Self>) {
+        self.state = State::Stopped;
         if let Some(task) = self.listener.take() {
             task.abort();
         }
@@ -402,22 +369,19 @@ impl RelayActor {
     }
 }
 
-/// Gets a channel from the supervisor (bounded), puts it in confirm mode and declares (or
-/// checks) the topology.
+/// Gets a confirm-mode channel from the supervisor (bounded by the confirm timeout) and
+/// declares (or checks) the exchange.
 async fn open_channel(
     supervisor: &Addr<ConnectionSupervisor>,
     config: &RelayConfig,
 ) -> Result<Channel> {
-    let wait = config.confirm_timeout;
-    let channel = tokio::time::timeout(wait, supervisor.send(GetChannel))
-        .await
-        .map_err(|_| Error::Timeout {
-            what: "waiting for a broker channel",
-            after: wait,
-        })???;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    topology::declare_relay_topology(&channel, config).await?;
+    let channel = broker::channel(supervisor, config.confirm_timeout).await?;
+    exchange::declare_exchange(
+        &channel,
+        config.exchange(),
+        config.unroutable,
+        config.topology,
+    )
+    .await?;
     Ok(channel)
 }

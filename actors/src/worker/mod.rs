@@ -1,10 +1,29 @@
-//! `Worker`: registers handler actors with binding keys, then runs one
-//! [`ConsumerActor`] per queue; `RunningWorker` stops them and reports their counters.
+//! The worker wing: a [`Worker`] registers handler actors with binding keys ([`Listen`]),
+//! then runs one consumer actor per queue; [`RunningWorker`] stops them and reports their
+//! counters.
+//!
+//! One delivery's path through the files: `link` opens the consumer's channel and declares
+//! its queue, dead-letter queue and delay queues; `consumer` (the actor) takes deliveries from
+//! the stream; `delivery` reads the `envelope`, decodes `Event<T>` and calls the `handler`;
+//! `retry` decides the delivery's fate (ack, retry after a delay, dead-letter, requeue) as a
+//! pure function; `delivery` carries it out, publishing a retry or dead-letter copy and acking
+//! the original only once the copy is confirmed; `stats` counts it.
 //!
 //! Everything that can be checked without the broker is checked when a handler is
 //! registered ([`Worker::listen`]): binding keys, queue names (and duplicates), prefetch,
 //! retry delays. [`Worker::start`] then declares (or checks) each queue's topology and starts
 //! consuming; it fails naming what is missing rather than running half a worker.
+
+mod config;
+mod consumer;
+mod delivery;
+mod envelope;
+mod handler;
+mod link;
+mod listen;
+mod probation;
+mod retry;
+mod stats;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -16,12 +35,15 @@ use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 use tracing::info;
 
-use crate::connection_supervisor::ConnectionSupervisor;
-use crate::consumer_actor::{ConsumerActor, GetConsumerStats, StopConsumer};
-use crate::consumer_handler::{HandlerSource, IntoHandler};
-use crate::consumer_stats::ConsumerStats;
-use crate::worker_config::WorkerConfig;
-use crate::worker_listen::{ConsumerSpec, Listen};
+use crate::broker::ConnectionSupervisor;
+use consumer::{ConsumerActor, GetConsumerStats, StopConsumer};
+use listen::ConsumerSpec;
+
+pub use config::{QueueType, WorkerConfig};
+pub use handler::{HandlerSource, IntoHandler};
+pub use listen::Listen;
+pub use retry::RetryDelay;
+pub use stats::ConsumerStats;
 
 /// The consumers of one process, before they run: a [`WorkerConfig`] plus one handler per
 /// queue.
@@ -59,7 +81,7 @@ use crate::worker_listen::{ConsumerSpec, Listen};
 ///         .start()
 ///         .await?;
 ///     running.stop_on_signal().await;                        // SIGINT / SIGTERM, then drain
-///     broker.send(actix_outbox_actors::Shutdown).await?;    // then the connection
+///     broker.send(actix_outbox_actors::StopBroker).await?;  // then the connection
 ///     Ok(())
 /// }
 /// ```
@@ -129,8 +151,8 @@ impl Worker {
     ///
     /// # fn build(worker: Worker) -> Result<Worker, actix_outbox::Error> {
     /// let worker = worker
-    ///     .listen::<OrderPlaced, _>(Listen::new(["order.placed"])?.queue("audit_orders"), Audit::default)?
-    ///     .listen::<serde_json::Value, _>(Listen::new(["#"])?.queue("audit_all").retry_on_error(false), Audit::default)?;
+    ///     .listen::<OrderPlaced, _>(Listen::new(["order.placed"])?.with_queue("audit_orders"), Audit::default)?
+    ///     .listen::<serde_json::Value, _>(Listen::new(["#"])?.with_queue("audit_all").with_retry_on_error(false), Audit::default)?;
     /// # Ok(worker)
     /// # }
     /// ```
@@ -150,7 +172,7 @@ impl Worker {
             return Err(Error::InvalidConfig {
                 field: "queue",
                 reason: format!(
-                    "queue {:?} is already registered with this worker: give each handler its own queue (`Listen::queue`)",
+                    "queue {:?} is already registered with this worker: give each handler its own queue (`Listen::with_queue`)",
                     spec.queue
                 ),
             });

@@ -13,15 +13,15 @@ use actix_outbox::{Event, headers as h};
 use chrono::{DateTime, Utc};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions};
-use lapin::{BasicProperties, Channel, Confirmation};
+use lapin::{BasicProperties, Channel};
 use serde::de::DeserializeOwned;
 use tracing::{Instrument, debug, field, info_span, warn};
 
-use crate::consumer_envelope::{DeliveryMeta, copy_properties, decode_payload, time_left_ms};
-use crate::consumer_handler::Sends;
-use crate::retry_policy::{Action, Outcome, decide, expire_if_past};
-use crate::worker_listen::SharedSpec;
-use crate::worker_topology::{dead_letter_exchange, dead_letter_queue, delay_name};
+use super::envelope::{DeliveryMeta, copy_properties, decode_payload, time_left_ms};
+use super::handler::Sends;
+use super::listen::SharedSpec;
+use super::retry::{Fate, Outcome, decide, expire_if_past};
+use crate::exchange::{Answer, dead_letter_exchange, dead_letter_queue, delay_name};
 
 /// What a delivery needs from its consumer.
 pub(crate) struct Job<T: Send + 'static> {
@@ -40,10 +40,10 @@ pub(crate) struct Job<T: Send + 'static> {
 /// How settling went on the broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Settled {
-    /// The action was carried out.
+    /// The fate was carried out.
     Done,
     /// The original was given back to the queue instead (the copy was not confirmed, or the
-    /// action was a requeue).
+    /// fate was a requeue).
     Requeued(String),
     /// The channel failed: nothing could be settled; the broker redelivers the message.
     Lost(String),
@@ -55,14 +55,14 @@ pub(crate) struct Report {
     /// How handling ended.
     pub(crate) outcome: Outcome,
     /// What was decided.
-    pub(crate) action: Action,
+    pub(crate) fate: Fate,
     /// Whether it was carried out.
     pub(crate) settled: Settled,
 }
 
 /// Runs one delivery through the handler and settles it, inside a `delivery` span that
 /// records queue, routing key, message id, attempt, outcome (`handled`, `failed`, `retry`,
-/// `abort`, `reject`, `panicked`, `handler_gone`, `undecodable`, `expired`), the action taken
+/// `abort`, `reject`, `panicked`, `handler_gone`, `undecodable`, `expired`), the fate decided
 /// and the duration — never the payload.
 pub(crate) async fn run<T>(job: Job<T>, delivery: Delivery) -> Report
 where
@@ -76,7 +76,7 @@ where
         message_id = %meta.message_id,
         attempt = meta.attempt,
         outcome = field::Empty,
-        action = field::Empty,
+        fate = field::Empty,
         duration_ms = field::Empty,
     );
     let started = Instant::now();
@@ -84,22 +84,22 @@ where
         let (attempt, deadline) = (meta.attempt, meta.deadline);
         let routing_key = meta.routing_key.clone();
         let outcome = handle(&job, &delivery, meta).await;
-        let action = decide(&outcome, attempt, &job.spec.policy);
-        let action = expire_if_past(action, deadline, Utc::now());
+        let fate = decide(&outcome, attempt, &job.spec.policy);
+        let fate = expire_if_past(fate, deadline, Utc::now());
         let copy = CopyFacts {
             routing_key: &routing_key,
             attempt,
             deadline,
         };
-        let settled = settle(&job, &delivery, &copy, &action).await;
+        let settled = settle(&job, &delivery, &copy, &fate).await;
         let span = tracing::Span::current();
         span.record("outcome", outcome.name());
-        span.record("action", field::display(&action));
+        span.record("fate", field::display(&fate));
         span.record("duration_ms", started.elapsed().as_millis() as u64);
-        log(&outcome, &action, &settled, &job.spec.queue);
+        log(&outcome, &fate, &settled, &job.spec.queue);
         Report {
             outcome,
-            action,
+            fate,
             settled,
         }
     }
@@ -141,32 +141,32 @@ struct CopyFacts<'a> {
     deadline: Option<DateTime<Utc>>,
 }
 
-/// Carries out `action` for `delivery`.
+/// Carries out `fate` for `delivery`.
 async fn settle<T: Send + 'static>(
     job: &Job<T>,
     delivery: &Delivery,
     copy: &CopyFacts<'_>,
-    action: &Action,
+    fate: &Fate,
 ) -> Settled {
     let spec = &job.spec;
     let props = &delivery.properties;
-    let published = match action {
-        Action::Ack => return ack(delivery).await,
-        Action::Requeue => {
+    let published = match fate {
+        Fate::Ack => return ack(delivery).await,
+        Fate::Requeue => {
             return requeue(
                 delivery,
                 "the handler actor died before answering".to_owned(),
             )
             .await;
         }
-        Action::Retry { delay } => {
+        Fate::Retry { delay } => {
             let left = copy.deadline.map(|d| time_left_ms(d, Utc::now()));
             let next = copy.attempt.saturating_add(1);
             let props = copy_properties(props, copy.routing_key, next, left, &[]);
             let exchange = delay_name(&spec.exchange, *delay);
             publish(job, &exchange, &spec.queue, &delivery.data, props).await
         }
-        Action::DeadLetter { reason } => {
+        Fate::DeadLetter { reason } => {
             let extra = [
                 (h::REASON, reason.clone()),
                 (h::HANDLER, spec.queue.clone()),
@@ -178,26 +178,24 @@ async fn settle<T: Send + 'static>(
         }
     };
     match published {
-        Published::Confirmed => ack(delivery).await,
-        Published::Refused(why) => requeue(delivery, why).await,
-        Published::ChannelFailed(why) => Settled::Lost(why),
+        Answer::Confirmed => ack(delivery).await,
+        Answer::Returned => requeue(delivery, "the copy was unroutable".to_owned()).await,
+        Answer::Nacked => requeue(delivery, "the copy was nacked".to_owned()).await,
+        Answer::Unknown(why) => requeue(delivery, why).await,
     }
 }
 
-enum Published {
-    Confirmed,
-    Refused(String),
-    ChannelFailed(String),
-}
-
 /// Publishes a copy (`mandatory`) and waits for its confirm, bounded by the confirm timeout.
+///
+/// A copy whose answer is unknown gets its original requeued (above); when the channel
+/// itself has failed, that requeue fails too and the consumer learns of the loss from it.
 async fn publish<T: Send + 'static>(
     job: &Job<T>,
     exchange: &str,
     routing_key: &str,
     body: &[u8],
     props: BasicProperties,
-) -> Published {
+) -> Answer {
     let options = BasicPublishOptions {
         mandatory: true,
         immediate: false,
@@ -208,25 +206,10 @@ async fn publish<T: Send + 'static>(
         .await
     {
         Ok(confirm) => confirm,
-        Err(e) => return Published::ChannelFailed(e.to_string()),
+        Err(e) => return Answer::Unknown(e.to_string()),
     };
     let wait: Duration = job.spec.confirm_timeout;
-    match tokio::time::timeout(wait, confirm).await {
-        Ok(Ok(Confirmation::Ack(None))) => Published::Confirmed,
-        Ok(Ok(Confirmation::Ack(Some(_)))) => {
-            Published::Refused(format!("copy to {exchange:?} was unroutable"))
-        }
-        Ok(Ok(Confirmation::Nack(_))) => {
-            Published::Refused(format!("copy to {exchange:?} was nacked"))
-        }
-        Ok(Ok(Confirmation::NotRequested)) => {
-            Published::Refused("channel is not in confirm mode".to_owned())
-        }
-        Ok(Err(e)) => Published::ChannelFailed(e.to_string()),
-        Err(_) => Published::Refused(format!(
-            "copy to {exchange:?} not confirmed within {wait:?}"
-        )),
-    }
+    Answer::of(tokio::time::timeout(wait, confirm).await, wait)
 }
 
 async fn ack(delivery: &Delivery) -> Settled {
@@ -257,7 +240,7 @@ pub(crate) async fn requeue_unhandled(delivery: Delivery) {
 
 /// One log line per noteworthy delivery. Decode errors are not logged verbatim (serde quotes
 /// offending values, that is payload): their text goes only into the dead letter's header.
-fn log(outcome: &Outcome, action: &Action, settled: &Settled, queue: &str) {
+fn log(outcome: &Outcome, fate: &Fate, settled: &Settled, queue: &str) {
     match (outcome, settled) {
         (_, Settled::Lost(why)) => {
             warn!(%why, "channel failed before the delivery was settled; the broker redelivers it")
@@ -269,12 +252,12 @@ fn log(outcome: &Outcome, action: &Action, settled: &Settled, queue: &str) {
         (Outcome::Undecodable(_), _) => {
             warn!(dlq = %dead_letter_queue(queue), "undecodable payload dead-lettered (reason in its x-outbox-reason header)")
         }
-        (_, Settled::Done) => match action {
-            Action::DeadLetter { reason } => {
+        (_, Settled::Done) => match fate {
+            Fate::DeadLetter { reason } => {
                 warn!(%reason, dlq = %dead_letter_queue(queue), "message dead-lettered")
             }
-            Action::Retry { delay } => debug!(?delay, "retry scheduled"),
-            Action::Ack | Action::Requeue => debug!("delivery settled"),
+            Fate::Retry { delay } => debug!(?delay, "retry scheduled"),
+            Fate::Ack | Fate::Requeue => debug!("delivery settled"),
         },
     }
 }

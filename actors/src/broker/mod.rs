@@ -1,0 +1,47 @@
+//! The broker wing: one [`ConnectionSupervisor`] owns a process's RabbitMQ connection and
+//! hands out channels; [`BrokerConfig`] says where the broker is and how to reconnect.
+//!
+//! Relay and consumers never hold the connection. They ask for a channel with [`channel`]
+//! whenever they have none (at start, and after any failure), so a reconnect needs no
+//! coordination: the next request simply gets a channel on the new connection.
+
+mod config;
+mod runtime;
+mod supervisor;
+
+use std::time::Duration;
+
+use actix::Addr;
+use actix_outbox::{Error, Result};
+use lapin::Channel;
+use lapin::options::ConfirmSelectOptions;
+
+pub use config::BrokerConfig;
+pub use supervisor::{
+    BrokerState, BrokerStatus, ConnectionSupervisor, GetBrokerState, GetChannel, StopBroker,
+    Subscribe,
+};
+
+/// A fresh channel from `supervisor`, in publisher-confirm mode, waiting at most `wait` for
+/// it (the supervisor holds requests while it reconnects).
+///
+/// # Errors
+///
+/// [`Error::Timeout`] when no channel came within `wait`, [`Error::Shutdown`] after
+/// [`StopBroker`], [`Error::Mailbox`] when the supervisor has stopped, [`Error::Amqp`] when
+/// the channel could not be opened or put in confirm mode.
+pub(crate) async fn channel(
+    supervisor: &Addr<ConnectionSupervisor>,
+    wait: Duration,
+) -> Result<Channel> {
+    let channel = tokio::time::timeout(wait, supervisor.send(GetChannel))
+        .await
+        .map_err(|_| Error::Timeout {
+            what: "waiting for a broker channel",
+            after: wait,
+        })???;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok(channel)
+}

@@ -1,0 +1,104 @@
+//! What the relay and the worker must agree on about the broker: the topic exchange, how it
+//! treats unroutable messages, whether topology is declared or only checked, the names of every
+//! object derived from the exchange and queue names, and the conversion between JSON headers
+//! and AMQP field tables.
+//!
+//! Both wings import from here and never from each other, so a change to the shared contract
+//! is made in one place.
+//!
+//! | name | object |
+//! |---|---|
+//! | `<exchange>` | the durable topic exchange the relay publishes to |
+//! | `<exchange>.unroutable` | alternate exchange (fanout) and queue that keep unroutable messages |
+//! | `<exchange>.dlx` | direct exchange for dead letters |
+//! | `dlq_<queue>` | the dead-letter queue of `<queue>` (also its binding key on the dlx) |
+//! | `<exchange>.delay.<ms>ms` | fanout exchange and TTL queue of one retry delay |
+
+mod answer;
+mod declare;
+mod fields;
+mod names;
+
+use std::time::Duration;
+
+use actix_outbox::Error;
+
+pub(crate) use answer::Answer;
+pub(crate) use declare::{declare_exchange, unroutable_depth};
+pub(crate) use fields::{json_to_amqp, long, table_to_json};
+pub(crate) use names::{MAX_NAME_LEN, check_exchange_name, check_queue_name};
+
+/// What happens to messages whose routing key matches no binding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Unroutable {
+    /// The exchange gets an alternate exchange `<exchange>.unroutable` (fanout) bound to a
+    /// durable queue of the same name, so unroutable messages are kept there; the relay
+    /// watches that queue's depth and warns when it grows. The default.
+    #[default]
+    AlternateExchange,
+    /// Fire-and-forget: the broker drops unroutable messages; the relay sees them returned
+    /// (published `mandatory`), counts and logs them, and deletes their rows.
+    Drop,
+}
+
+/// Whether the relay declares its topology or only checks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum TopologyMode {
+    /// Declare the exchange (and alternate exchange and queue) at start. The default.
+    #[default]
+    Declare,
+    /// Least privilege: declare nothing, only check (passive declare) that the exchange
+    /// exists, and fail at start naming what is missing.
+    CheckOnly,
+}
+
+/// [`Error::BrokerRefused`] for `object` (`"exchange"`, `"queue"`, `"binding"`, …) `name`.
+pub(crate) fn refused(object: &'static str, name: &str, reason: impl Into<String>) -> Error {
+    Error::BrokerRefused {
+        object,
+        name: name.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// The alternate exchange and queue for unroutable messages: `<exchange>.unroutable`.
+pub(crate) fn unroutable_name(exchange: &str) -> String {
+    format!("{exchange}.unroutable")
+}
+
+/// The dead-letter exchange of `exchange`: `<exchange>.dlx`.
+pub(crate) fn dead_letter_exchange(exchange: &str) -> String {
+    format!("{exchange}.dlx")
+}
+
+/// The dead-letter queue of `queue`: `dlq_<queue>` (also its binding key).
+pub(crate) fn dead_letter_queue(queue: &str) -> String {
+    format!("dlq_{queue}")
+}
+
+/// The delay exchange and queue for `delay` on `exchange`: `<exchange>.delay.<ms>ms`.
+pub(crate) fn delay_name(exchange: &str, delay: Duration) -> String {
+    format!("{exchange}.delay.{}ms", delay.as_millis())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_documented_scheme() {
+        assert_eq!(unroutable_name("outbox"), "outbox.unroutable");
+        assert_eq!(dead_letter_exchange("outbox"), "outbox.dlx");
+        assert_eq!(dead_letter_queue("welcome_mailer"), "dlq_welcome_mailer");
+        assert_eq!(
+            delay_name("outbox", Duration::from_secs(90)),
+            "outbox.delay.90000ms"
+        );
+        assert_eq!(
+            delay_name("outbox", Duration::from_millis(100)),
+            "outbox.delay.100ms"
+        );
+    }
+}

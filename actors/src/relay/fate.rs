@@ -1,0 +1,260 @@
+//! What becomes of each claimed row: pure decisions, no I/O.
+//!
+//! `batch` publishes a batch and reads the broker's [`Answer`] per row; [`Fate::of`] turns
+//! an answer into the row's fate, and [`plan`] turns a batch's fates into the statements
+//! settling needs (which rows are finished, which get another attempt later, which are parked)
+//! and the batch's counts.
+
+use std::time::Duration;
+
+use actix_outbox::outbox_message::Model;
+use chrono::{DateTime, Utc};
+use tracing::warn;
+
+use super::config::RelayConfig;
+use super::envelope;
+use crate::exchange::{Answer, Unroutable};
+
+/// What happens to one claimed row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Fate {
+    /// Confirmed by the broker: delete or mark sent.
+    Sent,
+    /// Returned as unroutable in drop mode: counted, then finished like a sent row.
+    DroppedUnroutable,
+    /// The broker refused it (nack, or unroutable with no alternate route): one more attempt
+    /// later, parked once `max_attempts` is reached.
+    Refused(String),
+    /// The broker cannot take the row as it is (see `envelope::unpublishable`): parked at
+    /// once, with the reason, for an operator to fix.
+    Unpublishable(String),
+    /// Unknown (channel broke, confirm timed out, never published): the row is released
+    /// untouched and goes out again later.
+    Unknown,
+}
+
+impl Fate {
+    /// The fate of a row the broker answered with `answer`.
+    pub(crate) fn of(answer: &Answer, unroutable: Unroutable) -> Self {
+        match answer {
+            Answer::Confirmed => Fate::Sent,
+            Answer::Returned if unroutable == Unroutable::Drop => Fate::DroppedUnroutable,
+            Answer::Returned => Fate::Refused(
+                "unroutable: no queue is bound for this routing key and the alternate exchange \
+                 did not take it"
+                    .to_owned(),
+            ),
+            Answer::Nacked => Fate::Refused("nacked by the broker".to_owned()),
+            Answer::Unknown(_) => Fate::Unknown,
+        }
+    }
+}
+
+/// Counts of one batch.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct BatchReport {
+    /// Rows claimed.
+    pub(crate) claimed: usize,
+    /// Rows confirmed and finished.
+    pub(crate) sent: usize,
+    /// Rows returned as unroutable in drop mode (finished too).
+    pub(crate) dropped_unroutable: usize,
+    /// Rows refused (rescheduled or parked).
+    pub(crate) refused: usize,
+    /// Of the refused rows, those parked.
+    pub(crate) parked: usize,
+    /// Finished rows whose deadline had passed when they were sent.
+    pub(crate) expired: usize,
+    /// Rows released untouched (their fate is unknown).
+    pub(crate) released: usize,
+    /// Why the channel can no longer be used, if it broke during the batch.
+    pub(crate) channel_error: Option<String>,
+}
+
+/// A refused or unpublishable row, as settling records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Failure {
+    /// The row's id.
+    pub(crate) id: i64,
+    /// Goes into `last_error`.
+    pub(crate) reason: String,
+    /// When the row is due again (ignored when parked).
+    pub(crate) retry_in: Duration,
+    /// Whether the row is parked (taken out of the relay's claims).
+    pub(crate) park: bool,
+}
+
+/// What settling a batch does, and the batch's counts.
+#[derive(Debug, Default)]
+pub(crate) struct Plan {
+    /// Rows to delete (or mark sent), in one statement.
+    pub(crate) finished: Vec<i64>,
+    /// Rows to record a failure for, one statement each.
+    pub(crate) failures: Vec<Failure>,
+    /// The counts.
+    pub(crate) report: BatchReport,
+}
+
+/// Decides, for each of `rows` and its fate, what settling does.
+pub(crate) fn plan(
+    rows: &[Model],
+    fates: &[Fate],
+    config: &RelayConfig,
+    now: DateTime<Utc>,
+) -> Plan {
+    let mut plan = Plan::default();
+    plan.report.claimed = rows.len();
+    for (row, fate) in rows.iter().zip(fates) {
+        let r = &mut plan.report;
+        match fate {
+            Fate::Sent | Fate::DroppedUnroutable => {
+                plan.finished.push(row.id);
+                r.expired += usize::from(envelope::is_expired(row, now));
+                if *fate == Fate::Sent {
+                    r.sent += 1;
+                } else {
+                    r.dropped_unroutable += 1;
+                    warn!(message_id = %row.message_id, routing_key = %row.routing_key, "unroutable message dropped (Unroutable::Drop)");
+                }
+            }
+            Fate::Refused(reason) => {
+                let (attempts, park, retry_in) = after_refusal(row.attempts, config);
+                r.refused += 1;
+                r.parked += usize::from(park);
+                if park {
+                    warn!(message_id = %row.message_id, attempts, %reason, "row parked after too many refused publishes");
+                }
+                plan.failures.push(Failure {
+                    id: row.id,
+                    reason: reason.clone(),
+                    retry_in,
+                    park,
+                });
+            }
+            Fate::Unpublishable(reason) => {
+                r.refused += 1;
+                r.parked += 1;
+                plan.failures.push(Failure {
+                    id: row.id,
+                    reason: reason.clone(),
+                    retry_in: Duration::ZERO,
+                    park: true,
+                });
+            }
+            Fate::Unknown => r.released += 1,
+        }
+    }
+    plan
+}
+
+/// A row refused once more, having failed `attempts_so_far` times before: its new attempt
+/// count, whether it is parked now, and the backoff before its next try.
+pub(crate) fn after_refusal(attempts_so_far: i32, config: &RelayConfig) -> (u32, bool, Duration) {
+    let attempts = u32::try_from(attempts_so_far)
+        .unwrap_or(0)
+        .saturating_add(1);
+    let park = attempts >= config.max_attempts;
+    let retry_in = config.retry_backoff.delay_with_jitter(attempts - 1);
+    (attempts, park, retry_in)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use uuid::Uuid;
+
+    fn row(id: i64, attempts: i32, expires_at: Option<DateTime<Utc>>) -> Model {
+        let now = Utc::now();
+        Model {
+            id,
+            message_id: Uuid::now_v7(),
+            routing_key: "user.created".into(),
+            payload: b"{}".to_vec(),
+            content_type: "application/json".into(),
+            headers: json!({}),
+            created_at: now,
+            send_after: now,
+            expires_at,
+            attempts,
+            last_error: None,
+            sent_at: None,
+            parked_at: None,
+        }
+    }
+
+    #[test]
+    fn answers_become_fates() {
+        let keep = Unroutable::AlternateExchange;
+        assert_eq!(Fate::of(&Answer::Confirmed, keep), Fate::Sent);
+        assert!(
+            matches!(Fate::of(&Answer::Returned, keep), Fate::Refused(r) if r.contains("unroutable"))
+        );
+        assert_eq!(
+            Fate::of(&Answer::Returned, Unroutable::Drop),
+            Fate::DroppedUnroutable
+        );
+        assert!(
+            matches!(Fate::of(&Answer::Nacked, keep), Fate::Refused(r) if r.contains("nacked"))
+        );
+        assert_eq!(
+            Fate::of(&Answer::Unknown("gone".into()), keep),
+            Fate::Unknown
+        );
+    }
+
+    #[test]
+    fn refusals_back_off_then_park() {
+        let config = RelayConfig::default()
+            .with_max_attempts(3)
+            .with_retry_backoff(Duration::from_secs(1), Duration::from_secs(60));
+        let (attempts, park, retry_in) = after_refusal(0, &config);
+        assert_eq!((attempts, park), (1, false));
+        assert!(retry_in >= Duration::from_millis(500) && retry_in <= Duration::from_secs(1));
+        let (attempts, park, retry_in) = after_refusal(1, &config);
+        assert_eq!((attempts, park), (2, false));
+        assert!(retry_in >= Duration::from_secs(1) && retry_in <= Duration::from_secs(2));
+        assert!(after_refusal(2, &config).1, "the third refusal parks");
+        assert_eq!(
+            after_refusal(-5, &config).0,
+            1,
+            "a corrupt count starts over"
+        );
+    }
+
+    #[test]
+    fn a_plan_books_each_row_once() {
+        let now = Utc::now();
+        let config = RelayConfig::default().with_max_attempts(2);
+        let past = Some(now - chrono::TimeDelta::seconds(1));
+        let rows = [
+            row(1, 0, past),
+            row(2, 0, None),
+            row(3, 1, None),
+            row(4, 0, None),
+            row(5, 0, None),
+        ];
+        let fates = [
+            Fate::Sent,
+            Fate::DroppedUnroutable,
+            Fate::Refused("nacked".into()),
+            Fate::Unpublishable("too big".into()),
+            Fate::Unknown,
+        ];
+        let plan = plan(&rows, &fates, &config, now);
+        assert_eq!(plan.finished, [1, 2]);
+        let failed: Vec<(i64, bool)> = plan.failures.iter().map(|f| (f.id, f.park)).collect();
+        assert_eq!(failed, [(3, true), (4, true)], "row 3 reached max_attempts");
+        let want = BatchReport {
+            claimed: 5,
+            sent: 1,
+            dropped_unroutable: 1,
+            refused: 2,
+            parked: 2,
+            expired: 1,
+            released: 1,
+            channel_error: None,
+        };
+        assert_eq!(plan.report, want);
+    }
+}
