@@ -12,7 +12,7 @@
 //! `AMQP_URL` (default `amqp://outbox:outbox@127.0.0.1:5672/%2f`), `OUTBOX_TABLE` (default
 //! `outbox`), `OUTBOX_EXCHANGE` (default `outbox`), `OUTBOX_BATCH_SIZE` (default 500),
 //! `OUTBOX_RELAY_CONCURRENCY` (batches in flight, default 2), `RUST_LOG` (default `info`;
-//! `actix_outbox_actors::relay_batch=debug` logs each batch's stage timings). On stop it finishes the batch in flight, closes the broker
+//! `actix_outbox_actors::relay::batch=debug` logs each batch's stage timings). On stop it finishes the batch in flight, closes the broker
 //! connection, then the database, and prints its counters.
 
 use actix::Actor;

@@ -110,8 +110,13 @@ impl OutboxEvent {
         self
     }
 
-    /// Sets the message id, for producers that derive ids from their own data (idempotent
-    /// emits). Defaults to a fresh time-ordered UUID (v7).
+    /// Sets the message id, for producers that derive ids from their own data, so that
+    /// consumers can recognise a re-emitted event by it. Defaults to a fresh time-ordered
+    /// UUID (v7).
+    ///
+    /// The outbox table has no unique index on the message id: emitting the same id twice
+    /// stores two rows and publishes two messages. Consumers that deduplicate by id (as they
+    /// must for redeliveries anyway) see the second as a duplicate.
     #[must_use]
     pub fn with_message_id(mut self, id: Uuid) -> Self {
         self.message_id = id;

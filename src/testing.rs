@@ -1,8 +1,9 @@
 //! Helpers for testing your own handlers and services, with or without a broker.
 //!
-//! - [`deliver`] hands an [`Event`] to a handler actor and returns its [`HandlerResult`]
-//!   exactly as the worker would see it (a stopped or panicked actor is a failure) — no
-//!   RabbitMQ needed.
+//! - [`deliver`] hands an already-decoded [`Event`] to a handler actor and returns its
+//!   [`HandlerResult`], with a stopped or panicked actor turned into a failure as the worker
+//!   does — no RabbitMQ needed. It stops there: decoding the payload, retry tiers, deadlines
+//!   and dead-lettering are the worker's, and are tested in its own suite.
 //! - [`wait_until_drained`] waits, with a timeout, until a relay has emptied the outbox
 //!   table: for integration tests of services that emit.
 //!
@@ -50,7 +51,9 @@ use crate::outcome::{HandlerError, HandlerResult};
 use crate::table_name::TableName;
 
 /// Sends `event` to the handler actor at `addr` and returns its outcome. A handler that
-/// stopped or panicked (its mailbox closed) yields [`HandlerError::Failed`], as in the worker.
+/// stopped or panicked (its mailbox closed) yields [`HandlerError::Failed`], which the worker
+/// would count as a failed attempt. What the worker then does with the outcome (retry,
+/// dead-letter, ack) is not simulated.
 pub async fn deliver<A, T>(addr: &Addr<A>, event: Event<T>) -> HandlerResult
 where
     A: Actor + Handler<Event<T>>,

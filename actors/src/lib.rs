@@ -61,11 +61,11 @@
 #![doc = ""]
 
 mod backoff;
-mod broker;
-mod exchange;
-mod relay;
+pub mod broker;
+pub mod exchange;
+pub mod relay;
 mod shutdown;
-mod worker;
+pub mod worker;
 
 pub use actix_outbox;
 /// The SeaORM this crate is built against: [`RelayActor::new`] takes its

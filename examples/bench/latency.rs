@@ -188,7 +188,7 @@ pub(super) async fn spawn_pipeline(
         .env("OUTBOX_BATCH_SIZE", b.params.batch_size.to_string())
         // The relay's per-batch stage timings (its `batch done` debug events) feed the
         // latency scenario's stage breakdown; see `collect_batch_stages`.
-        .env("RUST_LOG", "warn,actix_outbox_actors::relay_batch=debug")
+        .env("RUST_LOG", "warn,actix_outbox_actors::relay::batch=debug")
         .env("NO_COLOR", "1")
         .stdout(std::process::Stdio::piped())
         .spawn()

@@ -1,6 +1,6 @@
 //! The relay's SQL, per backend: claim, finish, record failures, next due time, purge.
 //!
-//! Pure statement builders (unit-tested below); `relay_batch` runs them. Ids are inlined as
+//! Pure statement builders (unit-tested below); `batch` runs them. Ids are inlined as
 //! integers read from the database, the table name is a validated identifier, and everything
 //! else is bound.
 

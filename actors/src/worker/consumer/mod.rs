@@ -1,4 +1,5 @@
 //! `ConsumerActor`: one queue's consumer — from the broker to the user's handler actor.
+//! Its channel lifecycle (consuming, reconnecting, stopping) is in `lifecycle`.
 //!
 //! **Owns** one channel in confirm mode (its deliveries, acks, and the retry/dead-letter
 //! copies it publishes) and the consumer stream on it, plus the handler actor when it was
@@ -10,7 +11,7 @@
 //!
 //! Lifecycle: get a channel, set `basic_qos(prefetch)`, declare (or check) the queue's
 //! topology, `basic_consume`. Each delivery runs concurrently (the prefetch bounds how many)
-//! and is settled by `consumer_delivery`. When the stream fails or ends, or the channel is no
+//! and is settled by `worker::delivery`. When the stream fails or ends, or the channel is no
 //! longer open (broker restart, force-closed connection), the actor drops the channel and
 //! starts over with backoff: unacked messages are redelivered by the broker, none is lost.
 //!
@@ -19,7 +20,7 @@
 //! without reaching the handler.
 //!
 //! **Handler restarts**: a handler actor that panics is replaced from its factory (see
-//! `consumer_handler`); the delivery it died on counts as a failed attempt, the deliveries
+//! `worker::handler` and `worker::probation`); the delivery it died on counts as a failed attempt, the deliveries
 //! waiting in its mailbox are requeued uncharged, and the next deliveries go to the fresh actor
 //! one at a time ("probation") until a crash can be attributed. A handler
 //! registered by address cannot be replaced: the consumer requeues and stops consuming.
