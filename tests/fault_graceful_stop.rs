@@ -13,7 +13,7 @@ mod common;
 use std::time::Duration;
 
 use chrono::Utc;
-use common::process::{FaultRig, WorkerOptions, poll_until, report};
+use common::process::{FaultRig, WorkerOptions, report, wait_for};
 
 const BACKLOG: u64 = 6_000;
 const GRACE: Duration = Duration::from_secs(10);
@@ -36,7 +36,7 @@ async fn worker_sigterm_under_load_handles_nothing_twice() {
         .await;
 
     let stopping = rig.workers[0].instance();
-    let in_flight = poll_until(
+    let in_flight = wait_for(
         &format!("{stopping} busy with ≥ {IN_FLIGHT_AT_STOP} handlers after 500 handled"),
         Duration::from_secs(60),
         || async {

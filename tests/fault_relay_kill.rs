@@ -11,7 +11,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::process::{FaultRig, WorkerOptions, poll_until, report};
+use common::process::{FaultRig, WorkerOptions, report, wait_for};
 
 const BACKLOG: u64 = 20_000;
 const BATCH: u32 = 500;
@@ -34,7 +34,7 @@ async fn relay_killed_mid_batch_loses_nothing() {
 
     let mut recoveries = Vec::new();
     for below in KILL_BELOW {
-        poll_until(
+        wait_for(
             &format!("the relay to hold a claimed batch with < {below} rows left"),
             Duration::from_secs(90),
             || async {
@@ -46,7 +46,7 @@ async fn relay_killed_mid_batch_loses_nothing() {
         let left = rig.outbox_rows().await;
         let restarted = Instant::now();
         rig.restart_relay(0).await;
-        poll_until(
+        wait_for(
             "the restarted relay to publish and delete a batch",
             Duration::from_secs(60),
             || async { (rig.outbox_rows().await < left).then_some(()) },

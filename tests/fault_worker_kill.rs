@@ -14,7 +14,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::Utc;
-use common::process::{FaultRig, WorkerOptions, poll_until, report};
+use common::process::{FaultRig, WorkerOptions, report, wait_for};
 
 const BACKLOG: u64 = 4_000;
 const PREFETCH: u16 = 50;
@@ -37,7 +37,7 @@ async fn worker_killed_with_handlers_in_flight_loses_nothing() {
         .await;
 
     let first = rig.workers[0].instance();
-    let in_flight = poll_until(
+    let in_flight = wait_for(
         &format!("500 handled and ≥ {IN_FLIGHT_AT_KILL} handlers in flight"),
         Duration::from_secs(60),
         || async {

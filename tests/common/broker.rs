@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use lapin::message::Delivery;
 use lapin::options::{
     BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
     QueueDeclareOptions, QueueDeleteOptions,
@@ -155,43 +156,17 @@ impl TestBroker {
         expected: usize,
         timeout: Duration,
     ) -> Vec<String> {
-        let channel = self.conn.create_channel().await.expect("channel");
-        let mut consumer = channel
-            .basic_consume(
-                queue.into(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
+        consume_auto_ack(&self.conn, queue, Until::Count(expected, timeout))
             .await
-            .expect("consume");
-        let mut seen: Vec<String> = Vec::with_capacity(expected);
-        let deadline = tokio::time::Instant::now() + timeout;
-        while seen.len() < expected {
-            let next = tokio::time::timeout_at(deadline, consumer.next()).await;
-            match next {
-                Ok(Some(Ok(delivery))) => {
-                    let id = delivery
-                        .properties
-                        .message_id()
-                        .as_ref()
-                        .map(|s| s.to_string())
-                        .unwrap_or_default();
-                    seen.push(id);
-                }
-                Ok(Some(Err(e))) => panic!("consumer error while draining {queue}: {e}"),
-                Ok(None) => panic!("consumer of {queue} ended after {}/{expected}", seen.len()),
-                Err(_) => panic!(
-                    "timed out after {timeout:?} draining {queue}: got {} of {expected} messages",
-                    seen.len()
-                ),
-            }
-        }
-        let _ = channel.close(200, "".into()).await;
-        seen
+            .iter()
+            .map(|d| {
+                d.properties
+                    .message_id()
+                    .as_ref()
+                    .map(|s| s.to_string())
+                    .unwrap_or_default()
+            })
+            .collect()
     }
 
     /// Consumes (auto-ack) every message that arrives in `queue` within `window`: for
@@ -201,27 +176,7 @@ impl TestBroker {
         queue: &str,
         window: Duration,
     ) -> Vec<lapin::message::Delivery> {
-        let channel = self.conn.create_channel().await.expect("channel");
-        let mut consumer = channel
-            .basic_consume(
-                queue.into(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("consume");
-        let mut out = Vec::new();
-        let deadline = tokio::time::Instant::now() + window;
-        while let Ok(Some(Ok(delivery))) = tokio::time::timeout_at(deadline, consumer.next()).await
-        {
-            out.push(delivery);
-        }
-        let _ = channel.close(200, "".into()).await;
-        out
+        consume_auto_ack(&self.conn, queue, Until::Window(window)).await
     }
 
     /// Deletes what the test declared (best effort).
@@ -283,4 +238,51 @@ pub fn assert_none_lost(seen: &HashMap<String, usize>, expected: &[uuid::Uuid]) 
     );
     assert_eq!(seen.len(), expected.len(), "unexpected extra message ids");
     seen.values().map(|n| n - 1).sum()
+}
+
+/// How long [`consume_auto_ack`] goes on.
+#[derive(Debug, Clone, Copy)]
+pub enum Until {
+    /// Until this many messages arrived; fails the test when they did not within the timeout.
+    Count(usize, Duration),
+    /// Whatever arrives within the window (for asserting that nothing, or nothing more, comes).
+    Window(Duration),
+}
+
+/// Consumes `queue` with auto-ack on a channel of its own: the one consume helper of the tests.
+pub async fn consume_auto_ack(conn: &Connection, queue: &str, until: Until) -> Vec<Delivery> {
+    let channel = conn.create_channel().await.expect("channel");
+    let mut consumer = channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("consume {queue}: {e}"));
+    let (wanted, window) = match until {
+        Until::Count(n, timeout) => (Some(n), timeout),
+        Until::Window(window) => (None, window),
+    };
+    let deadline = tokio::time::Instant::now() + window;
+    let mut out = Vec::new();
+    while wanted.is_none_or(|n| out.len() < n) {
+        match tokio::time::timeout_at(deadline, consumer.next()).await {
+            Ok(Some(Ok(delivery))) => out.push(delivery),
+            Ok(Some(Err(e))) => panic!("consumer of {queue} failed after {}: {e}", out.len()),
+            Ok(None) => panic!("consumer of {queue} ended after {}", out.len()),
+            Err(_) if wanted.is_none() => break,
+            Err(_) => panic!(
+                "timed out after {window:?} consuming {queue}: got {} of {}",
+                out.len(),
+                wanted.unwrap_or_default()
+            ),
+        }
+    }
+    let _ = channel.close(200, "".into()).await;
+    out
 }

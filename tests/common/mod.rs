@@ -5,8 +5,7 @@
 //! or `scripts/services` and export the URLs it prints.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
-use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, Statement};
 
@@ -128,24 +127,9 @@ pub async fn both_backends() -> [TestDb; 2] {
     [TestDb::postgres().await, TestDb::sqlite().await]
 }
 
-/// Polls `check` until it returns `Some`, or fails after `timeout` with `what`.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+/// The bounded wait of every test: defined in `process` (which the soak driver includes on its
+/// own), re-exported here.
+pub use process::wait_for;
 
 pub mod broker;
 pub mod faults;

@@ -12,15 +12,14 @@ use actix_outbox_actors::{
     BrokerConfig, ConnectionSupervisor, ConsumerStats, RunningWorker, StopBroker, WorkerConfig,
 };
 use chrono::{DateTime, Utc};
-use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
-use crate::common::broker::TestBroker;
+use crate::common::broker::{TestBroker, Until, consume_auto_ack};
 use crate::common::{unique, wait_for};
 
 /// Retry delays short enough for tests.
@@ -115,33 +114,7 @@ impl WorkerEnv {
 
     /// Takes exactly `n` messages from `queue` (auto-ack), failing after `timeout`.
     pub async fn take(&self, queue: &str, n: usize, timeout: Duration) -> Vec<Delivery> {
-        let channel = self.conn.create_channel().await.expect("channel");
-        let mut consumer = channel
-            .basic_consume(
-                queue.into(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("consume {queue}: {e}"));
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut out = Vec::new();
-        while out.len() < n {
-            match tokio::time::timeout_at(deadline, consumer.next()).await {
-                Ok(Some(Ok(delivery))) => out.push(delivery),
-                Ok(other) => panic!("consumer of {queue} failed: {other:?}"),
-                Err(_) => panic!(
-                    "timed out after {timeout:?} taking from {queue}: got {} of {n}",
-                    out.len()
-                ),
-            }
-        }
-        let _ = channel.close(200, "".into()).await;
-        out
+        consume_auto_ack(&self.conn, queue, Until::Count(n, timeout)).await
     }
 
     /// Stops the worker (bounded) and the supervisor, then deletes everything declared.

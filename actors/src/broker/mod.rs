@@ -1,9 +1,10 @@
 //! The broker wing: one [`ConnectionSupervisor`] owns a process's RabbitMQ connection and
 //! hands out channels; [`BrokerConfig`] says where the broker is and how to reconnect.
 //!
-//! Relay and consumers never hold the connection. They ask for a channel (`broker::channel`: a [`GetChannel`] under a timeout, then confirm mode)
-//! whenever they have none (at start, and after any failure), so a reconnect needs no
-//! coordination: the next request simply gets a channel on the new connection.
+//! Relay and consumers never hold the connection. They ask for a channel (a [`GetChannel`]
+//! under a timeout, then confirm mode) whenever they have none (at start, and after any
+//! failure), so a reconnect needs no coordination: the next request simply gets a channel on
+//! the new connection.
 
 mod config;
 mod runtime;

@@ -12,8 +12,8 @@ use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use uuid::Uuid;
 
-use super::poll_until;
 use super::rig::FaultRig;
+use super::wait_for;
 
 impl FaultRig {
     // ---- the ledger
@@ -230,7 +230,7 @@ impl FaultRig {
             "SELECT min(handled_at) FROM {} WHERE phase = 'done' AND emitted_at > $1",
             self.names.seen_table
         );
-        let first = poll_until(
+        let first = wait_for(
             &format!(
                 "[{}] an event emitted after the fault to be handled",
                 self.case

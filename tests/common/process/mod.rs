@@ -124,9 +124,9 @@ impl Names {
     }
 }
 
-/// Polls `check` every 50 ms until it returns `Some`, or panics after `timeout` naming
-/// `what`.
-pub async fn poll_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+/// Polls `check` every 20 ms until it returns `Some`, or panics after `timeout` naming
+/// `what`. The one bounded wait of every test (`common::wait_for` is this function).
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -140,7 +140,7 @@ where
             start.elapsed() < timeout,
             "timed out after {timeout:?} waiting for {what}"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::child::{ChildProcess, example_binary};
 use super::emitter::{EmitPlan, Emitter};
 use super::ledger::{DeadLetter, Finish};
-use super::{Names, Services, poll_until};
+use super::{Names, Services, wait_for};
 
 /// Settings of the `fault_worker` processes a rig starts.
 #[derive(Debug, Clone)]
@@ -314,7 +314,7 @@ impl FaultRig {
     /// `handled`. Returns the final tally (duplicates counted after the stop) and the dead
     /// letters; deletes the case's tables and broker objects.
     pub async fn finish(mut self, handled: &[Uuid], dead: &[Uuid], timeout: Duration) -> Finish {
-        poll_until(
+        wait_for(
             &format!("[{}] the outbox table to drain", self.case),
             timeout,
             || async { (self.outbox_rows().await == 0).then_some(()) },
@@ -323,7 +323,7 @@ impl FaultRig {
         self.wait_handled(handled, timeout).await;
         let (queue, dlq) = (self.names.queue.clone(), self.names.dlq());
         let want_dead = dead.len() as u32;
-        poll_until(
+        wait_for(
             &format!(
                 "[{}] the queue to drain and {want_dead} dead letters",
                 self.case

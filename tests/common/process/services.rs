@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::poll_until;
+use super::wait_for;
 
 /// Runs `rabbitmqctl <args>` (bounded at 120 s; `RABBITMQ_NODENAME` picks the node) and
 /// panics on failure.
@@ -81,7 +81,7 @@ pub async fn restart_postgres(database_url: &str) {
         "-p".to_owned(),
         port.to_string(),
     ];
-    poll_until(
+    wait_for(
         "PostgreSQL to accept connections again",
         Duration::from_secs(60),
         || {
