@@ -5,10 +5,10 @@
 
 mod common;
 
-/// `examples/actix_web.rs`, compiled into this test: the test serves its routes and runs its
+/// `examples/actix_web/main.rs` (with its `pipeline.rs`), compiled into this test: the test serves its routes and runs its
 /// pipeline; `main` and what only `main` uses stay unused here.
 #[allow(dead_code)]
-#[path = "../examples/actix_web.rs"]
+#[path = "../examples/actix_web/main.rs"]
 mod app;
 
 use std::collections::BTreeSet;

@@ -19,12 +19,14 @@
 //! latency scenario with another build of the `relay` example, for before/after comparisons.
 #![allow(clippy::print_stdout)]
 
+mod broker_floor;
 mod consume;
 mod emit;
 mod latency;
 mod latency_floor;
 mod relay;
 
+use broker_floor::*;
 use consume::*;
 use emit::*;
 use latency::*;

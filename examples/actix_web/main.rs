@@ -36,17 +36,15 @@
 //! `example_outbox`, exchange `example_events`, queue `example_welcome_mailer` — so it never
 //! mixes with the other examples.
 //!
+//! The relay and worker wiring is in `pipeline.rs` beside this file.
+//!
 //! `tests/actix_web_service.rs` compiles this file as a module: it serves `configure` through
 //! actix-web's test service and runs the same `Pipeline`, with its own schema and names.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
-use actix::{Actor, Addr, Context, Handler};
-use actix_outbox::{Event, HandlerResult, Outbox, TableName, redact_url};
-use actix_outbox_actors::{
-    BrokerConfig, ConnectionSupervisor, ConsumerStats, Listen, RelayActor, RelayConfig, RelayStats,
-    RunningWorker, StopBroker, StopRelay, Worker, WorkerConfig,
-};
+use actix_outbox::{Outbox, TableName, redact_url};
+use actix_outbox_actors::BrokerConfig;
 use actix_web::{App, HttpResponse, HttpServer, web};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ConnectOptions, ConnectionTrait, Database,
@@ -54,6 +52,12 @@ use sea_orm::{
 };
 use serde::{Deserialize, Serialize};
 use tracing::{error, info};
+
+/// The relay and the welcome mailer beside the HTTP server (`#[path]` so the test, which
+/// compiles this file as a module of its own, finds it too).
+#[path = "pipeline.rs"]
+mod pipeline;
+pub(crate) use pipeline::{Pipeline, PipelineConfig, SentMail};
 
 /// The outbox table of this example.
 pub(crate) const OUTBOX_TABLE: &str = "example_outbox";
@@ -238,167 +242,6 @@ fn check_rules(user: &UserCreated) -> Result<(), String> {
 fn internal(e: actix_outbox::Error) -> actix_web::Error {
     error!(error = %e, "request failed");
     actix_web::error::ErrorInternalServerError("internal error")
-}
-
-/// The welcome mails sent so far, as user ids in the order sent. A redelivered event would
-/// appear twice: delivery is at least once.
-#[derive(Debug, Default)]
-pub(crate) struct SentMail(Mutex<Vec<i64>>);
-
-impl SentMail {
-    fn record(&self, user_id: i64) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(user_id);
-    }
-
-    /// The user ids welcomed so far.
-    pub(crate) fn user_ids(&self) -> Vec<i64> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-}
-
-/// Handles `user.created`: "sends" the welcome mail (a log line) and records it. Delivery is
-/// at least once, so a real mailer would remember `event.message_id()` and skip repeats.
-#[derive(Debug)]
-pub(crate) struct WelcomeMailer {
-    /// Shared with `main` (summary) and the test (assertions); survives mailer restarts.
-    sent: Arc<SentMail>,
-}
-
-impl Actor for WelcomeMailer {
-    type Context = Context<Self>;
-}
-
-impl Handler<Event<UserCreated>> for WelcomeMailer {
-    type Result = HandlerResult;
-
-    fn handle(&mut self, event: Event<UserCreated>, _: &mut Context<Self>) -> HandlerResult {
-        let user = event.payload();
-        info!(
-            user_id = user.id,
-            username = %user.username,
-            email = %user.email,
-            message_id = %event.message_id(),
-            attempt = event.attempt(),
-            "welcome mail sent"
-        );
-        self.sent.record(user.id);
-        Ok(())
-    }
-}
-
-/// What the background side connects to and the names it uses; the test swaps in its own.
-#[derive(Debug, Clone)]
-pub(crate) struct PipelineConfig {
-    /// Where RabbitMQ is and how to reconnect to it.
-    pub(crate) broker: BrokerConfig,
-    /// Which outbox table the relay drains, and to which exchange.
-    pub(crate) relay: RelayConfig,
-    /// The same exchange, and the retry rules of the mailer.
-    pub(crate) worker: WorkerConfig,
-    /// The welcome mailer's queue.
-    pub(crate) queue: String,
-}
-
-impl PipelineConfig {
-    /// Relays the table of `outbox` to `exchange` and consumes `user.created` from there into
-    /// `queue`; everything else keeps the library defaults.
-    pub(crate) fn new(broker: BrokerConfig, outbox: &Outbox, exchange: &str, queue: &str) -> Self {
-        Self {
-            broker,
-            relay: RelayConfig::default()
-                .with_table(outbox.table().clone())
-                .with_exchange(exchange),
-            worker: WorkerConfig::default().with_exchange(exchange),
-            queue: queue.to_owned(),
-        }
-    }
-}
-
-/// The running background side: the worker, the relay and their broker connection.
-#[derive(Debug)]
-pub(crate) struct Pipeline {
-    /// Runs the welcome mailer on its queue.
-    worker: RunningWorker,
-    /// Publishes committed outbox rows.
-    relay: Addr<RelayActor>,
-    /// The RabbitMQ connection of both.
-    broker: Addr<ConnectionSupervisor>,
-    /// The mailer's queue, to find its counters.
-    queue: String,
-}
-
-/// What the pipeline did, as reported by [`Pipeline::stop`].
-#[derive(Debug)]
-pub(crate) struct PipelineStats {
-    /// The relay's final counters.
-    pub(crate) relay: RelayStats,
-    /// The mailer's counters just before it stopped (`None` if its consumer had died).
-    pub(crate) mailer: Option<ConsumerStats>,
-}
-
-impl Pipeline {
-    /// Starts the broker connection, then the worker, then the relay (inside an actix System).
-    ///
-    /// The worker goes first so that its queue is bound before the relay publishes anything:
-    /// an event no queue is bound for would end up in `<exchange>.unroutable` instead.
-    pub(crate) async fn start(
-        db: &DatabaseConnection,
-        config: PipelineConfig,
-        sent: &Arc<SentMail>,
-    ) -> Result<Self, actix_outbox::Error> {
-        let broker = ConnectionSupervisor::start_supervised(config.broker.clone())?;
-        match Self::start_on(broker.clone(), db, config, sent).await {
-            Ok(pipeline) => Ok(pipeline),
-            Err(e) => {
-                let _closed = broker.send(StopBroker).await; // report `e`, not a mailbox error
-                Err(e)
-            }
-        }
-    }
-
-    /// Starts the worker and the relay on an open broker connection.
-    async fn start_on(
-        broker: Addr<ConnectionSupervisor>,
-        db: &DatabaseConnection,
-        config: PipelineConfig,
-        sent: &Arc<SentMail>,
-    ) -> Result<Self, actix_outbox::Error> {
-        let sent = Arc::clone(sent);
-        let listen = Listen::new([USER_CREATED])?.with_queue(config.queue.as_str());
-        let worker = Worker::new(broker.clone(), config.worker)?
-            .listen(listen, move || WelcomeMailer { sent: sent.clone() })?
-            .start()
-            .await?;
-        let relay = RelayActor::new(db.clone(), broker.clone(), config.relay)?.start();
-        Ok(Self {
-            worker,
-            relay,
-            broker,
-            queue: config.queue,
-        })
-    }
-
-    /// The mailer's consumer counters, while it runs.
-    pub(crate) async fn mailer_stats(&self) -> Option<ConsumerStats> {
-        self.worker.queue_stats(&self.queue).await
-    }
-
-    /// Stops the worker (handlers in flight finish and are acked), the relay (its batch in
-    /// flight is confirmed or released) and the broker connection, in that order. Close the
-    /// database afterwards: nothing uses it any more.
-    pub(crate) async fn stop(self) -> Result<PipelineStats, actix_outbox::Error> {
-        let mailer = self.mailer_stats().await;
-        self.worker.stop().await;
-        let relay = self.relay.send(StopRelay).await?;
-        self.broker.send(StopBroker).await?;
-        Ok(PipelineStats { relay, mailer })
-    }
 }
 
 /// Why the example stopped with an error.
