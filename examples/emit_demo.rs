@@ -60,7 +60,7 @@ async fn main() -> Result<(), actix_outbox::Error> {
     txn.execute_unprepared("INSERT INTO demo_users VALUES (4, 'mallory')")
         .await?;
     let event = OutboxEvent::json("user.created", &serde_json::json!({"id": 4}))?
-        .with_header("source", "emit_demo")?;
+        .with_header("source", "emit_demo");
     outbox.emit_event(&txn, event).await?;
     txn.rollback().await?;
     println!("rolled back user 4: its event must not appear below");

@@ -103,11 +103,10 @@ impl Outbox {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) when the content type is longer
-    /// than 255 bytes (nothing is written), [`Error::Db`](crate::Error::Db) when the insert
-    /// fails.
+    /// As [`OutboxEvent::validate`] (nothing is written), [`Error::Db`](crate::Error::Db)
+    /// when the insert fails.
     pub async fn emit_event<C: ConnectionTrait>(&self, db: &C, event: OutboxEvent) -> Result<Uuid> {
-        event.check()?;
+        event.validate()?;
         let id = event.message_id;
         let now = Utc::now();
         let model = active_model(event, db.get_database_backend(), now);
@@ -139,7 +138,7 @@ impl Outbox {
         let backend = db.get_database_backend();
         let now = Utc::now();
         let events: Vec<OutboxEvent> = events.into_iter().collect();
-        events.iter().try_for_each(OutboxEvent::check)?;
+        events.iter().try_for_each(OutboxEvent::validate)?;
         let ids: Vec<Uuid> = events.iter().map(|e| e.message_id).collect();
         #[cfg(feature = "postgres")]
         if backend == DbBackend::Postgres {

@@ -28,7 +28,7 @@ use crate::routing_key::RoutingKey;
 /// let event = OutboxEvent::json("user.created", &serde_json::json!({"id": 123}))?
 ///     .with_delay(Duration::from_secs(30))
 ///     .with_expiration(Duration::from_secs(300))
-///     .with_header("tenant", "acme")?;
+///     .with_header("tenant", "acme");
 /// assert_eq!(event.routing_key().as_str(), "user.created");
 /// # Ok::<(), actix_outbox::Error>(())
 /// ```
@@ -151,24 +151,30 @@ impl OutboxEvent {
         self.with_expires_at(Utc::now() + to_chrono(ttl))
     }
 
-    /// Adds a user header that travels with the message.
+    /// Adds a user header that travels with the message. The name and value are checked by
+    /// [`validate`](Self::validate), which every emit runs.
+    #[must_use]
+    pub fn with_header(mut self, name: &str, value: impl Into<Value>) -> Self {
+        self.headers.insert(name.to_owned(), value.into());
+        self
+    }
+
+    /// Checks what AMQP must be able to carry; `emit_event` and `emit_many` run it before
+    /// writing anything.
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] when `name` is empty, longer than 128 bytes, or reserved
-    /// (`x-outbox-*`, or a name RabbitMQ sets such as `x-death`), or when an object inside
-    /// `value` has a field name longer than 255 bytes (AMQP cannot carry it).
-    pub fn with_header(mut self, name: &str, value: impl Into<Value>) -> Result<Self> {
-        headers::check_user_header(name)?;
-        let value = value.into();
-        headers::check_user_header_value(name, &value)?;
-        self.headers.insert(name.to_owned(), value);
-        Ok(self)
-    }
-
-    /// Checks what only the emit can check: the content type fits an AMQP short string.
-    pub(crate) fn check(&self) -> Result<()> {
-        headers::check_content_type(&self.content_type)
+    /// [`Error::InvalidConfig`] when the content type is longer than 255 bytes, or a header
+    /// name is empty, longer than 128 bytes, or reserved (`x-outbox-*`, or a name RabbitMQ
+    /// sets such as `x-death`), or an object inside a header value has a field name longer
+    /// than 255 bytes.
+    pub fn validate(&self) -> Result<()> {
+        headers::check_content_type(&self.content_type)?;
+        for (name, value) in &self.headers {
+            headers::check_user_header(name)?;
+            headers::check_user_header_value(name, value)?;
+        }
+        Ok(())
     }
 
     /// Continues a tracking chain: pass the tracking ids of the event being handled so the
@@ -245,8 +251,8 @@ mod tests {
         let event = OutboxEvent::json("a.b", &1)
             .expect("valid")
             .with_tracking_ids(["root"])
-            .with_header("tenant", "acme")
-            .expect("allowed header");
+            .with_header("tenant", "acme");
+        event.validate().expect("allowed header");
         let headers = event.headers_json();
         assert_eq!(headers["tenant"], "acme");
         let chain = headers[headers::TRACKING_IDS].as_array().expect("array");
@@ -258,7 +264,7 @@ mod tests {
     #[test]
     fn reserved_headers_are_refused() {
         let event = OutboxEvent::json("a.b", &1).expect("valid");
-        assert!(event.with_header("x-outbox-attempt", 3).is_err());
+        assert!(event.with_header("x-outbox-attempt", 3).validate().is_err());
     }
 
     #[test]

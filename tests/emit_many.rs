@@ -37,7 +37,6 @@ async fn twelve_thousand_events_in_order_with_every_column() {
                     event
                         .with_content_type("application/x-bulk")
                         .with_header("x-n", n as u64)
-                        .expect("header")
                 } else {
                     event
                 }

@@ -54,14 +54,27 @@ fn bad_table_names_are_refused() {
     }
 }
 
-/// Reserved header names are refused when building the event.
-#[test]
-fn reserved_headers_are_refused() {
-    let event = OutboxEvent::json("a.b", &1).expect("valid event");
-    let err = event
-        .with_header("x-delivery-count", 1)
-        .expect_err("RabbitMQ's own header");
+/// Reserved header names are refused by the event's check, which every emit runs: the emit
+/// writes nothing.
+#[tokio::test]
+async fn reserved_headers_are_refused() {
+    let event = OutboxEvent::json("a.b", &1)
+        .expect("valid event")
+        .with_header("x-delivery-count", 1);
+    let err = event.validate().expect_err("RabbitMQ's own header");
     assert!(err.to_string().contains("reserved"), "{err}");
+    let t = common::TestDb::sqlite().await;
+    setup(&t.db).await.expect("setup");
+    let err = actix_outbox::emit_event(&t.db, event)
+        .await
+        .expect_err("emit refuses it");
+    assert!(err.to_string().contains("reserved"), "{err}");
+    assert_eq!(
+        t.int("SELECT count(*) FROM outbox").await,
+        0,
+        "nothing written"
+    );
+    t.cleanup().await;
 }
 
 /// A content type AMQP cannot carry (over 255 bytes) is refused by `emit_event` and by
@@ -116,8 +129,8 @@ async fn oversize_content_types_write_nothing() {
     }
 }
 
-/// A header value holding an object with a field name over 255 bytes is refused when the
-/// event is built.
+/// A header value holding an object with a field name over 255 bytes is refused by the
+/// event's check.
 #[test]
 fn oversize_names_inside_header_values_are_refused() {
     let event = OutboxEvent::json("a.b", &1).expect("valid event");
@@ -125,9 +138,11 @@ fn oversize_names_inside_header_values_are_refused() {
     let err = event
         .clone()
         .with_header("meta", serde_json::json!({"list": [{long.as_str(): 1}]}))
+        .validate()
         .expect_err("nested name too long");
     assert!(err.to_string().contains("256 bytes"), "{err}");
     event
         .with_header("meta", serde_json::json!({"k".repeat(255): [1, 2]}))
+        .validate()
         .expect("255 bytes fit");
 }
