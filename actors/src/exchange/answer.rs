@@ -3,10 +3,22 @@
 //! Every publish of this crate is made on a channel in confirm mode with `mandatory` set, so
 //! the broker either confirms it (routed), returns it before confirming (routed nowhere),
 //! refuses it (nack), or the client never hears back (channel failed, deadline passed).
+//!
+//! **Returns are not tied to their publish.** RabbitMQ sends `basic.return` before the
+//! message's `basic.ack`, but lapin hands a return to whichever confirm it completes next, and
+//! a multiple-ack completes its delivery tags in no particular order. So the confirm that
+//! carries a return may belong to another publish of the same channel. A publish's answer is
+//! therefore decided from the *set* of messages returned on its channel ([`resolve`]), by
+//! message id, exchange and routing key, never from which confirm carried the return; and
+//! that set is complete only once every confirm pending on the channel has completed. The
+//! relay gets there by giving each batch in flight a channel of its own, the worker by
+//! publishing one copy at a time per channel.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use lapin::Confirmation;
+use lapin::message::BasicReturnMessage;
 
 /// How the broker answered one publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,23 +35,6 @@ pub(crate) enum Answer {
 }
 
 impl Answer {
-    /// Reads what awaiting a confirm under a deadline of `wait` gave.
-    pub(crate) fn of(
-        waited: Result<lapin::Result<Confirmation>, tokio::time::error::Elapsed>,
-        wait: Duration,
-    ) -> Self {
-        match waited {
-            Ok(Ok(Confirmation::Ack(None))) => Answer::Confirmed,
-            Ok(Ok(Confirmation::Ack(Some(_)))) => Answer::Returned,
-            Ok(Ok(Confirmation::Nack(_))) => Answer::Nacked,
-            Ok(Ok(Confirmation::NotRequested)) => {
-                Answer::Unknown("the channel is not in confirm mode".to_owned())
-            }
-            Ok(Err(e)) => Answer::Unknown(e.to_string()),
-            Err(_) => Answer::Unknown(format!("no confirm within {wait:?}")),
-        }
-    }
-
     /// Whether the channel can no longer be trusted after this answer (anything but a
     /// confirm, a return or a nack).
     pub(crate) fn channel_error(&self) -> Option<&str> {
@@ -50,26 +45,170 @@ impl Answer {
     }
 }
 
+/// What identifies a published message among the returns of its channel.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct ReturnKey {
+    /// The exchange it was published to.
+    pub(crate) exchange: String,
+    /// Its routing key.
+    pub(crate) routing_key: String,
+    /// Its AMQP message id.
+    pub(crate) message_id: String,
+}
+
+impl ReturnKey {
+    /// The key of a message published to `exchange` with `routing_key` and `message_id`.
+    pub(crate) fn new(exchange: &str, routing_key: &str, message_id: &str) -> Self {
+        Self {
+            exchange: exchange.to_owned(),
+            routing_key: routing_key.to_owned(),
+            message_id: message_id.to_owned(),
+        }
+    }
+
+    fn of(returned: &BasicReturnMessage) -> Self {
+        let d = &returned.delivery;
+        let id = d
+            .properties
+            .message_id()
+            .as_ref()
+            .map_or("", |s| s.as_str());
+        Self::new(d.exchange.as_str(), d.routing_key.as_str(), id)
+    }
+}
+
+/// One confirm as it completed: the answer to its own publish (a carried return aside), and
+/// the return it carried, whoever's that is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Completed {
+    /// Confirmed, nacked or unknown: never [`Answer::Returned`] (see [`resolve`]).
+    answer: Answer,
+    /// The key of the returned message this confirm carried.
+    carried: Option<ReturnKey>,
+}
+
+impl Completed {
+    /// Reads what awaiting a confirm under a deadline of `wait` gave.
+    pub(crate) fn read(
+        waited: Result<lapin::Result<Confirmation>, tokio::time::error::Elapsed>,
+        wait: Duration,
+    ) -> Self {
+        let (answer, carried) = match waited {
+            Ok(Ok(Confirmation::Ack(returned))) => (Answer::Confirmed, returned),
+            Ok(Ok(Confirmation::Nack(returned))) => (Answer::Nacked, returned),
+            Ok(Ok(Confirmation::NotRequested)) => (
+                Answer::Unknown("the channel is not in confirm mode".to_owned()),
+                None,
+            ),
+            Ok(Err(e)) => (Answer::Unknown(e.to_string()), None),
+            Err(_) => (Answer::Unknown(format!("no confirm within {wait:?}")), None),
+        };
+        Self {
+            answer,
+            carried: carried.map(|r| ReturnKey::of(&r)),
+        }
+    }
+}
+
+/// The answer to each publish of one channel, given each publish's key and how its confirm
+/// completed, in the same order. A publish whose key is among the returns carried by *any*
+/// confirm was returned; every other publish answers with its own confirm.
+///
+/// Call it only once every confirm pending on the channel has completed (or the channel is
+/// given up): before that, a return may still be on its way on another publish's confirm.
+pub(crate) fn resolve(keys: &[ReturnKey], completed: Vec<Completed>) -> Vec<Answer> {
+    let returned: HashSet<&ReturnKey> = completed
+        .iter()
+        .filter_map(|c| c.carried.as_ref())
+        .collect();
+    let answers: Vec<Answer> = keys
+        .iter()
+        .zip(&completed)
+        .map(|(key, c)| {
+            if returned.contains(key) {
+                Answer::Returned
+            } else {
+                c.answer.clone()
+            }
+        })
+        .collect();
+    answers
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn key(id: &str, rk: &str) -> ReturnKey {
+        ReturnKey::new("outbox", rk, id)
+    }
+
+    fn confirmed(carried: Option<ReturnKey>) -> Completed {
+        Completed {
+            answer: Answer::Confirmed,
+            carried,
+        }
+    }
+
     #[test]
-    fn confirmations_map_to_answers() {
-        let wait = Duration::from_secs(1);
+    fn a_return_carried_by_another_confirm_is_still_ours() {
+        let keys = [key("a", "ok.1"), key("b", "lost.1"), key("c", "ok.2")];
+        // lapin completed `a`'s confirm with `b`'s return, and `b`'s with nothing.
+        let completed = vec![
+            confirmed(Some(key("b", "lost.1"))),
+            confirmed(None),
+            confirmed(None),
+        ];
         assert_eq!(
-            Answer::of(Ok(Ok(Confirmation::Ack(None))), wait),
-            Answer::Confirmed
+            resolve(&keys, completed),
+            [Answer::Confirmed, Answer::Returned, Answer::Confirmed]
         );
+    }
+
+    #[test]
+    fn nacks_and_unknowns_answer_for_themselves() {
+        let keys = [key("a", "x"), key("b", "y"), key("c", "z")];
+        let completed = vec![
+            Completed {
+                answer: Answer::Nacked,
+                carried: None,
+            },
+            Completed {
+                answer: Answer::Unknown("channel closed".into()),
+                carried: None,
+            },
+            Completed {
+                answer: Answer::Nacked,
+                carried: Some(key("c", "z")),
+            },
+        ];
+        let answers = resolve(&keys, completed);
+        assert_eq!(answers[0], Answer::Nacked);
+        assert_eq!(answers[1].channel_error(), Some("channel closed"));
         assert_eq!(
-            Answer::of(Ok(Ok(Confirmation::Nack(None))), wait),
-            Answer::Nacked
+            answers[2],
+            Answer::Returned,
+            "returned, whatever its own confirm said"
         );
-        let none = Answer::of(Ok(Ok(Confirmation::NotRequested)), wait);
+    }
+
+    #[test]
+    fn the_same_message_id_on_another_key_is_another_message() {
+        let keys = [key("dup", "ok.1"), key("dup", "lost.1")];
+        let completed = vec![confirmed(None), confirmed(Some(key("dup", "lost.1")))];
+        assert_eq!(
+            resolve(&keys, completed),
+            [Answer::Confirmed, Answer::Returned]
+        );
+    }
+
+    #[test]
+    fn no_confirm_mode_is_unknown() {
+        let c = Completed::read(Ok(Ok(Confirmation::NotRequested)), Duration::from_secs(1));
         assert!(
-            none.channel_error()
+            c.answer
+                .channel_error()
                 .is_some_and(|w| w.contains("confirm mode"))
         );
-        assert_eq!(Answer::Returned.channel_error(), None);
     }
 }

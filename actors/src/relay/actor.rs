@@ -1,6 +1,7 @@
 //! `RelayActor`: moves committed outbox rows to the RabbitMQ topic exchange.
 //!
-//! **Owns** a publishing channel (in confirm mode) and, on PostgreSQL, a LISTEN task.
+//! **Owns** its publishing channels (in confirm mode, one per batch in flight, so the returns
+//! of a batch are never confused with another's) and, on PostgreSQL, a LISTEN task.
 //! **Receives** [`WakeUp`] (from the LISTEN task, its poll timer, its due-time timer, or you),
 //! [`GetRelayStats`] and [`StopRelay`].
 //! **Asks** the [`ConnectionSupervisor`] for a channel whenever it has none or its channel
@@ -62,8 +63,10 @@ pub struct RelayActor {
     sql: Arc<RelaySql>,
     /// Where in its lifecycle the relay is.
     state: State,
-    /// The publishing channel (confirm mode, topology declared); `None` until needed.
-    channel: Option<Channel>,
+    /// Idle publishing channels (confirm mode, topology declared). A batch takes one for
+    /// itself and gives it back when done, so no two batches share a channel: a return is
+    /// then always among its own batch's confirms (see `exchange::answer`).
+    channels: Vec<Channel>,
     /// Batches in flight (at most `concurrency`).
     running: usize,
     /// Batches allowed in flight at once (1 on SQLite).
@@ -123,7 +126,7 @@ impl RelayActor {
             config: Arc::new(config),
             sql: Arc::new(sql),
             state: State::Active,
-            channel: None,
+            channels: Vec::new(),
             running: 0,
             concurrency,
             wake_again: false,
@@ -213,7 +216,7 @@ impl RelayActor {
         }
         self.running += 1;
         self.wake_again = false;
-        let channel = self.channel.clone();
+        let channel = self.channels.pop();
         let supervisor = self.supervisor.clone();
         let (db, config, sql) = (self.db.clone(), self.config.clone(), self.sql.clone());
         let batch = async move {
@@ -240,6 +243,11 @@ impl RelayActor {
         ctx: &mut Context<Self>,
     ) {
         self.running -= 1;
+        let broke = matches!(&result, Ok(report) if report.channel_error.is_some());
+        match channel {
+            Some(c) if !broke && c.status().connected() => self.channels.push(c),
+            _ => {} // broken, or to be opened afresh: dropped
+        }
         let report = match result {
             Ok(report) => report,
             Err(e) => {
@@ -253,7 +261,6 @@ impl RelayActor {
             warn!(%reason, released = report.released, "publishing channel broke; reconnecting");
             return self.after_error(ctx);
         }
-        self.channel = channel;
         self.error_streak = 0;
         if self.state == State::Stopping {
             return self.stop_when_idle(ctx);
@@ -269,10 +276,9 @@ impl RelayActor {
         }
     }
 
-    /// Drops the channel and, once no batch is in flight, pauses with backoff before trying
-    /// again (or stops, if asked to).
+    /// Once no batch is in flight, pauses with backoff before trying again (or stops, if
+    /// asked to).
     fn after_error(&mut self, ctx: &mut Context<Self>) {
-        self.channel = None;
         if self.state == State::Stopping {
             return self.stop_when_idle(ctx);
         }
@@ -296,7 +302,7 @@ impl RelayActor {
     /// Nothing more is due now: arm the due-time timer and do housekeeping.
     fn idle(&mut self, ctx: &mut Context<Self>) {
         let (db, sql, config) = (self.db.clone(), self.sql.clone(), self.config.clone());
-        let channel = self.channel.clone();
+        let supervisor = self.supervisor.clone();
         let housekeeping = self.last_housekeeping.elapsed() >= config.poll_interval;
         if housekeeping {
             self.last_housekeeping = Instant::now();
@@ -310,8 +316,8 @@ impl RelayActor {
                     warn!(error = %e, "purging sent rows failed");
                     0
                 });
-                if let (Some(c), Unroutable::AlternateExchange) = (&channel, config.unroutable) {
-                    depth = exchange::unroutable_depth(c, config.exchange()).await.ok();
+                if config.unroutable == Unroutable::AlternateExchange {
+                    depth = unroutable_depth(&supervisor, &config).await;
                 }
             }
             (due, purged, depth)
@@ -358,9 +364,9 @@ impl RelayActor {
         if let Some(task) = self.listener.take() {
             task.abort();
         }
-        let channel = self.channel.take();
+        let channels = std::mem::take(&mut self.channels);
         let close = async move {
-            if let Some(c) = channel {
+            for c in channels {
                 let closing = c.close(200, "relay stopping".into());
                 let _ = tokio::time::timeout(Duration::from_secs(2), closing).await;
             }
@@ -384,4 +390,21 @@ async fn open_channel(
     )
     .await?;
     Ok(channel)
+}
+
+/// How many messages wait in `<exchange>.unroutable`, asked on a throwaway channel: a
+/// passive declare of a missing queue closes its channel, which must never be one with
+/// publishes in flight.
+async fn unroutable_depth(
+    supervisor: &Addr<ConnectionSupervisor>,
+    config: &RelayConfig,
+) -> Option<u32> {
+    let channel = broker::channel(supervisor, config.confirm_timeout)
+        .await
+        .ok()?;
+    let depth = exchange::unroutable_depth(&channel, config.exchange()).await;
+    if channel.status().connected() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), channel.close(200, "".into())).await;
+    }
+    depth.ok()
 }

@@ -21,7 +21,7 @@ use super::config::{Cleanup, RelayConfig};
 use super::envelope;
 use super::fate::{self, BatchReport, Fate};
 use super::sql::RelaySql;
-use crate::exchange::Answer;
+use crate::exchange::{Completed, ReturnKey, resolve};
 
 /// Runs one batch on `db` through `channel`.
 ///
@@ -190,7 +190,18 @@ pub(crate) async fn publish(
     let deadline = tokio::time::Instant::now() + config.confirm_timeout;
     let (pending, mut channel_error) = await_writes(queued, deadline, config).await;
     timer.lap(Stage::Publish);
-    for (i, answer) in await_confirms(pending, deadline, config).await {
+    let (published, completed): (Vec<usize>, Vec<Completed>) =
+        await_confirms(pending, deadline, config)
+            .await
+            .into_iter()
+            .unzip();
+    // Every confirm of this channel has completed now (the channel is this batch's alone), so
+    // the returns they carried are all in: each row's answer is read against that set.
+    let keys: Vec<ReturnKey> = published
+        .iter()
+        .map(|&i| return_key(config, &rows[i]))
+        .collect();
+    for (&i, answer) in published.iter().zip(resolve(&keys, completed)) {
         if let Some(why) = answer.channel_error() {
             channel_error.get_or_insert_with(|| why.to_owned());
         }
@@ -290,13 +301,22 @@ async fn await_confirms(
     pending: Vec<(usize, PublisherConfirm)>,
     deadline: tokio::time::Instant,
     config: &RelayConfig,
-) -> Vec<(usize, Answer)> {
-    let mut answers = Vec::with_capacity(pending.len());
+) -> Vec<(usize, Completed)> {
+    let mut completed = Vec::with_capacity(pending.len());
     for (i, confirm) in pending {
         let waited = tokio::time::timeout_at(deadline, confirm).await;
-        answers.push((i, Answer::of(waited, config.confirm_timeout)));
+        completed.push((i, Completed::read(waited, config.confirm_timeout)));
     }
-    answers
+    completed
+}
+
+/// How a row's message is recognised among the channel's returns.
+fn return_key(config: &RelayConfig, row: &Model) -> ReturnKey {
+    ReturnKey::new(
+        config.exchange(),
+        &row.routing_key,
+        &row.message_id.to_string(),
+    )
 }
 
 /// Applies the fates: finish sent rows in one statement, record each refusal, leave unknown

@@ -19,14 +19,20 @@ use tracing::{Instrument, debug, field, info_span, warn};
 
 use super::envelope::{DeliveryMeta, copy_properties, decode_payload, time_left_ms};
 use super::handler::Sends;
+use super::link::CopyTurn;
 use super::listen::SharedSpec;
 use super::retry::{Fate, Outcome, decide, expire_if_past};
-use crate::exchange::{Answer, dead_letter_exchange, dead_letter_queue, delay_name};
+use crate::exchange::{
+    Answer, Completed, ReturnKey, dead_letter_exchange, dead_letter_queue, delay_name, resolve,
+};
 
 /// What a delivery needs from its consumer.
 pub(crate) struct Job<T: Send + 'static> {
     /// The channel the delivery came on (confirm mode): copies are published on it.
     pub(crate) channel: Channel,
+    /// Held while a copy is published and confirmed: one copy at a time per channel, so a
+    /// returned copy is never mistaken for another (see `exchange::answer`).
+    pub(crate) copy_turn: CopyTurn,
     /// The queue's settings.
     pub(crate) spec: SharedSpec,
     /// Where the event goes.
@@ -185,7 +191,9 @@ async fn settle<T: Send + 'static>(
     }
 }
 
-/// Publishes a copy (`mandatory`) and waits for its confirm, bounded by the confirm timeout.
+/// Publishes a copy (`mandatory`) and waits for its confirm, bounded by the confirm timeout,
+/// while holding the channel's copy turn: with one copy in flight per channel, every return
+/// the confirm could carry is this copy's own, and [`resolve`] checks it is.
 ///
 /// A copy whose answer is unknown gets its original requeued (above); when the channel
 /// itself has failed, that requeue fails too and the consumer learns of the loss from it.
@@ -200,6 +208,9 @@ async fn publish<T: Send + 'static>(
         mandatory: true,
         immediate: false,
     };
+    let id = props.message_id().as_ref().map_or("", |s| s.as_str());
+    let key = ReturnKey::new(exchange, routing_key, id);
+    let _turn = job.copy_turn.lock().await;
     let confirm = match job
         .channel
         .basic_publish(exchange.into(), routing_key.into(), options, body, props)
@@ -209,7 +220,11 @@ async fn publish<T: Send + 'static>(
         Err(e) => return Answer::Unknown(e.to_string()),
     };
     let wait: Duration = job.spec.confirm_timeout;
-    Answer::of(tokio::time::timeout(wait, confirm).await, wait)
+    let completed = Completed::read(tokio::time::timeout(wait, confirm).await, wait);
+    let mut answers = resolve(&[key], vec![completed]);
+    answers
+        .pop()
+        .unwrap_or(Answer::Unknown("no answer".to_owned()))
 }
 
 async fn ack(delivery: &Delivery) -> Settled {

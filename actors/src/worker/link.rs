@@ -107,11 +107,17 @@ pub(crate) fn incoming(consumer: Consumer, generation: u64) -> impl Stream<Item 
 pub(crate) struct Link {
     /// The consumer's channel (confirm mode).
     pub(crate) channel: Channel,
+    /// One copy at a time on this channel (see [`CopyTurn`]).
+    pub(crate) copy_turn: CopyTurn,
     /// The consumer tag, for the cancel.
     pub(crate) tag: ShortString,
     /// The stream added to the actor's context.
     pub(crate) stream: SpawnHandle,
 }
+
+/// Held while a retry or dead-letter copy is published and confirmed on a consumer's
+/// channel: one copy at a time, so a returned copy is never mistaken for another.
+pub(crate) type CopyTurn = std::sync::Arc<tokio::sync::Mutex<()>>;
 
 /// Cancels consumer `tag` (bounded by 5 s): the broker sends no new deliveries.
 pub(crate) async fn cancel(channel: Channel, tag: lapin::types::ShortString) {

@@ -10,7 +10,7 @@ use tracing::{info, warn};
 
 use super::{ConsumerActor, State};
 use crate::worker::delivery;
-use crate::worker::link::{Link, cancel, close, incoming, open_link};
+use crate::worker::link::{CopyTurn, Link, cancel, close, incoming, open_link};
 
 impl<T: DeserializeOwned + Send + 'static> ConsumerActor<T> {
     /// Gets a channel and starts consuming (unless stopping).
@@ -40,6 +40,7 @@ impl<T: DeserializeOwned + Send + 'static> ConsumerActor<T> {
         let stream = ctx.add_stream(incoming(consumer, generation));
         self.link = Some(Link {
             channel,
+            copy_turn: CopyTurn::default(),
             tag,
             stream,
         });

@@ -245,6 +245,7 @@ impl<T: DeserializeOwned + Send + 'static> ConsumerActor<T> {
         let (handler, handler_generation, sends) = self.handler.current();
         let job = Job {
             channel: link.channel.clone(),
+            copy_turn: link.copy_turn.clone(),
             spec: self.spec.clone(),
             handler,
             restartable: self.handler.restartable(),
