@@ -85,20 +85,33 @@ async fn returns_are_matched_by_message_not_by_confirm() {
     let stats_after = relay.stop().await;
 
     let delivered_ids: HashSet<String> = delivered.keys().cloned().collect();
-    assert_eq!(delivered_ids, routable, "exactly the routable rows were delivered");
-    assert!(delivered.values().all(|&n| n == 1), "each once: {delivered:?}");
+    assert_eq!(
+        delivered_ids, routable,
+        "exactly the routable rows were delivered"
+    );
+    assert!(
+        delivered.values().all(|&n| n == 1),
+        "each once: {delivered:?}"
+    );
     assert!(more.is_empty(), "{} more deliveries arrived", more.len());
     assert_eq!(
         (stats.published, stats.refused),
         (PAIRS as u64, PAIRS as u64),
         "{stats:?}"
     );
-    assert_eq!(stats_after.published, PAIRS as u64, "nothing re-sent: {stats_after:?}");
+    assert_eq!(
+        stats_after.published, PAIRS as u64,
+        "nothing re-sent: {stats_after:?}"
+    );
 
     let left = Entity::find().all(&t.db).await.expect("read outbox");
     assert_eq!(left.len(), PAIRS, "every unroutable row is kept");
     for row in &left {
-        assert!(row.routing_key.starts_with("lost."), "{} was kept", row.routing_key);
+        assert!(
+            row.routing_key.starts_with("lost."),
+            "{} was kept",
+            row.routing_key
+        );
         assert_eq!(row.attempts, 1, "{} charged once", row.routing_key);
         assert!(!routable.contains(&row.message_id.to_string()));
     }
