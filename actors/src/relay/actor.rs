@@ -31,11 +31,11 @@ use tracing::{debug, info, warn};
 
 use super::batch;
 use super::config::RelayConfig;
-use super::fate::BatchReport;
+use super::fate::{self, BatchReport};
 use super::sql::RelaySql;
 use super::{GetRelayStats, RelayStats, StopRelay, WakeUp};
-use crate::broker::{self, ConnectionSupervisor};
-use crate::exchange::{self, Unroutable};
+use crate::broker::ConnectionSupervisor;
+use crate::exchange::Unroutable;
 
 /// The relay's lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +75,9 @@ pub struct RelayActor {
     wake_again: bool,
     /// Consecutive failed batches (drives the error backoff).
     error_streak: u32,
+    /// Consecutive claims that found nothing (drives the due timer's backoff: see
+    /// `fate::due_wait`).
+    empty_rounds: u32,
     /// The timer for the next due row, if one is set.
     due_timer: Option<SpawnHandle>,
     /// The LISTEN task (PostgreSQL).
@@ -131,6 +134,7 @@ impl RelayActor {
             concurrency,
             wake_again: false,
             error_streak: 0,
+            empty_rounds: 0,
             due_timer: None,
             listener: None,
             last_housekeeping: Instant::now(),
@@ -222,7 +226,7 @@ impl RelayActor {
         let batch = async move {
             let channel = match channel {
                 Some(c) if c.status().connected() => c,
-                _ => match open_channel(&supervisor, &config).await {
+                _ => match batch::open_channel(&supervisor, &config).await {
                     Ok(c) => c,
                     Err(e) => return (None, Err(e)),
                 },
@@ -262,6 +266,10 @@ impl RelayActor {
             return self.after_error(ctx);
         }
         self.error_streak = 0;
+        self.empty_rounds = match report.claimed {
+            0 => self.empty_rounds.saturating_add(1),
+            _ => 0,
+        };
         if self.state == State::Stopping {
             return self.stop_when_idle(ctx);
         }
@@ -317,7 +325,7 @@ impl RelayActor {
                     0
                 });
                 if config.unroutable == Unroutable::AlternateExchange {
-                    depth = unroutable_depth(&supervisor, &config).await;
+                    depth = batch::unroutable_depth(&supervisor, &config).await;
                 }
             }
             (due, purged, depth)
@@ -332,8 +340,12 @@ impl RelayActor {
                 act.stats.unroutable_queued = depth;
             }
             match due {
-                Ok(Some(delay)) if delay < act.config.poll_interval => act.arm_due_timer(delay, ctx),
-                Ok(_) => {}
+                Ok(Some(due_in)) => {
+                    if let Some(wait) = fate::due_wait(due_in, act.empty_rounds, act.config.poll_interval) {
+                        act.arm_due_timer(wait, ctx);
+                    }
+                }
+                Ok(None) => {}
                 Err(e) => debug!(error = %e, "next-due query failed; the poll timer covers it"),
             }
         }));
@@ -343,8 +355,6 @@ impl RelayActor {
         if let Some(handle) = self.due_timer.take() {
             ctx.cancel_future(handle);
         }
-        // A little slack so the row is due by the database clock when we look.
-        let delay = delay + Duration::from_millis(5);
         self.due_timer = Some(ctx.run_later(delay, |act, ctx| {
             act.due_timer = None;
             act.start_batch(ctx);
@@ -373,38 +383,4 @@ impl RelayActor {
         };
         ctx.wait(close.into_actor(self).map(|(), _, ctx| ctx.stop()));
     }
-}
-
-/// Gets a confirm-mode channel from the supervisor (bounded by the confirm timeout) and
-/// declares (or checks) the exchange.
-async fn open_channel(
-    supervisor: &Addr<ConnectionSupervisor>,
-    config: &RelayConfig,
-) -> Result<Channel> {
-    let channel = broker::channel(supervisor, config.confirm_timeout).await?;
-    exchange::declare_exchange(
-        &channel,
-        config.exchange(),
-        config.unroutable,
-        config.topology,
-    )
-    .await?;
-    Ok(channel)
-}
-
-/// How many messages wait in `<exchange>.unroutable`, asked on a throwaway channel: a
-/// passive declare of a missing queue closes its channel, which must never be one with
-/// publishes in flight.
-async fn unroutable_depth(
-    supervisor: &Addr<ConnectionSupervisor>,
-    config: &RelayConfig,
-) -> Option<u32> {
-    let channel = broker::channel(supervisor, config.confirm_timeout)
-        .await
-        .ok()?;
-    let depth = exchange::unroutable_depth(&channel, config.exchange()).await;
-    if channel.status().connected() {
-        let _ = tokio::time::timeout(Duration::from_secs(2), channel.close(200, "".into())).await;
-    }
-    depth.ok()
 }

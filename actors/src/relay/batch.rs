@@ -5,11 +5,13 @@
 
 use std::future::Future;
 use std::task::Poll;
-use std::time::Instant;
+use std::time::Duration;
 
+use actix::Addr;
 use futures_util::future::Either;
 
 use actix_outbox::Result;
+
 use actix_outbox::outbox_message::{Entity, Model};
 use chrono::Utc;
 use lapin::options::BasicPublishOptions;
@@ -21,7 +23,9 @@ use super::config::{Cleanup, RelayConfig};
 use super::envelope;
 use super::fate::{self, BatchReport, Fate};
 use super::sql::RelaySql;
-use crate::exchange::{Completed, ReturnKey, resolve};
+use super::stages::{Stage, StageTimer, due_lag};
+use crate::broker::{self, ConnectionSupervisor};
+use crate::exchange::{self, Completed, ReturnKey, resolve};
 
 /// Runs one batch on `db` through `channel`.
 ///
@@ -102,69 +106,6 @@ async fn claim<C: ConnectionTrait>(
 ) -> Result<Vec<Model>> {
     let stmt = sql.claim(config.batch_size, Utc::now());
     Ok(Entity::find().from_raw_sql(stmt).all(db).await?)
-}
-
-/// The stages of a batch, timed for the `batch done` debug event.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Stage {
-    /// `BEGIN` (PostgreSQL: before the claim; SQLite: the settling transaction).
-    Begin,
-    /// The claiming `SELECT`.
-    Claim,
-    /// Handing every publish to the channel.
-    Publish,
-    /// Waiting for the broker's confirms.
-    Confirm,
-    /// Deleting, marking and recording failures.
-    Settle,
-    /// `COMMIT`.
-    Commit,
-}
-
-/// Time spent per [`Stage`]: each lap books the time since the previous one.
-#[derive(Debug)]
-pub(crate) struct StageTimer {
-    started: Instant,
-    last: Instant,
-    micros: [u64; 6],
-}
-
-impl StageTimer {
-    pub(crate) fn new() -> Self {
-        let now = Instant::now();
-        Self {
-            started: now,
-            last: now,
-            micros: [0; 6],
-        }
-    }
-
-    /// Books the time since the previous lap to `stage`.
-    pub(crate) fn lap(&mut self, stage: Stage) {
-        let now = Instant::now();
-        self.micros[stage as usize] += micros(now - self.last);
-        self.last = now;
-    }
-
-    fn micros(&self, stage: Stage) -> u64 {
-        self.micros[stage as usize]
-    }
-
-    fn total_micros(&self) -> u64 {
-        micros(self.started.elapsed())
-    }
-}
-
-fn micros(d: std::time::Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
-
-/// How long the longest-waiting row of a batch had been due when it was claimed, in µs (by
-/// this host's clock against the row's `send_after`; meaningful when both share a clock).
-fn due_lag(rows: &[Model]) -> u64 {
-    rows.iter().map(|r| r.send_after).min().map_or(0, |due| {
-        u64::try_from((Utc::now() - due).num_microseconds().unwrap_or(0)).unwrap_or(0)
-    })
 }
 
 /// The outcome of publishing a batch: one fate per row, plus a channel error if any.
@@ -372,4 +313,38 @@ pub(crate) async fn next_due(
     let next: Option<chrono::DateTime<Utc>> = row.try_get("", "next")?;
     let now: chrono::DateTime<Utc> = row.try_get("", "db_now")?;
     Ok(next.map(|next| (next - now).to_std().unwrap_or_default()))
+}
+
+/// Gets a confirm-mode channel from the supervisor (bounded by the confirm timeout) and
+/// declares (or checks) the exchange.
+pub(crate) async fn open_channel(
+    supervisor: &Addr<ConnectionSupervisor>,
+    config: &RelayConfig,
+) -> Result<Channel> {
+    let channel = broker::channel(supervisor, config.confirm_timeout).await?;
+    exchange::declare_exchange(
+        &channel,
+        config.exchange(),
+        config.unroutable,
+        config.topology,
+    )
+    .await?;
+    Ok(channel)
+}
+
+/// How many messages wait in `<exchange>.unroutable`, asked on a throwaway channel: a
+/// passive declare of a missing queue closes its channel, which must never be one with
+/// publishes in flight.
+pub(crate) async fn unroutable_depth(
+    supervisor: &Addr<ConnectionSupervisor>,
+    config: &RelayConfig,
+) -> Option<u32> {
+    let channel = broker::channel(supervisor, config.confirm_timeout)
+        .await
+        .ok()?;
+    let depth = exchange::unroutable_depth(&channel, config.exchange()).await;
+    if channel.status().connected() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), channel.close(200, "".into())).await;
+    }
+    depth.ok()
 }

@@ -158,6 +158,26 @@ pub(crate) fn after_refusal(attempts_so_far: i32, config: &RelayConfig) -> (u32,
     (attempts, park, retry_in)
 }
 
+/// How long the relay sleeps before looking again, when the earliest unsent row is due in
+/// `due_in` and the last `empty_rounds` claims in a row found nothing.
+///
+/// A due row that the claim skips (locked by another relay, or by an emitting transaction
+/// that has not committed) keeps `due_in` at zero; looking again every few milliseconds would
+/// spin for as long as the lock is held. So each empty round doubles the wait, from 5 ms,
+/// up to the poll interval; a claim that finds rows resets the count. `None`: nothing due
+/// before the poll interval, which covers it.
+pub(crate) fn due_wait(due_in: Duration, empty_rounds: u32, poll: Duration) -> Option<Duration> {
+    if due_in >= poll {
+        return None;
+    }
+    let floor = match empty_rounds {
+        0 => Duration::ZERO,
+        n => Duration::from_millis(5).saturating_mul(1 << (n - 1).min(20)),
+    };
+    // A little slack so the row is due by the database clock when the relay looks.
+    Some((due_in.max(floor) + Duration::from_millis(5)).min(poll))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,6 +240,24 @@ mod tests {
             1,
             "a corrupt count starts over"
         );
+    }
+
+    #[test]
+    fn the_due_timer_backs_off_while_due_rows_stay_locked() {
+        let poll = Duration::from_millis(500);
+        let ms = |n| Duration::from_millis(n);
+        assert_eq!(due_wait(ms(0), 0, poll), Some(ms(5)), "first look: at once");
+        assert_eq!(due_wait(ms(100), 0, poll), Some(ms(105)));
+        assert_eq!(due_wait(ms(600), 0, poll), None, "the poll covers it");
+        let waits: Vec<_> = (1..=9)
+            .map(|n| due_wait(ms(0), n, poll).expect("due"))
+            .collect();
+        assert_eq!(
+            waits,
+            [10, 15, 25, 45, 85, 165, 325, 500, 500].map(ms),
+            "doubling up to the poll interval"
+        );
+        assert_eq!(due_wait(ms(0), u32::MAX, poll), Some(poll), "no overflow");
     }
 
     #[test]

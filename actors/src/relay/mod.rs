@@ -1,7 +1,7 @@
 //! The relay wing: [`RelayActor`] moves committed outbox rows to the topic exchange.
 //!
 //! One batch, start to finish: `sql` builds the claim (`FOR UPDATE SKIP LOCKED` on
-//! PostgreSQL), `batch` claims the rows and publishes them pipelined with confirms, `fate`
+//! PostgreSQL), `batch` claims the rows and publishes them pipelined with confirms (its stages timed by `stages`), `fate`
 //! decides what each row's answer means (sent, refused and rescheduled with backoff, parked,
 //! released), and `batch` applies those decisions in the claiming transaction. `envelope`
 //! maps a row to its AMQP message, `notify` wakes the actor on PostgreSQL NOTIFY, `config`
@@ -16,6 +16,7 @@ mod envelope;
 mod fate;
 mod notify;
 mod sql;
+mod stages;
 
 use actix::Message;
 
