@@ -1,0 +1,73 @@
+//! A relay whose batches keep failing (here: the exchange exists with another type, so every
+//! declaration is refused) honours its error backoff for every wake-up: a storm of NOTIFYs
+//! does not open a channel and fail again per notification. Once the cause is fixed, every
+//! row goes out.
+#![cfg(feature = "service-tests")]
+
+mod common;
+
+use std::time::Duration;
+
+use actix_outbox::setup;
+use common::broker::TestBroker;
+use common::relay::{TestRelay, config};
+use common::{TestDb, wait_for};
+use lapin::ExchangeKind;
+use lapin::options::{ExchangeDeclareOptions, ExchangeDeleteOptions};
+use lapin::types::FieldTable;
+
+const ROWS: usize = 100;
+
+/// 100 emits, one commit (and one NOTIFY) every 10 ms, against a persistent declare error:
+/// the relay fails a few times on its backoff schedule (50 ms doubling to 500 ms), not once
+/// per notification; after the exchange is fixed all 100 rows are delivered.
+#[actix_rt::test]
+async fn notifications_wait_for_the_error_backoff() {
+    let t = TestDb::postgres().await;
+    setup(&t.db).await.expect("setup");
+    let mut broker = TestBroker::new().await;
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    broker
+        .channel
+        .exchange_declare(
+            broker.exchange.as_str().into(),
+            ExchangeKind::Fanout,
+            durable,
+            FieldTable::default(),
+        )
+        .await
+        .expect("an exchange of the wrong type");
+    let relay = TestRelay::start(&t.db, &broker.url, config(&broker.exchange));
+    wait_for("the first failed batch", Duration::from_secs(10), || async {
+        (relay.stats().await.errors >= 1).then_some(())
+    })
+    .await;
+
+    let mut ids = Vec::with_capacity(ROWS);
+    for n in 0..ROWS {
+        ids.push(actix_outbox::emit(&t.db, "user.created", &n).await.expect("emit"));
+        tokio::time::sleep(Duration::from_millis(10)).await; // pacing the emitter
+    }
+    let errors = relay.stats().await.errors;
+
+    broker
+        .channel
+        .exchange_delete(broker.exchange.as_str().into(), ExchangeDeleteOptions::default())
+        .await
+        .expect("delete the wrong exchange");
+    broker.declare_exchange().await;
+    let queue = broker.bind_queue(&["#"]).await;
+    let seen = broker.drain(&queue, ROWS, Duration::from_secs(20)).await;
+    common::broker::assert_exactly_once(&seen, &ids);
+    let stats = relay.stop().await;
+    assert!(
+        errors <= 20,
+        "{errors} failed batches while 100 notifications arrived in about 1 s: the backoff was \
+         not honoured ({stats:?})"
+    );
+    broker.cleanup().await;
+    t.cleanup().await;
+}
