@@ -29,9 +29,14 @@ fn env_or(name: &str, default: &str) -> String {
 
 /// A number from the environment, or `default`; a value that is not a number is an error.
 fn env_number(name: &'static str, default: u32) -> Result<u32, Error> {
+    Ok(env_number_opt(name)?.unwrap_or(default))
+}
+
+/// A number from the environment, if set; a value that is not a number is an error.
+fn env_number_opt(name: &'static str) -> Result<Option<u32>, Error> {
     match std::env::var(name) {
-        Err(_) => Ok(default),
-        Ok(value) => value.parse().map_err(|e| Error::InvalidConfig {
+        Err(_) => Ok(None),
+        Ok(value) => value.parse().map(Some).map_err(|e| Error::InvalidConfig {
             field: name,
             reason: format!("{value:?}: {e}"),
         }),
@@ -55,11 +60,18 @@ async fn main() -> Result<(), Error> {
     let table = TableName::new(env_or("OUTBOX_TABLE", "outbox"))?;
     let batch_size = env_number("OUTBOX_BATCH_SIZE", 500)?;
     let concurrency = env_number("OUTBOX_RELAY_CONCURRENCY", 2)?;
-    let config = RelayConfig::default()
+    let mut config = RelayConfig::default()
         .with_table(table.clone())
         .with_exchange(env_or("OUTBOX_EXCHANGE", "outbox"))
         .with_batch_size(batch_size)
         .with_concurrency(concurrency);
+    let ms = |n: u32| std::time::Duration::from_millis(u64::from(n));
+    if let Some(n) = env_number_opt("OUTBOX_CONFIRM_TIMEOUT_MS")? {
+        config = config.with_confirm_timeout(ms(n));
+    }
+    if let Some(n) = env_number_opt("OUTBOX_CLAIM_LEASE_MS")? {
+        config = config.with_claim_lease(ms(n));
+    }
     config.validate()?;
 
     info!(database = %redact_url(&db_url), "connecting to the database");

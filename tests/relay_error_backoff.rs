@@ -41,21 +41,30 @@ async fn notifications_wait_for_the_error_backoff() {
         .await
         .expect("an exchange of the wrong type");
     let relay = TestRelay::start(&t.db, &broker.url, config(&broker.exchange));
-    wait_for("the first failed batch", Duration::from_secs(10), || async {
-        (relay.stats().await.errors >= 1).then_some(())
-    })
+    wait_for(
+        "the first failed batch",
+        Duration::from_secs(10),
+        || async { (relay.stats().await.errors >= 1).then_some(()) },
+    )
     .await;
 
     let mut ids = Vec::with_capacity(ROWS);
     for n in 0..ROWS {
-        ids.push(actix_outbox::emit(&t.db, "user.created", &n).await.expect("emit"));
+        ids.push(
+            actix_outbox::emit(&t.db, "user.created", &n)
+                .await
+                .expect("emit"),
+        );
         tokio::time::sleep(Duration::from_millis(10)).await; // pacing the emitter
     }
     let errors = relay.stats().await.errors;
 
     broker
         .channel
-        .exchange_delete(broker.exchange.as_str().into(), ExchangeDeleteOptions::default())
+        .exchange_delete(
+            broker.exchange.as_str().into(),
+            ExchangeDeleteOptions::default(),
+        )
         .await
         .expect("delete the wrong exchange");
     broker.declare_exchange().await;

@@ -50,6 +50,8 @@ pub(crate) async fn run_batch(
         let (report, lag) = match sql.backend() {
             DbBackend::Postgres => {
                 let txn = db.begin().await?;
+                txn.execute_unprepared(&RelaySql::lease(config.claim_lease()))
+                    .await?;
                 t.lap(Stage::Begin);
                 let rows = claim(&txn, config, sql).await?;
                 t.lap(Stage::Claim);

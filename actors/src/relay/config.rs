@@ -53,6 +53,9 @@ pub struct RelayConfig {
     pub(crate) poll_interval: Duration,
     /// Longest wait for the broker to take and confirm one batch.
     pub(crate) confirm_timeout: Duration,
+    /// Longest a claim transaction may sit idle before PostgreSQL ends it (`None`: twice the
+    /// confirm timeout).
+    pub(crate) claim_lease: Option<Duration>,
     /// Failed publish attempts after which a row is parked.
     pub(crate) max_attempts: u32,
     /// Delay before re-publishing a refused row, by attempt.
@@ -83,6 +86,7 @@ impl Default for RelayConfig {
             concurrency: 2,
             poll_interval: Duration::from_secs(5),
             confirm_timeout: Duration::from_secs(15),
+            claim_lease: None,
             max_attempts: 10,
             retry_backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(300)),
             error_backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
@@ -146,6 +150,26 @@ impl RelayConfig {
     pub fn with_confirm_timeout(mut self, timeout: Duration) -> Self {
         self.confirm_timeout = timeout;
         self
+    }
+
+    /// Sets the claim lease on PostgreSQL: the longest a batch's transaction may sit idle
+    /// (between its claim and its settling, while the broker confirms) before the server
+    /// ends it (`idle_in_transaction_session_timeout`, set for that transaction only). A
+    /// relay whose host freezes or loses the network mid-batch then releases its rows after
+    /// the lease instead of holding their locks until TCP gives up (which can take hours),
+    /// and other relays publish them (again: at-least-once). Must exceed the confirm timeout,
+    /// which bounds a healthy batch's idle time. Defaults to twice the confirm timeout.
+    #[must_use]
+    pub fn with_claim_lease(mut self, lease: Duration) -> Self {
+        self.claim_lease = Some(lease);
+        self
+    }
+
+    /// The claim lease in force (see [`with_claim_lease`](Self::with_claim_lease)).
+    #[must_use]
+    pub fn claim_lease(&self) -> Duration {
+        self.claim_lease
+            .unwrap_or_else(|| self.confirm_timeout.saturating_mul(2))
     }
 
     /// Sets after how many refused publishes a row is parked. Defaults to 10.
@@ -262,6 +286,12 @@ impl RelayConfig {
         let positive = actix_outbox::__private::require_positive;
         positive("poll_interval", self.poll_interval)?;
         positive("confirm_timeout", self.confirm_timeout)?;
+        if self.claim_lease() <= self.confirm_timeout {
+            return bad(
+                "claim_lease",
+                "must exceed confirm_timeout (a healthy batch sits idle up to that long)",
+            );
+        }
         self.retry_backoff.validate("retry_backoff")?;
         self.error_backoff.validate("error_backoff")?;
         if let Cleanup::Keep { retention } = self.cleanup {
@@ -304,6 +334,19 @@ mod tests {
             "confirm_timeout"
         );
         assert_eq!(field_of(d().with_exchange("")), "exchange");
+        assert_eq!(
+            field_of(d().with_claim_lease(Duration::from_secs(15))),
+            "claim_lease"
+        );
+        let short = d()
+            .with_confirm_timeout(Duration::from_secs(2))
+            .with_claim_lease(Duration::from_secs(3));
+        short.validate().expect("a lease above the confirm timeout");
+        assert_eq!(
+            d().claim_lease(),
+            Duration::from_secs(30),
+            "twice the default"
+        );
         assert_eq!(field_of(d().with_exchange("amq.topic")), "exchange");
         assert_eq!(field_of(d().with_exchange("bad name")), "exchange");
         assert_eq!(

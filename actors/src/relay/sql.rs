@@ -27,6 +27,15 @@ impl RelaySql {
         self.backend
     }
 
+    /// Bounds how long this (PostgreSQL) transaction may sit idle: past `lease` the server
+    /// ends the session, which releases the claimed rows' locks.
+    pub(crate) fn lease(lease: Duration) -> String {
+        format!(
+            "SET LOCAL idle_in_transaction_session_timeout = {}",
+            lease.as_millis().max(1)
+        )
+    }
+
     /// Up to `limit` due rows, oldest due first. On PostgreSQL the rows are locked with
     /// `SKIP LOCKED`, so concurrent relays claim disjoint batches; the partial due index
     /// makes this a range scan whatever the backlog.

@@ -141,12 +141,26 @@ impl ChildProcess {
 
     /// Sends SIGTERM (a graceful stop); see [`wait_exit`](Self::wait_exit).
     pub fn terminate(&self) {
-        let pid = self.pid().expect("terminate: the process is not running");
+        self.signal("TERM");
+    }
+
+    /// Sends SIGSTOP: the process freezes as a hung host would (its sockets stay open).
+    pub fn freeze(&self) {
+        self.signal("STOP");
+    }
+
+    /// Sends SIGCONT after [`freeze`](Self::freeze).
+    pub fn thaw(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
+        let pid = self.pid().expect("signal: the process is not running");
         let status = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
+            .args([&format!("-{name}"), &pid.to_string()])
             .status()
-            .expect("run kill -TERM");
-        assert!(status.success(), "kill -TERM {pid} failed: {status}");
+            .unwrap_or_else(|e| panic!("run kill -{name}: {e}"));
+        assert!(status.success(), "kill -{name} {pid} failed: {status}");
     }
 
     /// Waits (bounded) for the process to exit and returns its status.

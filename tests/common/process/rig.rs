@@ -140,7 +140,13 @@ impl FaultRig {
     /// Starts one more `relay` process claiming `batch_size` rows at a time and waits until
     /// its relay actor runs.
     pub async fn start_relay(&mut self, batch_size: u32) {
-        let env = vec![
+        self.start_relay_with(batch_size, &[]).await;
+    }
+
+    /// As [`start_relay`](Self::start_relay), with more environment variables (such as
+    /// `OUTBOX_CLAIM_LEASE_MS`).
+    pub async fn start_relay_with(&mut self, batch_size: u32, extra: &[(&str, &str)]) {
+        let mut vars = vec![
             env("DATABASE_URL", &self.services.database_url),
             env("AMQP_URL", &self.services.amqp_url),
             env("OUTBOX_TABLE", &self.names.outbox_table),
@@ -148,8 +154,9 @@ impl FaultRig {
             env("OUTBOX_BATCH_SIZE", &batch_size.to_string()),
             env("RUST_LOG", "info,sqlx=warn"),
         ];
+        vars.extend(extra.iter().map(|(k, v)| env(k, v)));
         let name = format!("relay{}", self.relays.len());
-        let mut relay = ChildProcess::start(&name, &self.relay_bin, env, &self.log_dir);
+        let mut relay = ChildProcess::start(&name, &self.relay_bin, vars, &self.log_dir);
         relay.wait_for_log(RELAY_READY, PROCESS_READY).await;
         self.relays.push(relay);
     }
