@@ -93,3 +93,53 @@ async fn undecodable_payloads_are_dead_lettered_and_the_next_is_handled() {
     );
     env.finish(running, &delays()).await;
 }
+
+/// A decode error that quotes a 300 KB value (more than RabbitMQ's 128 KiB `frame_max`) is
+/// cut to about 1 KiB in the dead letter's reason: the dead-letter copy fits in a frame, is
+/// confirmed, and the worker goes on. Uncut, publishing that copy would close the connection
+/// and the message would come back for ever.
+#[actix_rt::test]
+async fn a_huge_decode_error_is_cut_to_fit_the_dead_letter() {
+    let mut env = WorkerEnv::new().await;
+    let queue = env.queue("huge_reason");
+    let log = Arc::new(Log::default());
+    let running = Worker::new(env.supervisor.clone(), env.config())
+        .expect("config")
+        .listen(
+            Listen::new(["user.created"])
+                .expect("keys")
+                .with_queue(queue.as_str()),
+            scripted::<UserCreated, _>(&log, |_| Ok(())),
+        )
+        .expect("listen")
+        .start()
+        .await
+        .expect("worker starts");
+    let huge = format!(r#"{{"id":"{}"}}"#, "x".repeat(300_000));
+    let poison = env.publish("user.created", huge.as_bytes()).await;
+    let good = env.publish("user.created", br#"{"id":7}"#).await;
+
+    let stats = wait_stats(&running, &queue, "the dead letter and the good one", |s| {
+        s.dead_lettered == 1 && s.handled == 1
+    })
+    .await;
+    assert_eq!(stats.reconnects, 0, "no connection was lost: {stats:?}");
+    assert_eq!(log.attempts(good), [1]);
+    let dead = env
+        .take(&format!("dlq_{queue}"), 1, Duration::from_secs(5))
+        .await;
+    assert_eq!(message_id(&dead[0]), poison);
+    let reason = header(&dead[0], h::REASON).unwrap_or_default();
+    assert!(
+        reason.starts_with("undecodable payload: json payload: invalid type"),
+        "{}",
+        &reason[..80]
+    );
+    assert!(reason.len() < 1_200, "reason is {} bytes", reason.len());
+    assert!(
+        reason.ends_with("more bytes cut)"),
+        "{}",
+        &reason[reason.len() - 40..]
+    );
+    env.finish(running, &delays()).await;
+}

@@ -75,6 +75,9 @@ pub struct BrokerState {
     pub generation: u64,
     /// Failed connection attempts since the last success.
     pub failed_attempts: u32,
+    /// The largest frame the current connection negotiated, in bytes (0 when not
+    /// connected). A message's properties must fit in one frame.
+    pub frame_max: u32,
 }
 
 /// Closes the connection (bounded by 5 s) and refuses further channel requests. Send it after
@@ -250,6 +253,11 @@ impl Handler<GetBrokerState> for ConnectionSupervisor {
                 .is_some_and(|c| c.status().connected()),
             generation: self.generation,
             failed_attempts: self.failed_attempts,
+            frame_max: self
+                .connection
+                .as_ref()
+                .filter(|c| c.status().connected())
+                .map_or(0, |c| c.configuration().frame_max()),
         })
     }
 }

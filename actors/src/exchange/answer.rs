@@ -29,9 +29,12 @@ pub(crate) enum Answer {
     Returned,
     /// Refused by the broker (a nack: it could not take responsibility for it).
     Nacked,
-    /// No answer came: the text says why (the channel failed, the deadline passed, or the
-    /// channel was not in confirm mode). The publish may or may not have been taken.
+    /// No answer came in time (or the channel was not in confirm mode): the text says why.
+    /// The publish may or may not have been taken.
     Unknown(String),
+    /// The channel or its connection failed before the answer came: the text says why. The
+    /// publish may or may not have been taken.
+    Failed(String),
 }
 
 impl Answer {
@@ -39,9 +42,14 @@ impl Answer {
     /// confirm, a return or a nack).
     pub(crate) fn channel_error(&self) -> Option<&str> {
         match self {
-            Answer::Unknown(why) => Some(why),
+            Answer::Unknown(why) | Answer::Failed(why) => Some(why),
             _ => None,
         }
+    }
+
+    /// Whether the channel failed (rather than merely not answering in time).
+    pub(crate) fn broke(&self) -> bool {
+        matches!(self, Answer::Failed(_))
     }
 }
 
@@ -100,7 +108,7 @@ impl Completed {
                 Answer::Unknown("the channel is not in confirm mode".to_owned()),
                 None,
             ),
-            Ok(Err(e)) => (Answer::Unknown(e.to_string()), None),
+            Ok(Err(e)) => (Answer::Failed(e.to_string()), None),
             Err(_) => (Answer::Unknown(format!("no confirm within {wait:?}")), None),
         };
         Self {

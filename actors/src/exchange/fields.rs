@@ -66,10 +66,51 @@ pub(crate) fn table_to_json(table: &FieldTable) -> Map<String, Value> {
         .collect()
 }
 
+/// How many bytes `table` takes on the wire: a 4-byte length, then per field its name as a
+/// short string, a type byte and the value.
+pub(crate) fn table_len(table: &FieldTable) -> usize {
+    4 + table
+        .inner()
+        .iter()
+        .map(|(k, v)| 1 + k.as_str().len() + 1 + value_len(v))
+        .sum::<usize>()
+}
+
+/// How many bytes one field value takes on the wire, its type byte excluded.
+fn value_len(value: &AMQPValue) -> usize {
+    match value {
+        AMQPValue::Void => 0,
+        AMQPValue::Boolean(_) | AMQPValue::ShortShortInt(_) | AMQPValue::ShortShortUInt(_) => 1,
+        AMQPValue::ShortInt(_) | AMQPValue::ShortUInt(_) => 2,
+        AMQPValue::LongInt(_) | AMQPValue::LongUInt(_) | AMQPValue::Float(_) => 4,
+        AMQPValue::DecimalValue(_) => 5,
+        AMQPValue::LongLongInt(_) | AMQPValue::Double(_) | AMQPValue::Timestamp(_) => 8,
+        AMQPValue::ShortString(s) => 1 + s.as_str().len(),
+        AMQPValue::LongString(s) => 4 + s.as_bytes().len(),
+        AMQPValue::ByteArray(b) => 4 + b.as_slice().len(),
+        AMQPValue::FieldArray(a) => {
+            4 + a.as_slice().iter().map(|v| 1 + value_len(v)).sum::<usize>()
+        }
+        AMQPValue::FieldTable(t) => table_len(t),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn lengths_match_the_encoding() {
+        assert_eq!(table_len(&FieldTable::default()), 4);
+        let mut t = FieldTable::default();
+        t.insert("ab".into(), long("xyz")); // 1+2 name, 1 type, 4+3 value
+        t.insert("n".into(), AMQPValue::LongLongInt(1)); // 1+1, 1, 8
+        assert_eq!(table_len(&t), 4 + (3 + 1 + 7) + (2 + 1 + 8));
+        let nested = json_to_amqp(&json!({"a": [true, null]}));
+        // table: 4 + name 2 + type 1 + array (4 + (1+1) + (1+0))
+        assert_eq!(value_len(&nested), 4 + 2 + 1 + 4 + 2 + 1);
+    }
 
     #[test]
     fn json_round_trips_through_amqp_values() {

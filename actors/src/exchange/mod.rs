@@ -25,7 +25,7 @@ use actix_outbox::Error;
 
 pub(crate) use answer::{Answer, Completed, ReturnKey, resolve};
 pub(crate) use declare::{declare_exchange, unroutable_depth};
-pub(crate) use fields::{json_to_amqp, long, table_to_json};
+pub(crate) use fields::{json_to_amqp, long, table_len, table_to_json};
 pub(crate) use names::{MAX_NAME_LEN, check_exchange_name, check_queue_name};
 
 /// What happens to messages whose routing key matches no binding.
@@ -63,6 +63,30 @@ pub(crate) fn refused(object: &'static str, name: &str, reason: impl Into<String
     }
 }
 
+/// Longest failure reason kept, in bytes: in a dead letter's `x-outbox-reason` header, in a
+/// row's `last_error`, in logs.
+pub(crate) const MAX_REASON_BYTES: usize = 1024;
+
+/// `reason` cut to [`MAX_REASON_BYTES`] (on a character boundary, saying how much was cut).
+/// Reasons can quote input of any size (a decode error quotes the offending value), and a
+/// header larger than the broker's `frame_max` would close the connection under the dead
+/// letter that carries it, again on every redelivery.
+pub(crate) fn bounded_reason(reason: &str) -> std::borrow::Cow<'_, str> {
+    if reason.len() <= MAX_REASON_BYTES {
+        return reason.into();
+    }
+    let mut end = MAX_REASON_BYTES;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{}… ({} more bytes cut)",
+        &reason[..end],
+        reason.len() - end
+    )
+    .into()
+}
+
 /// The alternate exchange and queue for unroutable messages: `<exchange>.unroutable`.
 pub(crate) fn unroutable_name(exchange: &str) -> String {
     format!("{exchange}.unroutable")
@@ -86,6 +110,16 @@ pub(crate) fn delay_name(exchange: &str, delay: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reasons_are_bounded_on_a_char_boundary() {
+        assert_eq!(bounded_reason("short"), "short");
+        let long = format!("{}é{}", "a".repeat(1023), "b".repeat(5000));
+        let cut = bounded_reason(&long);
+        assert!(cut.starts_with(&"a".repeat(1023)));
+        assert!(cut.len() < MAX_REASON_BYTES + 40, "{}", cut.len());
+        assert!(cut.ends_with("(5002 more bytes cut)"), "{cut}");
+    }
 
     #[test]
     fn names_follow_the_documented_scheme() {

@@ -24,14 +24,13 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use actix_outbox::{Error, Result};
-use lapin::Channel;
 use sea_orm::{DatabaseConnection, DbBackend};
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
-use super::batch;
+use super::batch::{self, Publisher};
 use super::config::RelayConfig;
-use super::fate::{self, BatchReport};
+use super::fate::{self, BatchReport, Probe};
 use super::sql::RelaySql;
 use super::{GetRelayStats, RelayStats, StopRelay, WakeUp};
 use crate::broker::ConnectionSupervisor;
@@ -66,7 +65,7 @@ pub struct RelayActor {
     /// Idle publishing channels (confirm mode, topology declared). A batch takes one for
     /// itself and gives it back when done, so no two batches share a channel: a return is
     /// then always among its own batch's confirms (see `exchange::answer`).
-    channels: Vec<Channel>,
+    channels: Vec<Publisher>,
     /// Batches in flight (at most `concurrency`).
     running: usize,
     /// Batches allowed in flight at once (1 on SQLite).
@@ -75,6 +74,8 @@ pub struct RelayActor {
     wake_again: bool,
     /// Consecutive failed batches (drives the error backoff).
     error_streak: u32,
+    /// One row per batch for a while after a channel failed under a bigger batch.
+    probe: Probe,
     /// Consecutive claims that found nothing (drives the due timer's backoff: see
     /// `fate::due_wait`).
     empty_rounds: u32,
@@ -135,6 +136,7 @@ impl RelayActor {
             wake_again: false,
             error_streak: 0,
             empty_rounds: 0,
+            probe: Probe::default(),
             due_timer: None,
             listener: None,
             last_housekeeping: Instant::now(),
@@ -214,24 +216,25 @@ impl RelayActor {
             State::BackingOff => return self.wake_again = true,
             State::Stopping | State::Stopped => return,
         }
-        if self.running >= self.concurrency {
+        if self.running >= self.probe.slots(self.concurrency) {
             self.wake_again = true;
             return;
         }
         self.running += 1;
         self.wake_again = false;
+        let limit = self.probe.limit(self.config.batch_size);
         let channel = self.channels.pop();
         let supervisor = self.supervisor.clone();
         let (db, config, sql) = (self.db.clone(), self.config.clone(), self.sql.clone());
         let batch = async move {
             let channel = match channel {
-                Some(c) if c.status().connected() => c,
+                Some(p) if p.channel.status().connected() => p,
                 _ => match batch::open_channel(&supervisor, &config).await {
                     Ok(c) => c,
                     Err(e) => return (None, Err(e)),
                 },
             };
-            let result = batch::run_batch(&db, &channel, &config, &sql).await;
+            let result = batch::run_batch(&db, &channel, &config, &sql, limit).await;
             (Some(channel), result)
         };
         ctx.spawn(batch.into_actor(self).map(|(channel, result), act, ctx| {
@@ -242,14 +245,14 @@ impl RelayActor {
     /// Books the batch's outcome and decides when the next one runs.
     fn batch_done(
         &mut self,
-        channel: Option<Channel>,
+        channel: Option<Publisher>,
         result: Result<BatchReport>,
         ctx: &mut Context<Self>,
     ) {
         self.running -= 1;
         let broke = matches!(&result, Ok(report) if report.channel_error.is_some());
         match channel {
-            Some(c) if !broke && c.status().connected() => self.channels.push(c),
+            Some(p) if !broke && p.channel.status().connected() => self.channels.push(p),
             _ => {} // broken, or to be opened afresh: dropped
         }
         let report = match result {
@@ -261,6 +264,12 @@ impl RelayActor {
             }
         };
         self.stats.book(&report);
+        if self.probe.after(&report) {
+            warn!(
+                rows = report.claimed,
+                "the channel failed under a batch: publishing the next rows one at a time to find the cause"
+            );
+        }
         if let Some(reason) = &report.channel_error {
             warn!(%reason, released = report.released, "publishing channel broke; reconnecting");
             return self.after_error(ctx);
@@ -273,10 +282,10 @@ impl RelayActor {
         if self.state == State::Stopping {
             return self.stop_when_idle(ctx);
         }
-        let full = report.claimed >= self.config.batch_size as usize;
+        let full = report.claimed >= self.probe.limit(self.config.batch_size) as usize;
         if full || self.wake_again {
             // Fill every free slot: a full batch means more is waiting.
-            for _ in self.running..self.concurrency {
+            for _ in self.running..self.probe.slots(self.concurrency) {
                 self.start_batch(ctx);
             }
         } else if self.running == 0 {
@@ -376,8 +385,8 @@ impl RelayActor {
         }
         let channels = std::mem::take(&mut self.channels);
         let close = async move {
-            for c in channels {
-                let closing = c.close(200, "relay stopping".into());
+            for p in channels {
+                let closing = p.channel.close(200, "relay stopping".into());
                 let _ = tokio::time::timeout(Duration::from_secs(2), closing).await;
             }
         };

@@ -24,8 +24,8 @@ use super::envelope;
 use super::fate::{self, BatchReport, Fate};
 use super::sql::RelaySql;
 use super::stages::{Stage, StageTimer, due_lag};
-use crate::broker::{self, ConnectionSupervisor};
-use crate::exchange::{self, Completed, ReturnKey, resolve};
+use crate::broker::{self, ConnectionSupervisor, GetBrokerState};
+use crate::exchange::{self, Answer, Completed, ReturnKey, resolve};
 
 /// Runs one batch on `db` through `channel`.
 ///
@@ -40,9 +40,10 @@ use crate::exchange::{self, Completed, ReturnKey, resolve};
 /// [`Fate::Unknown`] rows and in the report's `channel_error`.
 pub(crate) async fn run_batch(
     db: &DatabaseConnection,
-    channel: &Channel,
+    publisher: &Publisher,
     config: &RelayConfig,
     sql: &RelaySql,
+    limit: u32,
 ) -> Result<BatchReport> {
     let span = info_span!("relay_batch", table = %config.table(), claimed = tracing::field::Empty);
     async move {
@@ -53,10 +54,10 @@ pub(crate) async fn run_batch(
                 txn.execute_unprepared(&RelaySql::lease(config.claim_lease()))
                     .await?;
                 t.lap(Stage::Begin);
-                let rows = claim(&txn, config, sql).await?;
+                let rows = claim(&txn, sql, limit).await?;
                 t.lap(Stage::Claim);
                 let lag = due_lag(&rows);
-                let published = publish(channel, config, &rows, &mut t).await;
+                let published = publish(publisher, config, &rows, &mut t).await;
                 let report = settle(&txn, config, sql, &rows, published).await?;
                 t.lap(Stage::Settle);
                 txn.commit().await?;
@@ -64,10 +65,10 @@ pub(crate) async fn run_batch(
                 (report, lag)
             }
             _ => {
-                let rows = claim(db, config, sql).await?;
+                let rows = claim(db, sql, limit).await?;
                 t.lap(Stage::Claim);
                 let lag = due_lag(&rows);
-                let published = publish(channel, config, &rows, &mut t).await;
+                let published = publish(publisher, config, &rows, &mut t).await;
                 let txn = db.begin().await?;
                 t.lap(Stage::Begin);
                 let report = settle(&txn, config, sql, &rows, published).await?;
@@ -101,12 +102,8 @@ pub(crate) async fn run_batch(
     .await
 }
 
-async fn claim<C: ConnectionTrait>(
-    db: &C,
-    config: &RelayConfig,
-    sql: &RelaySql,
-) -> Result<Vec<Model>> {
-    let stmt = sql.claim(config.batch_size, Utc::now());
+async fn claim<C: ConnectionTrait>(db: &C, sql: &RelaySql, limit: u32) -> Result<Vec<Model>> {
+    let stmt = sql.claim(limit, Utc::now());
     Ok(Entity::find().from_raw_sql(stmt).all(db).await?)
 }
 
@@ -114,24 +111,28 @@ async fn claim<C: ConnectionTrait>(
 pub(crate) struct PublishedBatch {
     fates: Vec<Fate>,
     channel_error: Option<String>,
+    /// The channel failed (not merely a deadline passed) while publishes were in flight.
+    broke: bool,
 }
 
 /// Publishes every row, pipelined, then awaits the writes and the confirms under one deadline
 /// (`confirm_timeout`). Never returns early on a broker error: rows it could not confirm are
 /// [`Fate::Unknown`].
 pub(crate) async fn publish(
-    channel: &Channel,
+    publisher: &Publisher,
     config: &RelayConfig,
     rows: &[Model],
     timer: &mut StageTimer,
 ) -> PublishedBatch {
     let mut fates = vec![Fate::Unknown; rows.len()];
-    let queued = queue_publishes(channel, config, rows, &mut fates).await;
+    let queued = queue_publishes(publisher, config, rows, &mut fates).await;
     // One deadline for the whole exchange with the broker: a broker that blocks publishers
     // (a resource alarm) stops reading, lapin's writes then never finish, and without it the
     // batch would hold its transaction (and its row locks) open for as long as the alarm lasts.
     let deadline = tokio::time::Instant::now() + config.confirm_timeout;
-    let (pending, mut channel_error) = await_writes(queued, deadline, config).await;
+    let (pending, failed_write) = await_writes(queued, deadline, config).await;
+    let mut broke = failed_write.as_ref().is_some_and(Answer::broke);
+    let mut channel_error = failed_write.and_then(|a| a.channel_error().map(str::to_owned));
     timer.lap(Stage::Publish);
     let (published, completed): (Vec<usize>, Vec<Completed>) =
         await_confirms(pending, deadline, config)
@@ -148,6 +149,7 @@ pub(crate) async fn publish(
         if let Some(why) = answer.channel_error() {
             channel_error.get_or_insert_with(|| why.to_owned());
         }
+        broke |= answer.broke();
         let fate = Fate::of(&answer, config.unroutable);
         if let Fate::Refused(reason) = &fate {
             let row = &rows[i];
@@ -159,6 +161,7 @@ pub(crate) async fn publish(
     PublishedBatch {
         fates,
         channel_error,
+        broke,
     }
 }
 
@@ -170,7 +173,7 @@ pub(crate) async fn publish(
 /// would cost one hand-over to that thread per message; instead every publish is polled once,
 /// so the frames of the whole batch are queued before the first write is awaited.
 async fn queue_publishes<'a>(
-    channel: &'a Channel,
+    publisher: &'a Publisher,
     config: &'a RelayConfig,
     rows: &'a [Model],
     fates: &mut [Fate],
@@ -181,12 +184,15 @@ async fn queue_publishes<'a>(
     let now = Utc::now();
     let mut queued = Vec::with_capacity(rows.len());
     for (i, row) in rows.iter().enumerate() {
-        if let Some(reason) = envelope::unpublishable(row, config.max_message_bytes) {
+        let props = envelope::properties(row, now);
+        let unfit = envelope::unpublishable(row, config.max_message_bytes)
+            .or_else(|| envelope::oversize_properties(&props, publisher.frame_max));
+        if let Some(reason) = unfit {
             warn!(message_id = %row.message_id, %reason, "row cannot be published; parking it");
             fates[i] = Fate::Unpublishable(reason);
             continue;
         }
-        let mut publish = Box::pin(channel.basic_publish(
+        let mut publish = Box::pin(publisher.channel.basic_publish(
             config.exchange().into(),
             row.routing_key.as_str().into(),
             BasicPublishOptions {
@@ -194,7 +200,7 @@ async fn queue_publishes<'a>(
                 immediate: false,
             },
             &row.payload,
-            envelope::properties(row, now),
+            props,
         ));
         let first = std::future::poll_fn(|cx| Poll::Ready(publish.as_mut().poll(cx))).await;
         let failed = matches!(first, Poll::Ready(Err(_)));
@@ -213,7 +219,7 @@ async fn queue_publishes<'a>(
 }
 
 /// Awaits the writes in order until `deadline`; returns the confirms to wait for and, if a
-/// write failed or the deadline passed, why (the rest stay [`Fate::Unknown`]).
+/// write failed or the deadline passed, that answer (the rest stay [`Fate::Unknown`]).
 async fn await_writes(
     queued: Vec<(
         usize,
@@ -221,18 +227,18 @@ async fn await_writes(
     )>,
     deadline: tokio::time::Instant,
     config: &RelayConfig,
-) -> (Vec<(usize, PublisherConfirm)>, Option<String>) {
+) -> (Vec<(usize, PublisherConfirm)>, Option<Answer>) {
     let mut pending = Vec::with_capacity(queued.len());
     for (i, written) in queued {
         match tokio::time::timeout_at(deadline, written).await {
             Ok(Ok(confirm)) => pending.push((i, confirm)),
-            Ok(Err(e)) => return (pending, Some(e.to_string())),
+            Ok(Err(e)) => return (pending, Some(Answer::Failed(e.to_string()))),
             Err(_) => {
                 let why = format!(
                     "the broker took no publishes for {:?} (is it blocking publishers?)",
                     config.confirm_timeout
                 );
-                return (pending, Some(why));
+                return (pending, Some(Answer::Unknown(why)));
             }
         }
     }
@@ -272,8 +278,17 @@ async fn settle<C: ConnectionTrait>(
     published: PublishedBatch,
 ) -> Result<BatchReport> {
     let now = Utc::now();
-    let mut plan = fate::plan(rows, &published.fates, config, now);
+    let mut fates = published.fates;
+    if published.broke && rows.len() == 1 {
+        let why = published
+            .channel_error
+            .as_deref()
+            .unwrap_or("the channel failed");
+        fate::charge_break(&mut fates, why);
+    }
+    let mut plan = fate::plan(rows, &fates, config, now);
     plan.report.channel_error = published.channel_error;
+    plan.report.broke = published.broke;
     for f in &plan.failures {
         db.execute_raw(sql.record_failure(f.id, &f.reason, f.retry_in, f.park, now))
             .await?;
@@ -317,12 +332,21 @@ pub(crate) async fn next_due(
     Ok(next.map(|next| (next - now).to_std().unwrap_or_default()))
 }
 
-/// Gets a confirm-mode channel from the supervisor (bounded by the confirm timeout) and
-/// declares (or checks) the exchange.
+/// A batch's publishing channel and what the broker allows on it.
+#[derive(Debug, Clone)]
+pub(crate) struct Publisher {
+    /// Confirm mode, topology declared.
+    pub(crate) channel: Channel,
+    /// The connection's negotiated `frame_max` (0: no limit).
+    pub(crate) frame_max: u32,
+}
+
+/// Gets a confirm-mode channel from the supervisor (bounded by the confirm timeout),
+/// declares (or checks) the exchange, and learns the connection's `frame_max`.
 pub(crate) async fn open_channel(
     supervisor: &Addr<ConnectionSupervisor>,
     config: &RelayConfig,
-) -> Result<Channel> {
+) -> Result<Publisher> {
     let channel = broker::channel(supervisor, config.confirm_timeout).await?;
     exchange::declare_exchange(
         &channel,
@@ -331,7 +355,8 @@ pub(crate) async fn open_channel(
         config.topology,
     )
     .await?;
-    Ok(channel)
+    let frame_max = supervisor.send(GetBrokerState).await?.frame_max;
+    Ok(Publisher { channel, frame_max })
 }
 
 /// How many messages wait in `<exchange>.unroutable`, asked on a throwaway channel: a

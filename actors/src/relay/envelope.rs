@@ -9,7 +9,7 @@ use lapin::BasicProperties;
 use lapin::types::{FieldTable, ShortString};
 use serde_json::Value;
 
-use crate::exchange::{json_to_amqp, long};
+use crate::exchange::{json_to_amqp, long, table_len};
 
 /// AMQP delivery mode of messages that survive a broker restart.
 const PERSISTENT: u8 = 2;
@@ -66,6 +66,35 @@ pub(crate) fn unpublishable(row: &Model, max_message_bytes: usize) -> Option<Str
     longest_key(&row.headers)
         .filter(|&len| len > MAX_SHORT_STRING)
         .map(|len| too_long("a header name", len))
+}
+
+/// Why the broker cannot take a message with `props`, if it cannot: its content header frame
+/// (every property, user headers included) is larger than the connection's `frame_max`.
+/// RabbitMQ answers such a frame by closing the whole connection (FRAME_ERROR), under every
+/// batch in flight, again on every try; so such a row is parked instead. `frame_max` 0 means
+/// no limit.
+pub(crate) fn oversize_properties(props: &BasicProperties, frame_max: u32) -> Option<String> {
+    let len = header_frame_len(props);
+    (frame_max > 0 && len > frame_max as usize).then(|| {
+        format!(
+            "its AMQP properties (headers included) take {len} bytes; the broker's frame_max \
+             is {frame_max} and they must fit in one frame"
+        )
+    })
+}
+
+/// The size of the content header frame carrying `props`: frame header (7), class, weight
+/// and body size (12), property flags (2), the properties this crate sets, frame end (1).
+fn header_frame_len(props: &BasicProperties) -> usize {
+    let short = |s: &Option<ShortString>| s.as_ref().map_or(0, |s| 1 + s.as_str().len());
+    let fixed = 7 + 12 + 2 + 1;
+    fixed
+        + short(props.content_type())
+        + props.headers().as_ref().map_or(0, table_len)
+        + props.delivery_mode().map_or(0, |_| 1)
+        + short(props.message_id())
+        + props.timestamp().map_or(0, |_| 8)
+        + short(props.expiration())
 }
 
 /// The longest object key anywhere in `value`, in bytes.
@@ -145,6 +174,20 @@ mod tests {
         );
         let headers = table_to_json(p.headers().as_ref().expect("headers"));
         assert!(headers.contains_key(h::DEADLINE));
+    }
+
+    #[test]
+    fn properties_over_frame_max_are_named() {
+        let mut r = row(None);
+        let props = properties(&r, Utc::now());
+        let len = header_frame_len(&props);
+        assert!(len > 100 && len < 400, "{len}");
+        assert_eq!(oversize_properties(&props, 131_072), None);
+        assert_eq!(oversize_properties(&props, 0), None, "0: no limit");
+        r.headers = json!({"big": "x".repeat(200_000)});
+        let why = oversize_properties(&properties(&r, Utc::now()), 131_072).expect("too big");
+        assert!(why.contains("frame_max"), "{why}");
+        assert!(header_frame_len(&properties(&r, Utc::now())) > 200_000);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use tracing::warn;
 
 use super::config::RelayConfig;
 use super::envelope;
-use crate::exchange::{Answer, Unroutable};
+use crate::exchange::{Answer, Unroutable, bounded_reason};
 
 /// What happens to one claimed row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,7 +45,7 @@ impl Fate {
                     .to_owned(),
             ),
             Answer::Nacked => Fate::Refused("nacked by the broker".to_owned()),
-            Answer::Unknown(_) => Fate::Unknown,
+            Answer::Unknown(_) | Answer::Failed(_) => Fate::Unknown,
         }
     }
 }
@@ -67,8 +67,60 @@ pub(crate) struct BatchReport {
     pub(crate) expired: usize,
     /// Rows released untouched (their fate is unknown).
     pub(crate) released: usize,
-    /// Why the channel can no longer be used, if it broke during the batch.
+    /// Why the channel can no longer be used, if it broke or timed out during the batch.
     pub(crate) channel_error: Option<String>,
+    /// The channel failed (rather than timing out) with publishes in flight.
+    pub(crate) broke: bool,
+}
+
+/// Charges the row of a one-row batch whose channel failed under it: its unknown fate becomes
+/// a refusal, so a row that always breaks the channel (or the connection) is rescheduled with
+/// backoff and parked after `max_attempts`, instead of blocking the head of the table forever.
+///
+/// Only rows alone in their batch are charged: in a bigger batch the culprit is unknown, and
+/// the relay then publishes the next rows one per batch (see the actor's probing) until each
+/// has gone through alone.
+pub(crate) fn charge_break(fates: &mut [Fate], why: &str) {
+    for fate in fates.iter_mut().filter(|f| **f == Fate::Unknown) {
+        *fate = Fate::Refused(format!(
+            "the broker channel failed while this row was in flight alone: {why}"
+        ));
+    }
+}
+
+/// Probing after a channel failed under a batch of several rows: the culprit is unknown, so
+/// the next that many rows go one per batch, one batch at a time. A row that breaks the
+/// channel again then does it alone and is charged for it ([`charge_break`]); the others go
+/// through uncharged.
+#[derive(Debug, Default)]
+pub(crate) struct Probe {
+    /// Rows still to publish one per batch.
+    left: usize,
+}
+
+impl Probe {
+    /// Rows per batch: one while probing, else `batch_size`.
+    pub(crate) fn limit(&self, batch_size: u32) -> u32 {
+        if self.left > 0 { 1 } else { batch_size }
+    }
+
+    /// Batches in flight at once: one while probing (so one row's failure cannot take
+    /// another's channel or connection with it), else `concurrency`.
+    pub(crate) fn slots(&self, concurrency: usize) -> usize {
+        if self.left > 0 { 1 } else { concurrency }
+    }
+
+    /// Books a finished batch; true when it starts probing.
+    pub(crate) fn after(&mut self, report: &BatchReport) -> bool {
+        if report.broke && report.claimed > 1 {
+            self.left = report.claimed;
+            return true;
+        }
+        if report.claimed > 0 {
+            self.left = self.left.saturating_sub(1);
+        }
+        false
+    }
 }
 
 /// A refused or unpublishable row, as settling records it.
@@ -126,7 +178,7 @@ pub(crate) fn plan(
                 }
                 plan.failures.push(Failure {
                     id: row.id,
-                    reason: reason.clone(),
+                    reason: bounded_reason(reason).into_owned(),
                     retry_in,
                     park,
                 });
@@ -136,7 +188,7 @@ pub(crate) fn plan(
                 r.parked += 1;
                 plan.failures.push(Failure {
                     id: row.id,
-                    reason: reason.clone(),
+                    reason: bounded_reason(reason).into_owned(),
                     retry_in: Duration::ZERO,
                     park: true,
                 });
@@ -261,6 +313,52 @@ mod tests {
     }
 
     #[test]
+    fn a_broken_batch_is_probed_row_by_row() {
+        let mut probe = Probe::default();
+        assert_eq!((probe.limit(500), probe.slots(2)), (500, 2));
+        let broken = BatchReport {
+            claimed: 3,
+            broke: true,
+            ..BatchReport::default()
+        };
+        assert!(probe.after(&broken));
+        let one = BatchReport {
+            claimed: 1,
+            ..BatchReport::default()
+        };
+        for _ in 0..2 {
+            assert_eq!((probe.limit(500), probe.slots(2)), (1, 1));
+            assert!(!probe.after(&one));
+        }
+        let one_broke = BatchReport {
+            broke: true,
+            ..one.clone()
+        };
+        assert!(
+            !probe.after(&one_broke),
+            "a lone row is charged, not probed"
+        );
+        assert_eq!(
+            probe.limit(500),
+            500,
+            "three rows went alone: back to full batches"
+        );
+        assert!(
+            !probe.after(&BatchReport::default()),
+            "empty rounds change nothing"
+        );
+    }
+
+    #[test]
+    fn a_break_charges_what_was_unknown() {
+        let mut fates = vec![Fate::Unknown, Fate::Sent, Fate::Unpublishable("big".into())];
+        charge_break(&mut fates, "FRAME_ERROR");
+        assert!(matches!(&fates[0], Fate::Refused(r) if r.contains("FRAME_ERROR")));
+        assert_eq!(fates[1], Fate::Sent);
+        assert_eq!(fates[2], Fate::Unpublishable("big".into()));
+    }
+
+    #[test]
     fn a_plan_books_each_row_once() {
         let now = Utc::now();
         let config = RelayConfig::default().with_max_attempts(2);
@@ -292,6 +390,7 @@ mod tests {
             expired: 1,
             released: 1,
             channel_error: None,
+            broke: false,
         };
         assert_eq!(plan.report, want);
     }

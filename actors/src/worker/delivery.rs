@@ -23,7 +23,8 @@ use super::link::CopyTurn;
 use super::listen::SharedSpec;
 use super::retry::{Fate, Outcome, decide, expire_if_past};
 use crate::exchange::{
-    Answer, Completed, ReturnKey, dead_letter_exchange, dead_letter_queue, delay_name, resolve,
+    Answer, Completed, ReturnKey, bounded_reason, dead_letter_exchange, dead_letter_queue,
+    delay_name, resolve,
 };
 
 /// What a delivery needs from its consumer.
@@ -174,7 +175,7 @@ async fn settle<T: Send + 'static>(
         }
         Fate::DeadLetter { reason } => {
             let extra = [
-                (h::REASON, reason.clone()),
+                (h::REASON, bounded_reason(reason).into_owned()),
                 (h::HANDLER, spec.queue.clone()),
             ];
             let props = copy_properties(props, copy.routing_key, copy.attempt, None, &extra);
@@ -187,7 +188,7 @@ async fn settle<T: Send + 'static>(
         Answer::Confirmed => ack(delivery).await,
         Answer::Returned => requeue(delivery, "the copy was unroutable".to_owned()).await,
         Answer::Nacked => requeue(delivery, "the copy was nacked".to_owned()).await,
-        Answer::Unknown(why) => requeue(delivery, why).await,
+        Answer::Unknown(why) | Answer::Failed(why) => requeue(delivery, why).await,
     }
 }
 
@@ -217,7 +218,7 @@ async fn publish<T: Send + 'static>(
         .await
     {
         Ok(confirm) => confirm,
-        Err(e) => return Answer::Unknown(e.to_string()),
+        Err(e) => return Answer::Failed(e.to_string()),
     };
     let wait: Duration = job.spec.confirm_timeout;
     let completed = Completed::read(tokio::time::timeout(wait, confirm).await, wait);
@@ -269,6 +270,7 @@ fn log(outcome: &Outcome, fate: &Fate, settled: &Settled, queue: &str) {
         }
         (_, Settled::Done) => match fate {
             Fate::DeadLetter { reason } => {
+                let reason = bounded_reason(reason);
                 warn!(%reason, dlq = %dead_letter_queue(queue), "message dead-lettered")
             }
             Fate::Retry { delay } => debug!(?delay, "retry scheduled"),
