@@ -11,8 +11,8 @@
 #![allow(clippy::print_stdout)]
 
 use actix_outbox::outbox_message::Entity;
-use actix_outbox::{Outbox, OutboxEvent, TableName};
-use sea_orm::{ConnectionTrait, Database, EntityTrait, TransactionTrait};
+use actix_outbox::{DatabaseConfig, Outbox, OutboxEvent, TableName};
+use sea_orm::{ConnectionTrait, EntityTrait, TransactionTrait};
 use serde::Serialize;
 
 #[derive(Serialize)]
@@ -33,7 +33,7 @@ async fn main() -> Result<(), actix_outbox::Error> {
         let path = std::env::temp_dir().join("actix_outbox_emit_demo.sqlite");
         format!("sqlite://{}?mode=rwc", path.display())
     });
-    let db = Database::connect(&url).await?;
+    let db = DatabaseConfig::new(url).connect().await?;
     let outbox = Outbox::new(TableName::new("emit_demo_outbox")?);
     outbox.setup(&db).await?;
     db.execute_unprepared("DROP TABLE IF EXISTS demo_users")

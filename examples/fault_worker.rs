@@ -44,15 +44,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use actix_outbox::{Error, Event, HandlerError, HandlerResult, TableName, redact_url};
+use actix_outbox::{
+    DatabaseConfig, Error, Event, HandlerError, HandlerResult, TableName, redact_url,
+};
 use actix_outbox_actors::{
     BrokerConfig, ConnectionSupervisor, Listen, RetryDelay, StopBroker, Worker, WorkerConfig,
 };
 use chrono::{DateTime, Utc};
-use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement,
-    TransactionTrait,
-};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, TransactionTrait};
 use serde_json::Value;
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -324,12 +323,11 @@ async fn main() -> Result<(), Error> {
         .init();
     let s = Settings::from_env()?;
     info!(database = %redact_url(&s.database_url), queue = %s.queue, worker = %s.worker_name, "connecting");
-    let mut options = ConnectOptions::new(s.database_url.clone());
-    options
-        .max_connections(s.pool)
-        .acquire_timeout(Duration::from_secs(5))
-        .sqlx_logging(false);
-    let db = Database::connect(options).await?;
+    let db = DatabaseConfig::new(s.database_url.clone())
+        .with_max_connections(s.pool)
+        .with_acquire_timeout(Duration::from_secs(5))
+        .connect()
+        .await?;
     create_seen_table(&db, &s.seen_table).await?;
 
     let broker_config = BrokerConfig::new(s.amqp_url.as_str())?

@@ -22,12 +22,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use actix_outbox::{Error, Event, HandlerError, HandlerResult, Outbox, TableName};
+use actix_outbox::{DatabaseConfig, Error, Event, HandlerError, HandlerResult, Outbox, TableName};
 use actix_outbox_actors::{
     BrokerConfig, ConnectionSupervisor, GetChannel, Listen, RelayActor, RelayConfig, StopBroker,
     StopRelay, Worker, WorkerConfig,
 };
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, TransactionTrait};
+use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -277,9 +277,7 @@ async fn open_database() -> Result<DatabaseConnection, Error> {
         }
     };
     println!("database: {}", actix_outbox::redact_url(&url));
-    let mut options = ConnectOptions::new(url);
-    options.sqlx_logging(false);
-    Ok(Database::connect(options).await?)
+    DatabaseConfig::new(url).connect().await
 }
 
 /// Deletes the quickstart's queues from an earlier run, so counts start from zero.

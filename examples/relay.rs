@@ -16,11 +16,10 @@
 //! connection, then the database, and prints its counters.
 
 use actix::Actor;
-use actix_outbox::{Error, TableName, redact_url};
+use actix_outbox::{DatabaseConfig, Error, TableName, redact_url};
 use actix_outbox_actors::{
     BrokerConfig, ConnectionSupervisor, RelayActor, RelayConfig, StopBroker, StopRelay,
 };
-use sea_orm::{ConnectOptions, Database};
 use tracing::info;
 
 fn env_or(name: &str, default: &str) -> String {
@@ -75,13 +74,10 @@ async fn main() -> Result<(), Error> {
     config.validate()?;
 
     info!(database = %redact_url(&db_url), "connecting to the database");
-    let mut options = ConnectOptions::new(db_url);
-    // Ping only connections idle for a while instead of on every checkout: saves one round
-    // trip per batch. A connection that died anyway fails its batch, which is retried.
-    options
-        .sqlx_logging(false)
-        .test_before_acquire_if_idle_for(std::time::Duration::from_secs(30));
-    let db = Database::connect(options).await?;
+    // DatabaseConfig keeps the URL (and its password) out of every log, at any level, and
+    // pings only connections idle for 30 s instead of on every checkout: one round trip less
+    // per batch. A connection that died anyway fails its batch, which is retried.
+    let db = DatabaseConfig::new(db_url).connect().await?;
     actix_outbox::Outbox::new(table).setup(&db).await?;
 
     let broker = ConnectionSupervisor::start_supervised(BrokerConfig::from_env()?)?;

@@ -37,6 +37,7 @@
 //! - [`headers`] — the `x-outbox-*` header names.
 //! - `duration` — [`parse_duration`] (`"500ms"`, `"1m30s"`).
 //! - `redact` — [`redact_url`]: passwords never reach logs.
+//! - `database` — [`DatabaseConfig`]: connecting without handing the URL to a log at any level.
 //! - `error` — [`Error`], [`Result`].
 //! - [`testing`] — test your handlers without a broker; wait for the outbox to drain.
 //!
@@ -75,6 +76,7 @@
 
 mod binding_key;
 mod codec;
+mod database;
 mod duration;
 mod error;
 mod event;
@@ -95,6 +97,7 @@ pub use sea_orm;
 
 pub use binding_key::BindingKey;
 pub use codec::{Codec, RawPayload};
+pub use database::DatabaseConfig;
 pub use duration::parse_duration;
 pub use error::{Error, Result};
 pub use event::Event;
@@ -110,6 +113,7 @@ pub use table_name::{MAX_TABLE_NAME_LEN, TableName};
 pub mod __private {
     //! Items shared with `actix-outbox-actors`; not part of the public API.
     pub use crate::duration::require_positive;
+    pub use crate::redact::redact_unparsed;
     pub use crate::schema::COLUMNS;
 }
 

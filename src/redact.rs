@@ -24,18 +24,33 @@ pub fn redact_url(url: &str) -> String {
     mask_query_password(&masked)
 }
 
+/// What an error about a URL that did not parse may show of it: the redacted URL, or, when
+/// no password could be located in text that still holds an `@` (it is not a URL with
+/// credentials the masking recognises), nothing of it at all.
+#[must_use]
+pub fn redact_unparsed(url: &str) -> String {
+    let shown = redact_url(url);
+    if shown == url && url.contains('@') {
+        "<the URL, not shown: it may hold a password>".to_owned()
+    } else {
+        shown
+    }
+}
+
 fn mask_userinfo(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         return url.to_owned();
     };
     let rest = &url[scheme_end + 3..];
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    // The last '@' separates userinfo from the host (passwords may contain '@').
-    let Some(at) = authority.rfind('@') else {
+    // The last '@' of the authority separates userinfo from the host (passwords may contain
+    // '@'). A password may also hold an unencoded '/', '?' or '#', which ends the authority
+    // early: then the last '@' anywhere is taken. That masks too much when a path or query
+    // holds an '@' as well, never too little.
+    let Some(at) = rest[..authority_end].rfind('@').or_else(|| rest.rfind('@')) else {
         return url.to_owned();
     };
-    let userinfo = &authority[..at];
+    let userinfo = &rest[..at];
     let Some(colon) = userinfo.find(':') else {
         return url.to_owned();
     };
@@ -79,10 +94,21 @@ mod tests {
             ),
             ("amqp://h", "amqp://h"),
             ("not a url", "not a url"),
+            // Unencoded '/', '?' and '#' in a password end the authority early.
+            ("amqp://u:se/cr?et#x@h:5672/%2f", "amqp://u:***@h:5672/%2f"),
+            ("postgres://u:a/b@h/db", "postgres://u:***@h/db"),
         ];
         for (input, want) in cases {
             assert_eq!(redact_url(input), want, "{input}");
             assert!(!redact_url(input).contains(":p@"), "{input}");
+        }
+        for secret in ["se/cr?et#x", "a/b"] {
+            for url in [
+                format!("amqp://u:{secret}@h/%2f"),
+                format!("postgres://u:{secret}@h/db"),
+            ] {
+                assert!(!redact_url(&url).contains(secret), "{url}");
+            }
         }
     }
 }

@@ -43,12 +43,12 @@
 
 use std::sync::Arc;
 
-use actix_outbox::{Outbox, TableName, redact_url};
+use actix_outbox::{DatabaseConfig, Outbox, TableName, redact_url};
 use actix_outbox_actors::BrokerConfig;
 use actix_web::{App, HttpResponse, HttpServer, web};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ConnectOptions, ConnectionTrait, Database,
-    DatabaseConnection, EntityTrait, TransactionTrait,
+    ActiveModelTrait, ActiveValue::Set, ConnectionTrait, DatabaseConnection, EntityTrait,
+    TransactionTrait,
 };
 use serde::{Deserialize, Serialize};
 use tracing::{error, info};
@@ -281,11 +281,8 @@ async fn main() -> Result<(), ExampleError> {
     let broker = BrokerConfig::from_env()?;
 
     info!(database = %redact_url(&db_url), broker = %broker.redacted_url(), "connecting");
-    let mut options = ConnectOptions::new(db_url);
-    options.sqlx_logging(false);
-    let db = Database::connect(options)
-        .await
-        .map_err(actix_outbox::Error::from)?;
+    // DatabaseConfig keeps the URL (and its password) out of every log, at any level.
+    let db = DatabaseConfig::new(db_url).connect().await?;
     let state = AppState {
         db: db.clone(),
         outbox: Outbox::new(TableName::new(OUTBOX_TABLE)?),

@@ -50,10 +50,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
-use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement,
-    TransactionTrait,
-};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, TransactionTrait};
 use serde_json::{Value, json};
 
 /// Command-line parameters.
@@ -275,9 +272,10 @@ async fn main() -> Result<(), Error> {
         .unwrap_or_else(|_| "postgres://outbox:outbox@127.0.0.1:5432/outbox".into());
     let amqp_url = std::env::var("AMQP_URL")
         .unwrap_or_else(|_| "amqp://outbox:outbox@127.0.0.1:5672/%2f".into());
-    let mut options = ConnectOptions::new(db_url);
-    options.sqlx_logging(false).max_connections(20);
-    let db = Database::connect(options).await?;
+    let db = actix_outbox::DatabaseConfig::new(db_url.as_str())
+        .with_max_connections(20)
+        .connect()
+        .await?;
     let lapin_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

@@ -45,9 +45,12 @@ impl BrokerConfig {
     pub fn new(url: impl Into<String>) -> Result<Self> {
         let url = url.into();
         if let Err(reason) = url.parse::<lapin::uri::AMQPUri>() {
+            // lapin's message may quote the whole URL: show it redacted there too.
+            let shown = actix_outbox::__private::redact_unparsed(&url);
+            let reason = reason.replace(&url, &shown);
             return Err(Error::InvalidConfig {
                 field: "amqp_url",
-                reason: format!("{:?} is not an AMQP URL: {reason}", redact_url(&url)),
+                reason: format!("{shown:?} is not an AMQP URL: {reason}"),
             });
         }
         Ok(Self {
@@ -153,6 +156,15 @@ mod tests {
             }
         ));
         assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn a_url_lapin_quotes_in_its_error_is_redacted_there_too() {
+        // lapin answers "Invalid URL: '<the whole URL>'" for this one.
+        let err = BrokerConfig::new("amqp:u:hunter2@host").expect_err("not a URL");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        let err = BrokerConfig::new("amqp://u:hun/ter2@host:notaport").expect_err("bad port");
+        assert!(!err.to_string().contains("hun/ter2"), "{err}");
     }
 
     #[test]
