@@ -184,12 +184,16 @@ async fn queue_publishes<'a>(
     let now = Utc::now();
     let mut queued = Vec::with_capacity(rows.len());
     for (i, row) in rows.iter().enumerate() {
-        let props = envelope::properties(row, now);
-        let unfit = envelope::unpublishable(row, config.max_message_bytes)
-            .or_else(|| envelope::oversize_properties(&props, publisher.frame_max));
-        if let Some(reason) = unfit {
-            warn!(message_id = %row.message_id, %reason, "row cannot be published; parking it");
-            fates[i] = Fate::Unpublishable(reason);
+        // Short strings first: building the properties of a row that breaks them would panic.
+        let props = match envelope::unpublishable(row, config.max_message_bytes) {
+            None => envelope::properties(row, now),
+            Some(reason) => {
+                fates[i] = park(row, reason);
+                continue;
+            }
+        };
+        if let Some(reason) = envelope::oversize_properties(&props, publisher.frame_max) {
+            fates[i] = park(row, reason);
             continue;
         }
         let mut publish = Box::pin(publisher.channel.basic_publish(
@@ -216,6 +220,12 @@ async fn queue_publishes<'a>(
         }
     }
     queued
+}
+
+/// The fate of a row the broker cannot take as it is.
+fn park(row: &Model, reason: String) -> Fate {
+    warn!(message_id = %row.message_id, %reason, "row cannot be published; parking it");
+    Fate::Unpublishable(reason)
 }
 
 /// Awaits the writes in order until `deadline`; returns the confirms to wait for and, if a

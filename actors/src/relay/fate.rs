@@ -161,9 +161,9 @@ pub(crate) fn plan(
         match fate {
             Fate::Sent | Fate::DroppedUnroutable => {
                 plan.finished.push(row.id);
-                r.expired += usize::from(envelope::is_expired(row, now));
                 if *fate == Fate::Sent {
                     r.sent += 1;
+                    r.expired += usize::from(envelope::is_expired(row, now));
                 } else {
                     r.dropped_unroutable += 1;
                     warn!(message_id = %row.message_id, routing_key = %row.routing_key, "unroutable message dropped (Unroutable::Drop)");
@@ -365,7 +365,7 @@ mod tests {
         let past = Some(now - chrono::TimeDelta::seconds(1));
         let rows = [
             row(1, 0, past),
-            row(2, 0, None),
+            row(2, 0, past), // dropped, not sent: not counted as expired
             row(3, 1, None),
             row(4, 0, None),
             row(5, 0, None),

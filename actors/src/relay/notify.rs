@@ -11,8 +11,8 @@ use super::WakeUp;
 
 /// Spawns a task (on the current actix/tokio runtime) that listens on `channel` and sends a
 /// [`WakeUp`] per notification. It holds one pooled connection for as long as it runs,
-/// reconnects by itself after errors (notifications sent meanwhile are lost: the relay's poll
-/// covers them) and sends a [`WakeUp`] after every (re)connect for that reason.
+/// reconnects by itself after errors, and sends a [`WakeUp`] after every (re)connect, its own
+/// or sqlx's, because notifications sent while the connection was down are lost.
 pub(crate) fn spawn(
     db: &DatabaseConnection,
     channel: String,
@@ -27,8 +27,15 @@ pub(crate) fn spawn(
                         debug!(%channel, "listening for outbox notifications");
                         relay.do_send(WakeUp);
                         loop {
-                            match listener.recv().await {
-                                Ok(_) => relay.do_send(WakeUp),
+                            // `try_recv` (not `recv`) so a lost connection is seen: sqlx then
+                            // reconnects on the next call, and notifications sent meanwhile
+                            // are gone, so the relay is woken to look for them itself.
+                            match listener.try_recv().await {
+                                Ok(Some(_)) => relay.do_send(WakeUp),
+                                Ok(None) => {
+                                    warn!(%channel, "LISTEN connection lost and re-established; looking for rows notified meanwhile");
+                                    relay.do_send(WakeUp);
+                                }
                                 Err(e) => {
                                     warn!(error = %e, "LISTEN connection lost; polling until it is back");
                                     break;

@@ -79,6 +79,8 @@ pub struct WorkerConfig {
     pub(crate) channel_timeout: Duration,
     /// Longest wait for the broker to confirm a retry or dead-letter copy.
     pub(crate) confirm_timeout: Duration,
+    /// Longest wait for a handler's answer, unless a listener sets its own.
+    pub(crate) handler_timeout: Duration,
     /// Pause between attempts to get consuming again after a lost channel.
     pub(crate) reconnect: Backoff,
 }
@@ -96,6 +98,7 @@ impl Default for WorkerConfig {
             grace_period: Duration::from_secs(30),
             channel_timeout: Duration::from_secs(15),
             confirm_timeout: Duration::from_secs(15),
+            handler_timeout: Duration::from_secs(300),
             reconnect: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
         }
     }
@@ -187,6 +190,17 @@ impl WorkerConfig {
         self
     }
 
+    /// Sets how long a handler may take to answer before the delivery counts as a failed
+    /// attempt (retried, or dead-lettered once the tiers are used up). A hung handler would
+    /// otherwise pin its prefetch slot for ever; actix cannot take an event back, so the
+    /// handler actor still has it and may still finish it (at-least-once: the retry may then
+    /// be a duplicate). Each [`Listen`](crate::Listen) may set its own. Defaults to 5 min.
+    #[must_use]
+    pub fn with_handler_timeout(mut self, timeout: Duration) -> Self {
+        self.handler_timeout = timeout;
+        self
+    }
+
     /// Sets the pause before getting a channel again after one was lost: `min` doubling up
     /// to `max`, with jitter. Defaults to 100 ms up to 10 s.
     #[must_use]
@@ -216,6 +230,7 @@ impl WorkerConfig {
         positive("grace_period", self.grace_period)?;
         positive("channel_timeout", self.channel_timeout)?;
         positive("confirm_timeout", self.confirm_timeout)?;
+        positive("handler_timeout", self.handler_timeout)?;
         self.reconnect.validate("reconnect_backoff")?;
         resolve_delays(&self.retry_delays)?;
         Ok(())
@@ -278,6 +293,10 @@ mod tests {
         assert_eq!(
             field_of(d().with_channel_timeout(Duration::ZERO)),
             "channel_timeout"
+        );
+        assert_eq!(
+            field_of(d().with_handler_timeout(Duration::ZERO)),
+            "handler_timeout"
         );
         assert_eq!(
             field_of(d().with_reconnect_backoff(Duration::from_secs(2), Duration::from_secs(1))),

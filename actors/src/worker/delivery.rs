@@ -75,7 +75,11 @@ pub(crate) async fn run<T>(job: Job<T>, delivery: Delivery) -> Report
 where
     T: DeserializeOwned + Send + 'static,
 {
-    let meta = DeliveryMeta::read(delivery.routing_key.as_str(), &delivery.properties);
+    let meta = DeliveryMeta::read(
+        delivery.routing_key.as_str(),
+        &delivery.properties,
+        &delivery.data,
+    );
     let span = info_span!(
         "delivery",
         queue = %job.spec.queue,
@@ -128,14 +132,17 @@ where
         Err(reason) => return Outcome::Undecodable(reason),
     };
     job.sends.borrow_mut().begin();
-    let answer = job.handler.send(meta.into_event(payload)).await;
+    let sent = job.handler.send(meta.into_event(payload));
+    let answer = tokio::time::timeout(job.spec.handler_timeout, sent).await;
     let mut sends = job.sends.borrow_mut();
     let outcome = match answer {
-        Ok(Ok(())) => Outcome::Handled,
-        Ok(Err(err)) => Outcome::Failed(err),
-        Err(_) if job.restartable && sends.crash_was_alone() => Outcome::Crashed,
-        Err(_) if job.restartable => Outcome::Displaced,
-        Err(_) => Outcome::HandlerGone,
+        // The handler keeps the event (actix cannot take it back); the delivery goes on.
+        Err(_) => Outcome::TimedOut,
+        Ok(Ok(Ok(()))) => Outcome::Handled,
+        Ok(Ok(Err(err))) => Outcome::Failed(err),
+        Ok(Err(_)) if job.restartable && sends.crash_was_alone() => Outcome::Crashed,
+        Ok(Err(_)) if job.restartable => Outcome::Displaced,
+        Ok(Err(_)) => Outcome::HandlerGone,
     };
     sends.end();
     outcome

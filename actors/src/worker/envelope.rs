@@ -35,7 +35,10 @@ const SENDER_ROUTING: [&str; 2] = ["CC", "BCC"];
 pub(crate) struct DeliveryMeta {
     /// The key the event was emitted with (`x-outbox-routing-key`, else the delivery's).
     pub(crate) routing_key: String,
-    /// The AMQP message id as a UUID; a fresh one when absent or not a UUID.
+    /// The AMQP message id as a UUID. A message id that is not a UUID (published by other
+    /// software) is mapped to a name-based UUID of it, and a message without one gets a
+    /// UUID derived from its routing key and body: either way the same on every redelivery,
+    /// so handlers can deduplicate by it.
     pub(crate) message_id: Uuid,
     /// `x-outbox-attempt`, 1 when absent.
     pub(crate) attempt: u32,
@@ -47,16 +50,33 @@ pub(crate) struct DeliveryMeta {
     pub(crate) user_headers: Map<String, Value>,
 }
 
+/// The namespace of the name-based UUIDs below (a fixed, arbitrary UUID of this crate's).
+const ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2a57_93d4_4e0b_a8c1_35d2_7e90_b4f6);
+
+/// A message id as a UUID: itself when it is one, else a name-based (v5) UUID of it.
+fn stable_id(id: &str) -> Uuid {
+    Uuid::parse_str(id).unwrap_or_else(|_| Uuid::new_v5(&ID_NAMESPACE, id.as_bytes()))
+}
+
+/// The id of a message that has none: a name-based UUID of its routing key and body.
+fn content_id(routing_key: &str, body: &[u8]) -> Uuid {
+    let mut name = Vec::with_capacity(routing_key.len() + 1 + body.len());
+    name.extend_from_slice(routing_key.as_bytes());
+    name.push(0);
+    name.extend_from_slice(body);
+    Uuid::new_v5(&ID_NAMESPACE, &name)
+}
+
 impl DeliveryMeta {
-    /// Reads the metadata of a delivery published with `delivery_key`.
-    pub(crate) fn read(delivery_key: &str, props: &BasicProperties) -> Self {
+    /// Reads the metadata of a delivery published with `delivery_key` and carrying `body`.
+    pub(crate) fn read(delivery_key: &str, props: &BasicProperties, body: &[u8]) -> Self {
         let headers = props.headers().as_ref();
         let get = |name: &str| headers.and_then(|t| t.inner().get(name));
         let message_id = props
             .message_id()
             .as_ref()
-            .and_then(|id| Uuid::parse_str(id.as_str()).ok())
-            .unwrap_or_else(Uuid::now_v7);
+            .map(|id| stable_id(id.as_str()))
+            .unwrap_or_else(|| content_id(delivery_key, body));
         let routing_key = get(h::ROUTING_KEY)
             .and_then(as_text)
             .unwrap_or_else(|| delivery_key.to_owned());
@@ -255,7 +275,7 @@ mod tests {
             ("x-delivery-count", AMQPValue::LongLongInt(2)),
             ("tenant", long("acme")),
         ]);
-        let meta = DeliveryMeta::read("dlq_ignored", &p);
+        let meta = DeliveryMeta::read("dlq_ignored", &p, b"");
         assert_eq!(meta.attempt, 3);
         assert_eq!(meta.routing_key, "user.created");
         assert_eq!(
@@ -272,14 +292,48 @@ mod tests {
     }
 
     #[test]
+    fn foreign_ids_stay_the_same_on_every_redelivery() {
+        let foreign = BasicProperties::default().with_message_id("order-42".into());
+        let a = DeliveryMeta::read("k", &foreign, b"{}").message_id;
+        assert_eq!(
+            a,
+            DeliveryMeta::read("k", &foreign, b"other body").message_id
+        );
+        assert_ne!(
+            a,
+            DeliveryMeta::read(
+                "k",
+                &BasicProperties::default().with_message_id("order-43".into()),
+                b"{}"
+            )
+            .message_id
+        );
+        let none = BasicProperties::default();
+        let b = DeliveryMeta::read("k", &none, b"{\"n\":1}").message_id;
+        assert_eq!(
+            b,
+            DeliveryMeta::read("k", &none, b"{\"n\":1}").message_id,
+            "same content, same id"
+        );
+        assert_ne!(b, DeliveryMeta::read("k", &none, b"{\"n\":2}").message_id);
+        let uuid = Uuid::now_v7();
+        let own = BasicProperties::default().with_message_id(uuid.to_string().into());
+        assert_eq!(
+            DeliveryMeta::read("k", &own, b"").message_id,
+            uuid,
+            "UUIDs are kept"
+        );
+    }
+
+    #[test]
     fn meta_defaults_for_foreign_messages() {
-        let meta = DeliveryMeta::read("user.created", &BasicProperties::default());
+        let meta = DeliveryMeta::read("user.created", &BasicProperties::default(), b"");
         assert_eq!(meta.attempt, 1);
         assert_eq!(meta.routing_key, "user.created");
         assert_eq!(meta.tracking_ids, [meta.message_id.to_string()]);
         assert!(meta.deadline.is_none());
         let text_attempt = props(&[(h::ATTEMPT, long("4")), (h::DEADLINE, long("garbage"))]);
-        let meta = DeliveryMeta::read("k", &text_attempt);
+        let meta = DeliveryMeta::read("k", &text_attempt, b"");
         assert_eq!(meta.attempt, 4);
         assert!(meta.deadline.is_none(), "an invalid deadline is ignored");
     }
@@ -306,7 +360,7 @@ mod tests {
             ),
             ("tenant", long("acme")),
         ]);
-        let meta = DeliveryMeta::read("user.created", &p);
+        let meta = DeliveryMeta::read("user.created", &p, b"");
         let copy = copy_properties(
             &p,
             &meta.routing_key,

@@ -42,6 +42,8 @@ pub struct Listen {
     retry_on_error: Option<bool>,
     /// Per-queue delays, else the worker's.
     retry_delays: Option<Vec<RetryDelay>>,
+    /// Per-queue handler timeout, else the worker's.
+    handler_timeout: Option<Duration>,
 }
 
 impl Listen {
@@ -73,6 +75,7 @@ impl Listen {
             prefetch: None,
             retry_on_error: None,
             retry_delays: None,
+            handler_timeout: None,
         })
     }
 
@@ -110,6 +113,15 @@ impl Listen {
         self
     }
 
+    /// Sets how long this handler may take to answer (see
+    /// [`WorkerConfig::with_handler_timeout`](crate::WorkerConfig::with_handler_timeout)).
+    /// Defaults to the worker's.
+    #[must_use]
+    pub fn with_handler_timeout(mut self, timeout: Duration) -> Self {
+        self.handler_timeout = Some(timeout);
+        self
+    }
+
     /// The binding keys.
     #[must_use]
     pub fn keys(&self) -> &[BindingKey] {
@@ -125,6 +137,9 @@ impl Listen {
         check_queue_name(&queue)?;
         let prefetch = self.prefetch.unwrap_or(config.prefetch);
         check_prefetch(prefetch)?;
+        if let Some(timeout) = self.handler_timeout {
+            actix_outbox::__private::require_positive("handler_timeout", timeout)?;
+        }
         let delays = match &self.retry_delays {
             Some(delays) => resolve_delays(delays)?,
             None => config.policy()?.delays,
@@ -144,6 +159,7 @@ impl Listen {
             grace_period: config.grace_period,
             channel_timeout: config.channel_timeout,
             confirm_timeout: config.confirm_timeout,
+            handler_timeout: self.handler_timeout.unwrap_or(config.handler_timeout),
             reconnect: config.reconnect,
             queue,
         })
@@ -178,6 +194,8 @@ pub(crate) struct ConsumerSpec {
     pub(crate) channel_timeout: Duration,
     /// Longest wait for a copy's confirm.
     pub(crate) confirm_timeout: Duration,
+    /// Longest wait for the handler's answer.
+    pub(crate) handler_timeout: Duration,
     /// Pause between attempts to consume again.
     pub(crate) reconnect: Backoff,
 }

@@ -119,6 +119,8 @@ pub(crate) enum Outcome {
     Undecodable(String),
     /// The message's deadline had passed before the handler was called.
     Expired,
+    /// The handler did not answer within the listener's handler timeout.
+    TimedOut,
 }
 
 impl Outcome {
@@ -132,6 +134,7 @@ impl Outcome {
             Outcome::HandlerGone => "handler_gone",
             Outcome::Undecodable(_) => "undecodable",
             Outcome::Expired => "expired",
+            Outcome::TimedOut => "timeout",
         }
     }
 }
@@ -163,7 +166,7 @@ pub(crate) const EXPIRED: &str = "expired";
 /// | outcome | fate |
 /// |---|---|
 /// | handled, or `Abort` | ack |
-/// | `Failed`, or a crashed handler | retry if `retry_on_error` and a tier is left, else dead-letter |
+/// | `Failed`, a crashed or timed-out handler | retry if `retry_on_error` and a tier is left, else dead-letter |
 /// | `Retry` | retry if a tier is left, else dead-letter |
 /// | `Reject`, undecodable, expired | dead-letter |
 /// | handler gone for good, or died with several events in its mailbox | requeue |
@@ -181,6 +184,10 @@ pub(crate) fn decide(outcome: &Outcome, attempt: u32, policy: &RetryPolicy) -> F
         },
         Outcome::Failed(err) => retry_or_dead(err.to_string(), false),
         Outcome::Crashed => retry_or_dead("failed: handler actor panicked".to_owned(), false),
+        Outcome::TimedOut => retry_or_dead(
+            "failed: the handler did not answer within its timeout".to_owned(),
+            false,
+        ),
         Outcome::HandlerGone | Outcome::Displaced => Fate::Requeue,
         Outcome::Undecodable(reason) => Fate::DeadLetter {
             reason: format!("undecodable payload: {reason}"),

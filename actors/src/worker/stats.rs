@@ -32,6 +32,8 @@ pub struct ConsumerStats {
     /// Handler actors that died (a panic): each restart from the factory, and each delivery
     /// that found an address-registered handler gone.
     pub panics: u64,
+    /// Handlers that did not answer within the handler timeout (each a failed attempt).
+    pub timeouts: u64,
     /// Times the consumer got consuming again after losing its channel.
     pub reconnects: u64,
     /// Deliveries being handled right now (a snapshot, not a counter).
@@ -60,6 +62,7 @@ impl ConsumerStats {
         match report.outcome {
             Outcome::Undecodable(_) => self.decode_failures += 1,
             Outcome::HandlerGone => self.panics += 1,
+            Outcome::TimedOut => self.timeouts += 1,
             _ => {}
         }
     }
