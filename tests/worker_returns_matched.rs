@@ -65,9 +65,14 @@ async fn a_returned_copy_never_acks_its_original() {
         |s| s.dead_lettered >= (MESSAGES / 2) as u64,
     )
     .await;
-    // Let the odd ones go round a while longer (each try's copy is returned, the original
-    // requeued), then stop: a bounded observation window, not synchronisation.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Every odd one goes round again (its copy returned, the original requeued after a
+    // pause): wait until each was tried twice.
+    log.wait_count(
+        "every odd message to be tried a second time",
+        MESSAGES + MESSAGES / 2,
+        Duration::from_secs(15),
+    )
+    .await;
     let stats = running.queue_stats(&queue).await.expect("stats");
     tokio::time::timeout(Duration::from_secs(30), running.stop())
         .await

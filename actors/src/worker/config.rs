@@ -81,6 +81,8 @@ pub struct WorkerConfig {
     pub(crate) confirm_timeout: Duration,
     /// Longest wait for a handler's answer, unless a listener sets its own.
     pub(crate) handler_timeout: Duration,
+    /// Unsettled deliveries of one message after which it is dead-lettered.
+    pub(crate) max_redeliveries: u32,
     /// Pause between attempts to get consuming again after a lost channel.
     pub(crate) reconnect: Backoff,
 }
@@ -99,6 +101,7 @@ impl Default for WorkerConfig {
             channel_timeout: Duration::from_secs(15),
             confirm_timeout: Duration::from_secs(15),
             handler_timeout: Duration::from_secs(300),
+            max_redeliveries: 20,
             reconnect: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
         }
     }
@@ -201,6 +204,17 @@ impl WorkerConfig {
         self
     }
 
+    /// Sets after how many unsettled deliveries a message is dead-lettered without calling
+    /// its handler: deliveries that ended in a crashed process, a closed channel or a requeue
+    /// (its retry copy could not be confirmed), counted by the broker in `x-delivery-count`.
+    /// This bounds every loop, a message that kills the process included. Quorum queues
+    /// count; classic queues do not, so there the limit never applies. Defaults to 20.
+    #[must_use]
+    pub fn with_max_redeliveries(mut self, redeliveries: u32) -> Self {
+        self.max_redeliveries = redeliveries;
+        self
+    }
+
     /// Sets the pause before getting a channel again after one was lost: `min` doubling up
     /// to `max`, with jitter. Defaults to 100 ms up to 10 s.
     #[must_use]
@@ -231,6 +245,13 @@ impl WorkerConfig {
         positive("channel_timeout", self.channel_timeout)?;
         positive("confirm_timeout", self.confirm_timeout)?;
         positive("handler_timeout", self.handler_timeout)?;
+        if self.max_redeliveries == 0 {
+            return Err(Error::InvalidConfig {
+                field: "max_redeliveries",
+                reason: "must be at least 1 (0 would dead-letter every message unhandled)"
+                    .to_owned(),
+            });
+        }
         self.reconnect.validate("reconnect_backoff")?;
         resolve_delays(&self.retry_delays)?;
         Ok(())

@@ -27,6 +27,10 @@ use crate::exchange::{
     delay_name, resolve,
 };
 
+/// The longest pause before requeueing an original whose copy was not confirmed (jittered
+/// between half and all of it).
+const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
+
 /// What a delivery needs from its consumer.
 pub(crate) struct Job<T: Send + 'static> {
     /// The channel the delivery came on (confirm mode): copies are published on it.
@@ -126,6 +130,9 @@ where
     if meta.expired_at(Utc::now()) {
         return Outcome::Expired;
     }
+    if meta.redeliveries >= job.spec.max_redeliveries {
+        return Outcome::Redelivered(meta.redeliveries);
+    }
     let content_type = delivery.properties.content_type().as_ref();
     let payload = match decode_payload::<T>(content_type.map(|c| c.as_str()), &delivery.data) {
         Ok(payload) => payload,
@@ -191,12 +198,17 @@ async fn settle<T: Send + 'static>(
             publish(job, &exchange, &dlq, &delivery.data, props).await
         }
     };
-    match published {
-        Answer::Confirmed => ack(delivery).await,
-        Answer::Returned => requeue(delivery, "the copy was unroutable".to_owned()).await,
-        Answer::Nacked => requeue(delivery, "the copy was nacked".to_owned()).await,
-        Answer::Unknown(why) | Answer::Failed(why) => requeue(delivery, why).await,
-    }
+    let why = match published {
+        Answer::Confirmed => return ack(delivery).await,
+        Answer::Returned => "the copy was unroutable".to_owned(),
+        Answer::Nacked => "the copy was nacked".to_owned(),
+        Answer::Unknown(why) | Answer::Failed(why) => why,
+    };
+    // The original comes straight back when requeued: pause first, so a copy that cannot be
+    // placed (a deleted delay queue, a full dead-letter queue) does not loop at full speed.
+    // Its redeliveries are counted by the broker and bounded by the redelivery limit.
+    tokio::time::sleep(REQUEUE_PAUSE.mul_f64(0.5 + fastrand::f64() * 0.5)).await;
+    requeue(delivery, why).await
 }
 
 /// Publishes a copy (`mandatory`) and waits for its confirm, bounded by the confirm timeout,

@@ -42,6 +42,10 @@ pub(crate) struct DeliveryMeta {
     pub(crate) message_id: Uuid,
     /// `x-outbox-attempt`, 1 when absent.
     pub(crate) attempt: u32,
+    /// How often the broker delivered this very message before without it being settled
+    /// (`x-delivery-count`, set by quorum queues on every redelivery: a requeue, a closed
+    /// channel, a crashed process); 0 when absent (first delivery, or a classic queue).
+    pub(crate) redeliveries: u32,
     /// `x-outbox-deadline`, when present and valid RFC 3339.
     pub(crate) deadline: Option<DateTime<Utc>>,
     /// `x-outbox-tracking-ids`, else just the message id.
@@ -94,6 +98,7 @@ impl DeliveryMeta {
             routing_key,
             message_id,
             attempt: get(h::ATTEMPT).and_then(as_attempt).unwrap_or(1).max(1),
+            redeliveries: get("x-delivery-count").and_then(as_attempt).unwrap_or(0),
             deadline,
             tracking_ids,
             user_headers,
@@ -335,6 +340,9 @@ mod tests {
         let text_attempt = props(&[(h::ATTEMPT, long("4")), (h::DEADLINE, long("garbage"))]);
         let meta = DeliveryMeta::read("k", &text_attempt, b"");
         assert_eq!(meta.attempt, 4);
+        assert_eq!(meta.redeliveries, 0);
+        let quorum = props(&[("x-delivery-count", AMQPValue::LongLongInt(7))]);
+        assert_eq!(DeliveryMeta::read("k", &quorum, b"").redeliveries, 7);
         assert!(meta.deadline.is_none(), "an invalid deadline is ignored");
     }
 

@@ -160,6 +160,7 @@ impl Listen {
             channel_timeout: config.channel_timeout,
             confirm_timeout: config.confirm_timeout,
             handler_timeout: self.handler_timeout.unwrap_or(config.handler_timeout),
+            max_redeliveries: config.max_redeliveries,
             reconnect: config.reconnect,
             queue,
         })
@@ -196,6 +197,8 @@ pub(crate) struct ConsumerSpec {
     pub(crate) confirm_timeout: Duration,
     /// Longest wait for the handler's answer.
     pub(crate) handler_timeout: Duration,
+    /// Unsettled deliveries after which a message is dead-lettered.
+    pub(crate) max_redeliveries: u32,
     /// Pause between attempts to consume again.
     pub(crate) reconnect: Backoff,
 }

@@ -121,6 +121,10 @@ pub(crate) enum Outcome {
     Expired,
     /// The handler did not answer within the listener's handler timeout.
     TimedOut,
+    /// The broker delivered the message this many times before without it being settled
+    /// (crashes, channels closed, requeues), reaching the redelivery limit: it is
+    /// dead-lettered without calling the handler, so no message can loop for ever.
+    Redelivered(u32),
 }
 
 impl Outcome {
@@ -135,6 +139,7 @@ impl Outcome {
             Outcome::Undecodable(_) => "undecodable",
             Outcome::Expired => "expired",
             Outcome::TimedOut => "timeout",
+            Outcome::Redelivered(_) => "redelivery_limit",
         }
     }
 }
@@ -168,7 +173,7 @@ pub(crate) const EXPIRED: &str = "expired";
 /// | handled, or `Abort` | ack |
 /// | `Failed`, a crashed or timed-out handler | retry if `retry_on_error` and a tier is left, else dead-letter |
 /// | `Retry` | retry if a tier is left, else dead-letter |
-/// | `Reject`, undecodable, expired | dead-letter |
+/// | `Reject`, undecodable, expired, over the redelivery limit | dead-letter |
 /// | handler gone for good, or died with several events in its mailbox | requeue |
 pub(crate) fn decide(outcome: &Outcome, attempt: u32, policy: &RetryPolicy) -> Fate {
     let retry_or_dead = |reason: String, forced: bool| match policy.tier_after(attempt) {
@@ -194,6 +199,12 @@ pub(crate) fn decide(outcome: &Outcome, attempt: u32, policy: &RetryPolicy) -> F
         },
         Outcome::Expired => Fate::DeadLetter {
             reason: EXPIRED.to_owned(),
+        },
+        Outcome::Redelivered(n) => Fate::DeadLetter {
+            reason: format!(
+                "redelivered {n} times without being settled (the process or its channel died \
+                 while handling it, or its retry copy could not be confirmed)"
+            ),
         },
     }
 }
