@@ -35,10 +35,13 @@ async fn nacked_row_is_parked_after_the_cap() {
     let refused = actix_outbox::emit(&t.db, "refuse.me", &0)
         .await
         .expect("emit");
+    let mut ok = Vec::new();
     for i in 1..=5 {
-        actix_outbox::emit(&t.db, "user.created", &i)
-            .await
-            .expect("emit");
+        ok.push(
+            actix_outbox::emit(&t.db, "user.created", &i)
+                .await
+                .expect("emit"),
+        );
     }
     let relay = TestRelay::start(
         &t.db,
@@ -47,7 +50,9 @@ async fn nacked_row_is_parked_after_the_cap() {
             .with_max_attempts(3)
             .with_retry_backoff(Duration::from_millis(20), Duration::from_millis(50)),
     );
-    broker.drain(&ok_queue, 5, Duration::from_secs(10)).await;
+    broker
+        .drain_exactly(&ok_queue, &ok, Duration::from_secs(10))
+        .await;
     let row = wait_for(
         "the refused row to be parked",
         Duration::from_secs(20),
@@ -107,8 +112,9 @@ async fn missing_exchange_keeps_rows_until_it_exists() {
     );
     broker.declare_exchange().await;
     let queue = broker.bind_queue(&["user.created"]).await;
-    let seen = broker.drain(&queue, 1, Duration::from_secs(15)).await;
-    assert_eq!(seen.get(&id.to_string()), Some(&1));
+    broker
+        .drain_exactly(&queue, &[id], Duration::from_secs(15))
+        .await;
     relay.stop().await;
     broker.cleanup().await;
     t.cleanup().await;

@@ -91,8 +91,10 @@ where
         (seen.count() >= 500).then_some(())
     })
     .await;
+    // Measured just before the fault: ids still unhandled then were in the queue or in
+    // flight when it hit.
+    let handled_before = seen.distinct().len();
     fault().await;
-    let at_fault = seen.count();
 
     let expected: HashSet<_> = ids.into_iter().collect();
     wait_for(
@@ -121,7 +123,12 @@ where
         broker.generation >= 2,
         "the supervisor reconnected: {broker:?}"
     );
-    assert!(at_fault < total, "the fault hit while messages flowed");
+    assert!(
+        handled_before < total,
+        "the fault hit while messages flowed: {handled_before} of {total} handled before it"
+    );
+    let after: usize = total - handled_before;
+    assert!(after > 0, "ids were handled after the fault");
     eprintln!(
         "fault survived: {total} ids, 0 lost, {} duplicates; {stats:?}",
         seen.count() - total

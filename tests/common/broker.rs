@@ -169,6 +169,22 @@ impl TestBroker {
             .collect()
     }
 
+    /// Drains `queue` until each of `expected` arrived, then watches it for another 500 ms
+    /// (a bounded observation window): fails on a missing id, a duplicate or a stranger.
+    pub async fn drain_exactly(&self, queue: &str, expected: &[uuid::Uuid], timeout: Duration) {
+        let mut seen = self.drain(queue, expected.len(), timeout).await;
+        for late in self.collect_for(queue, Duration::from_millis(500)).await {
+            let id = late
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            *seen.entry(id).or_default() += 1;
+        }
+        assert_exactly_once(&seen, expected);
+    }
+
     /// Consumes (auto-ack) every message that arrives in `queue` within `window`: for
     /// asserting that nothing (more) arrives.
     pub async fn collect_for(

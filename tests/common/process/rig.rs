@@ -280,6 +280,14 @@ impl FaultRig {
         depth
     }
 
+    /// The depth of `queue`, which must exist: a missing queue is a failure, not an empty one
+    /// (a check of its depth would otherwise pass without looking at anything).
+    pub async fn existing_depth(&self, queue: &str) -> u32 {
+        self.depth(queue)
+            .await
+            .unwrap_or_else(|| panic!("[{}] queue {queue} does not exist", self.case))
+    }
+
     /// Takes every message of `queue` (acked: they are gone afterwards).
     pub async fn take_all(&self, queue: &str) -> Vec<DeadLetter> {
         let conn = self.amqp().await;
@@ -354,7 +362,7 @@ impl FaultRig {
         );
         let unroutable = self.names.unroutable();
         assert_eq!(
-            self.depth(&unroutable).await.unwrap_or(0),
+            self.existing_depth(&unroutable).await,
             0,
             "[{}] unroutable messages in {unroutable}",
             self.case
@@ -362,7 +370,7 @@ impl FaultRig {
         for ms in self.delays_ms.clone() {
             let delay = self.names.delay(ms);
             assert_eq!(
-                self.depth(&delay).await.unwrap_or(0),
+                self.existing_depth(&delay).await,
                 0,
                 "[{}] retries left in {delay}",
                 self.case
