@@ -235,7 +235,7 @@ async fn delete_worker_topology(broker: &mut TestBroker, queue: &str) {
     broker.track_queue(&format!("dlq_{queue}"));
     let mut exchanges = vec![format!("{exchange}.dlx")];
     for delay in delays() {
-        let name = format!("{exchange}.delay.{}ms", delay.as_millis());
+        let name = format!("{exchange}.retry.{}ms", delay.as_millis());
         broker.track_queue(&name);
         exchanges.push(name);
     }

@@ -78,7 +78,7 @@ async fn exhausted_tiers_end_in_the_dead_letter_queue() {
         assert_eq!(env.broker.depth(&queue).await, 0, "{queue} is empty");
     }
     for d in delays() {
-        let delay_q = format!("{}.delay.{}ms", env.broker.exchange, d.as_millis());
+        let delay_q = format!("{}.retry.{}ms", env.broker.exchange, d.as_millis());
         assert_eq!(env.broker.depth(&delay_q).await, 0, "{delay_q} is empty");
     }
     assert_eq!(other.attempts(id), [1]);

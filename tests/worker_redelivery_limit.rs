@@ -40,7 +40,7 @@ async fn a_message_that_cannot_be_settled_is_dead_lettered_at_the_limit() {
     .start()
     .await
     .expect("worker starts");
-    let delay_queue = format!("{}.delay.100ms", env.broker.exchange);
+    let delay_queue = format!("{}.retry.100ms", env.broker.exchange);
     env.broker
         .channel
         .queue_delete(delay_queue.as_str().into(), QueueDeleteOptions::default())

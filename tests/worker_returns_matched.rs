@@ -49,7 +49,7 @@ async fn a_returned_copy_never_acks_its_original() {
     .start()
     .await
     .expect("worker starts");
-    let delay_queue = format!("{}.delay.100ms", env.broker.exchange);
+    let delay_queue = format!("{}.retry.100ms", env.broker.exchange);
     env.broker
         .channel
         .queue_delete(delay_queue.as_str().into(), QueueDeleteOptions::default())

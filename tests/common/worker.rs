@@ -135,7 +135,7 @@ impl WorkerEnv {
         queues.push(format!("{ex}.unroutable"));
         let mut exchanges = vec![format!("{ex}.dlx"), format!("{ex}.unroutable"), ex.clone()];
         for d in delays {
-            let name = format!("{ex}.delay.{}ms", d.as_millis());
+            let name = format!("{ex}.retry.{}ms", d.as_millis());
             queues.push(name.clone());
             exchanges.push(name);
         }

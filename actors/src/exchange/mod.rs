@@ -12,7 +12,7 @@
 //! | `<exchange>.unroutable` | alternate exchange (fanout) and queue that keep unroutable messages |
 //! | `<exchange>.dlx` | direct exchange for dead letters |
 //! | `dlq_<queue>` | the dead-letter queue of `<queue>` (also its binding key on the dlx) |
-//! | `<exchange>.delay.<ms>ms` | fanout exchange and TTL queue of one retry delay |
+//! | `<exchange>.retry.<ms>ms` | fanout exchange and TTL queue of one retry delay (before 0.2: `<exchange>.delay.<ms>ms`, classic) |
 
 mod answer;
 mod declare;
@@ -102,9 +102,14 @@ pub(crate) fn dead_letter_queue(queue: &str) -> String {
     format!("dlq_{queue}")
 }
 
-/// The delay exchange and queue for `delay` on `exchange`: `<exchange>.delay.<ms>ms`.
+/// The delay exchange and queue for `delay` on `exchange`: `<exchange>.retry.<ms>ms`.
+///
+/// Versioned by its name: the `<exchange>.delay.<ms>ms` queues of earlier versions were
+/// classic (at-most-once dead-lettering), and RabbitMQ refuses to redeclare a queue with
+/// other arguments. Those old queues keep working for the copies already in them (they
+/// dead-letter back to their queue as before) and can be deleted once empty.
 pub(crate) fn delay_name(exchange: &str, delay: Duration) -> String {
-    format!("{exchange}.delay.{}ms", delay.as_millis())
+    format!("{exchange}.retry.{}ms", delay.as_millis())
 }
 
 #[cfg(test)]
@@ -128,11 +133,11 @@ mod tests {
         assert_eq!(dead_letter_queue("welcome_mailer"), "dlq_welcome_mailer");
         assert_eq!(
             delay_name("outbox", Duration::from_secs(90)),
-            "outbox.delay.90000ms"
+            "outbox.retry.90000ms"
         );
         assert_eq!(
             delay_name("outbox", Duration::from_millis(100)),
-            "outbox.delay.100ms"
+            "outbox.retry.100ms"
         );
     }
 }

@@ -4,7 +4,7 @@ use actix_outbox::{Error, Result};
 
 /// Longest exchange or queue name accepted: leaves room within AMQP's 255-byte short strings
 /// for the names derived from it (`dlq_<queue>`, `<exchange>.unroutable`, `<exchange>.dlx`,
-/// `<exchange>.delay.<ms>ms`).
+/// `<exchange>.retry.<ms>ms`).
 pub(crate) const MAX_NAME_LEN: usize = 200;
 
 /// Checks an exchange or queue name: non-empty, at most [`MAX_NAME_LEN`] bytes, not starting

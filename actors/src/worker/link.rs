@@ -8,17 +8,25 @@
 //! | object | kind | arguments | bound |
 //! |---|---|---|---|
 //! | `X` | topic, durable | as the relay declares it (`exchange::declare_exchange`) | |
-//! | `q` | durable, quorum (or classic) | `x-dead-letter-exchange = X.dlx`, `x-dead-letter-routing-key = dlq_q` | to `X` with each binding key |
+//! | `q` | durable, quorum (or classic) | `x-dead-letter-exchange = X.dlx`, `x-dead-letter-routing-key = dlq_q`; quorum: `x-dead-letter-strategy = at-least-once`, `x-overflow = reject-publish` | to `X` with each binding key |
 //! | `X.dlx` | direct, durable | | |
 //! | `dlq_q` | durable, same type as `q` | | to `X.dlx` with key `dlq_q` |
-//! | `X.delay.<ms>ms` | fanout, durable, one per distinct delay | | |
-//! | `X.delay.<ms>ms` | classic durable queue | `x-message-ttl = ms`, `x-dead-letter-exchange = ""` | to the exchange of the same name |
+//! | `X.retry.<ms>ms` | fanout, durable, one per distinct delay | | |
+//! | `X.retry.<ms>ms` | durable, same type as `q` | `x-message-ttl = ms`, `x-dead-letter-exchange = ""`; quorum: at-least-once dead-lettering as on `q` | to the exchange of the same name |
 //!
 //! A retry copy is published to the delay exchange with routing key `q`. When its TTL runs
 //! out, the delay queue dead-letters it to the default exchange under that same key, which
 //! routes it to `q` alone: other queues bound to the original key never see the retry.
 //! The dead-letter arguments on `q` make messages that expire inside `q` (per-message
 //! expiration set by the relay) land in `dlq_q` too.
+//!
+//! **At-least-once hops.** With quorum queues (the default) both broker-side dead-letter
+//! hops, delay queue → `q` and `q` → `dlq_q`, are at-least-once: the broker keeps the
+//! message until its target queue confirmed it, where classic dead-lettering drops it if the
+//! target is unavailable at that moment. A queue `q` declared by an earlier version (without
+//! those two arguments) is kept as it is: RabbitMQ refuses to redeclare a queue with other
+//! arguments, so the consumer declares it the old way and warns how to upgrade it in place
+//! with a policy.
 
 use std::time::Duration;
 
@@ -33,6 +41,7 @@ use lapin::options::{
 use lapin::types::ShortString;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Consumer, ExchangeKind};
+use tracing::warn;
 
 use super::config::QueueType;
 use super::listen::{ConsumerSpec, SharedSpec};
@@ -54,7 +63,26 @@ pub(crate) async fn open_link(
     spec: SharedSpec,
 ) -> Result<(Channel, Consumer)> {
     let channel = broker::channel(&supervisor, spec.channel_timeout).await?;
-    match set_up(&channel, &spec).await {
+    let e = match set_up(&channel, &spec, false).await {
+        Ok(consumer) => return Ok((channel, consumer)),
+        Err(e) => e,
+    };
+    close(channel).await;
+    if !declared_with_other_arguments(&e, &spec.queue) {
+        return Err(e);
+    }
+    // The queue exists from an earlier version, without at-least-once dead-lettering: keep
+    // it as it is (the broker closed the channel over the mismatch, so take a new one).
+    warn!(
+        queue = %spec.queue,
+        "queue {q} was declared without at-least-once dead-lettering (by an earlier version); \
+         using it as it is. Upgrade it in place with a policy: rabbitmqctl set_policy \
+         outbox-at-least-once '^{q}$' '{{\"dead-letter-strategy\":\"at-least-once\",\"overflow\":\"reject-publish\"}}' \
+         --apply-to quorum_queues",
+        q = spec.queue
+    );
+    let channel = broker::channel(&supervisor, spec.channel_timeout).await?;
+    match set_up(&channel, &spec, true).await {
         Ok(consumer) => Ok((channel, consumer)),
         Err(e) => {
             close(channel).await;
@@ -63,11 +91,17 @@ pub(crate) async fn open_link(
     }
 }
 
-async fn set_up(channel: &Channel, spec: &ConsumerSpec) -> Result<Consumer> {
+/// Whether `e` is RabbitMQ refusing to redeclare `queue` with other arguments.
+fn declared_with_other_arguments(e: &Error, queue: &str) -> bool {
+    matches!(e, Error::BrokerRefused { object: "queue", name, reason }
+        if name == queue && reason.contains("PRECONDITION_FAILED"))
+}
+
+async fn set_up(channel: &Channel, spec: &ConsumerSpec, legacy_queue: bool) -> Result<Consumer> {
     channel
         .basic_qos(spec.prefetch, BasicQosOptions::default())
         .await?;
-    declare_consumer_topology(channel, spec).await?;
+    declare_consumer_topology(channel, spec, legacy_queue).await?;
     let consumer = channel
         .basic_consume(
             spec.queue.as_str().into(),
@@ -142,6 +176,7 @@ pub(crate) async fn close(channel: Channel) {
 pub(crate) async fn declare_consumer_topology(
     channel: &Channel,
     spec: &ConsumerSpec,
+    legacy_queue: bool,
 ) -> Result<()> {
     declare_exchange(channel, &spec.exchange, spec.unroutable, spec.topology).await?;
     let check = spec.topology == TopologyMode::CheckOnly;
@@ -152,6 +187,9 @@ pub(crate) async fn declare_consumer_topology(
     let mut main_args = queue_args(spec.queue_type);
     main_args.insert("x-dead-letter-exchange".into(), long(&dlx));
     main_args.insert("x-dead-letter-routing-key".into(), long(&dlq));
+    if !legacy_queue {
+        at_least_once(&mut main_args, spec.queue_type);
+    }
     queue(channel, &spec.queue, main_args, check).await?;
     let mut delays = spec.policy.delays.clone();
     delays.sort();
@@ -159,7 +197,7 @@ pub(crate) async fn declare_consumer_topology(
     for delay in delays {
         let name = delay_name(&spec.exchange, delay);
         exchange(channel, &name, ExchangeKind::Fanout, check).await?;
-        queue(channel, &name, delay_args(delay), check).await?;
+        queue(channel, &name, delay_args(delay, spec.queue_type), check).await?;
         if !check {
             bind(channel, &name, &name, "").await?;
         }
@@ -180,13 +218,23 @@ fn queue_args(queue_type: QueueType) -> FieldTable {
     args
 }
 
-/// A delay queue: classic, TTL = the delay, dead-lettering to the default exchange with the
-/// message's own routing key (no `x-dead-letter-routing-key`).
-fn delay_args(delay: Duration) -> FieldTable {
+/// At-least-once dead-lettering (quorum queues only; RabbitMQ requires `reject-publish`
+/// overflow for it).
+fn at_least_once(args: &mut FieldTable, queue_type: QueueType) {
+    if queue_type == QueueType::Quorum {
+        args.insert("x-dead-letter-strategy".into(), long("at-least-once"));
+        args.insert("x-overflow".into(), long("reject-publish"));
+    }
+}
+
+/// A delay queue: TTL = the delay, dead-lettering to the default exchange with the
+/// message's own routing key (no `x-dead-letter-routing-key`), at least once on quorum.
+fn delay_args(delay: Duration, queue_type: QueueType) -> FieldTable {
     let ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
-    let mut args = queue_args(QueueType::Classic);
+    let mut args = queue_args(queue_type);
     args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ms));
     args.insert("x-dead-letter-exchange".into(), long(""));
+    at_least_once(&mut args, queue_type);
     args
 }
 
@@ -251,12 +299,29 @@ mod tests {
 
     #[test]
     fn delay_queues_dead_letter_to_the_default_exchange_without_a_key() {
-        let args = delay_args(Duration::from_millis(250));
+        let args = delay_args(Duration::from_millis(250), QueueType::Classic);
         let map = args.inner();
         assert_eq!(map.get("x-message-ttl"), Some(&AMQPValue::LongLongInt(250)));
         assert_eq!(map.get("x-dead-letter-exchange"), Some(&long("")));
         assert!(!map.contains_key("x-dead-letter-routing-key"));
         assert_eq!(map.get("x-queue-type"), Some(&long("classic")));
+    }
+
+    #[test]
+    fn quorum_delay_queues_dead_letter_at_least_once() {
+        let args = delay_args(Duration::from_millis(250), QueueType::Quorum);
+        let map = args.inner();
+        assert_eq!(map.get("x-queue-type"), Some(&long("quorum")));
+        assert_eq!(
+            map.get("x-dead-letter-strategy"),
+            Some(&long("at-least-once"))
+        );
+        assert_eq!(map.get("x-overflow"), Some(&long("reject-publish")));
+        let classic = delay_args(Duration::from_millis(250), QueueType::Classic);
+        assert!(
+            !classic.inner().contains_key("x-dead-letter-strategy"),
+            "quorum only"
+        );
     }
 
     #[test]

@@ -120,7 +120,7 @@ impl Names {
 
     /// The retry delay exchange and queue for `ms`.
     pub fn delay(&self, ms: u64) -> String {
-        format!("{}.delay.{ms}ms", self.exchange)
+        format!("{}.retry.{ms}ms", self.exchange)
     }
 }
 
