@@ -139,7 +139,14 @@ async fn main() -> Result<ExitCode, Error> {
     .await?;
     db.execute_unprepared("CREATE TABLE quickstart_orders (id BIGINT PRIMARY KEY, user_id BIGINT NOT NULL, cents BIGINT NOT NULL)").await?;
 
-    let broker = ConnectionSupervisor::start_supervised(BrokerConfig::from_env()?)?;
+    // One connection per role: RabbitMQ blocks a connection that publishes while a memory or
+    // disk alarm lasts, and the worker's acks must not wait behind the relay's publishes.
+    let broker = ConnectionSupervisor::start_supervised(
+        BrokerConfig::from_env()?.with_connection_name("quickstart-worker"),
+    )?;
+    let relay_broker = ConnectionSupervisor::start_supervised(
+        BrokerConfig::from_env()?.with_connection_name("quickstart-relay"),
+    )?;
     reset_queues(&broker).await?;
     let seen: Seen = Arc::default();
     let (s1, s2, s3) = (seen.clone(), seen.clone(), seen.clone());
@@ -167,7 +174,7 @@ async fn main() -> Result<ExitCode, Error> {
         .with_table(outbox.table().clone())
         .with_exchange(EXCHANGE)
         .with_poll_interval(Duration::from_millis(200));
-    let relay = RelayActor::new(db.clone(), broker.clone(), relay_config)?.start();
+    let relay = RelayActor::new(db.clone(), relay_broker.clone(), relay_config)?.start();
 
     println!("emit (each event in the same transaction as its row):");
     let mut emitted = Vec::new();
@@ -236,6 +243,7 @@ async fn main() -> Result<ExitCode, Error> {
     let stats = worker.stats().await;
     worker.stop().await;
     relay.send(StopRelay).await?;
+    relay_broker.send(StopBroker).await?;
     broker.send(StopBroker).await?;
     db.close().await?;
 

@@ -101,8 +101,11 @@ pub(crate) struct Pipeline {
     worker: RunningWorker,
     /// Publishes committed outbox rows.
     relay: Addr<RelayActor>,
-    /// The RabbitMQ connection of both.
+    /// The worker's RabbitMQ connection.
     broker: Addr<ConnectionSupervisor>,
+    /// The relay's own connection: RabbitMQ blocks a connection that publishes while a memory
+    /// or disk alarm lasts, and the worker's acks must not wait behind the relay's publishes.
+    relay_broker: Addr<ConnectionSupervisor>,
     /// The mailer's queue, to find its counters.
     queue: String,
 }
@@ -117,7 +120,7 @@ pub(crate) struct PipelineStats {
 }
 
 impl Pipeline {
-    /// Starts the broker connection, then the worker, then the relay (inside an actix System).
+    /// Starts the broker connections, then the worker, then the relay (inside an actix System).
     ///
     /// The worker goes first so that its queue is bound before the relay publishes anything:
     /// an event no queue is bound for would end up in `<exchange>.unroutable` instead.
@@ -127,18 +130,26 @@ impl Pipeline {
         sent: &Arc<SentMail>,
     ) -> Result<Self, actix_outbox::Error> {
         let broker = ConnectionSupervisor::start_supervised(config.broker.clone())?;
-        match Self::start_on(broker.clone(), db, config, sent).await {
+        let relay_broker = ConnectionSupervisor::start_supervised(
+            config
+                .broker
+                .clone()
+                .with_connection_name("actix-outbox-relay"),
+        )?;
+        match Self::start_on([broker.clone(), relay_broker.clone()], db, config, sent).await {
             Ok(pipeline) => Ok(pipeline),
             Err(e) => {
-                let _closed = broker.send(StopBroker).await; // report `e`, not a mailbox error
+                for b in [broker, relay_broker] {
+                    let _closed = b.send(StopBroker).await; // report `e`, not a mailbox error
+                }
                 Err(e)
             }
         }
     }
 
-    /// Starts the worker and the relay on an open broker connection.
+    /// Starts the worker and the relay on their broker connections.
     async fn start_on(
-        broker: Addr<ConnectionSupervisor>,
+        [broker, relay_broker]: [Addr<ConnectionSupervisor>; 2],
         db: &DatabaseConnection,
         config: PipelineConfig,
         sent: &Arc<SentMail>,
@@ -149,11 +160,12 @@ impl Pipeline {
             .listen(listen, move || WelcomeMailer { sent: sent.clone() })?
             .start()
             .await?;
-        let relay = RelayActor::new(db.clone(), broker.clone(), config.relay)?.start();
+        let relay = RelayActor::new(db.clone(), relay_broker.clone(), config.relay)?.start();
         Ok(Self {
             worker,
             relay,
             broker,
+            relay_broker,
             queue: config.queue,
         })
     }
@@ -164,12 +176,13 @@ impl Pipeline {
     }
 
     /// Stops the worker (handlers in flight finish and are acked), the relay (its batch in
-    /// flight is confirmed or released) and the broker connection, in that order. Close the
+    /// flight is confirmed or released) and the broker connections, in that order. Close the
     /// database afterwards: nothing uses it any more.
     pub(crate) async fn stop(self) -> Result<PipelineStats, actix_outbox::Error> {
         let mailer = self.mailer_stats().await;
         self.worker.stop().await;
         let relay = self.relay.send(StopRelay).await?;
+        self.relay_broker.send(StopBroker).await?;
         self.broker.send(StopBroker).await?;
         Ok(PipelineStats { relay, mailer })
     }
