@@ -12,14 +12,17 @@ use actix_outbox_actors::TopologyMode;
 use common::broker::TestBroker;
 use common::relay::{TestRelay, config};
 use common::{TestDb, wait_for};
+use lapin::options::QueueDeleteOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
 
 /// A queue that rejects every publish (max length 0, `reject-publish`) makes the broker nack
-/// rows routed to it: attempts are counted, the error recorded, the row parked after 3
-/// attempts, while the other rows are delivered.
+/// rows routed to it. A nack is back-pressure, so the row is retried with backoff and never
+/// parked, however many attempts; the healthy queue beside it (a fan-out: both are bound to
+/// the row's key) gets a copy per attempt, duplicates at-least-once allows. Once the full
+/// queue has room, the next attempt is confirmed and the row goes.
 #[actix_rt::test]
-async fn nacked_row_is_parked_after_the_cap() {
+async fn nacked_rows_back_off_and_are_never_parked() {
     let t = TestDb::postgres().await;
     setup(&t.db).await.expect("setup");
     let mut broker = TestBroker::new().await;
@@ -30,9 +33,9 @@ async fn nacked_row_is_parked_after_the_cap() {
         "x-overflow".into(),
         AMQPValue::LongString("reject-publish".into()),
     );
-    broker.bind_queue_with(&["refuse.me"], full).await;
-    let ok_queue = broker.bind_queue(&["user.created"]).await;
-    let refused = actix_outbox::emit(&t.db, "refuse.me", &0)
+    let full_queue = broker.bind_queue_with(&["order.placed"], full).await;
+    let healthy = broker.bind_queue(&["order.placed", "user.created"]).await;
+    let nacked = actix_outbox::emit(&t.db, "order.placed", &0)
         .await
         .expect("emit");
     let mut ok = Vec::new();
@@ -47,38 +50,65 @@ async fn nacked_row_is_parked_after_the_cap() {
         &t.db,
         &broker.url,
         config(&broker.exchange)
-            .with_max_attempts(3)
+            .with_max_attempts(2)
             .with_retry_backoff(Duration::from_millis(20), Duration::from_millis(50)),
     );
-    broker
-        .drain_exactly(&ok_queue, &ok, Duration::from_secs(10))
-        .await;
     let row = wait_for(
-        "the refused row to be parked",
+        "the nacked row to be tried 4 times (twice max_attempts)",
         Duration::from_secs(20),
         || async {
             Entity::find()
-                .filter(Column::MessageId.eq(refused))
+                .filter(Column::MessageId.eq(nacked))
                 .one(&t.db)
                 .await
                 .expect("read")
-                .filter(|r| r.parked_at.is_some())
+                .filter(|r| r.attempts >= 4)
         },
     )
     .await;
-    assert_eq!(row.attempts, 3);
+    assert!(row.parked_at.is_none(), "a nack never parks a row");
     let error = row.last_error.unwrap_or_default();
     assert!(error.contains("nacked"), "last_error: {error}");
+
+    // Room in the full queue: the next attempt is confirmed.
+    broker
+        .channel
+        .queue_delete(full_queue.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .expect("delete the full queue");
+    let roomy = broker.bind_queue(&["order.placed"]).await;
+    t.wait_outbox_empty(
+        "the nacked row to go once there is room",
+        Duration::from_secs(10),
+    )
+    .await;
     let stats = relay.stop().await;
+    assert_eq!(stats.parked, 0, "{stats:?}");
+    let copies = broker.drain(&roomy, 1, Duration::from_secs(5)).await;
     assert_eq!(
-        (stats.refused, stats.parked, stats.published),
-        (3, 1, 5),
-        "{stats:?}"
+        copies.get(&nacked.to_string()),
+        Some(&1),
+        "the lagging queue got it once"
     );
+    let seen = broker
+        .collect_for(&healthy, Duration::from_millis(500))
+        .await;
+    let copies_of = |id: uuid::Uuid| {
+        seen.iter()
+            .filter(|d| {
+                d.properties.message_id().as_ref().map(|s| s.to_string()) == Some(id.to_string())
+            })
+            .count()
+    };
+    for id in &ok {
+        assert_eq!(copies_of(*id), 1, "{id}: once");
+    }
+    let fanned = copies_of(nacked);
+    assert!(stats.refused >= 4, "{stats:?}");
     assert_eq!(
-        t.int("SELECT count(*) FROM outbox").await,
-        1,
-        "only the parked row is left"
+        fanned as u64,
+        stats.refused + 1,
+        "the healthy queue got a copy per attempt (every nack, and the confirmed one)"
     );
     broker.cleanup().await;
     t.cleanup().await;

@@ -151,7 +151,7 @@ pub(crate) async fn publish(
         }
         broke |= answer.broke();
         let fate = Fate::of(&answer, config.unroutable);
-        if let Fate::Refused(reason) = &fate {
+        if let Fate::Refused(reason) | Fate::Nacked(reason) = &fate {
             let row = &rows[i];
             warn!(message_id = %row.message_id, routing_key = %row.routing_key, %reason, "publish refused");
         }

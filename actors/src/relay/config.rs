@@ -172,7 +172,10 @@ impl RelayConfig {
             .unwrap_or_else(|| self.confirm_timeout.saturating_mul(2))
     }
 
-    /// Sets after how many refused publishes a row is parked. Defaults to 10.
+    /// Sets after how many refused publishes a row is parked: returned as unroutable with no
+    /// alternate exchange, or breaking its channel alone. Nacks never park a row: they are
+    /// back-pressure from a queue (full with `reject-publish` overflow, say), so the row keeps
+    /// being retried with backoff until that queue takes it. Defaults to 10.
     #[must_use]
     pub fn with_max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = attempts;

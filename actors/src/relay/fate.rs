@@ -22,9 +22,15 @@ pub(crate) enum Fate {
     Sent,
     /// Returned as unroutable in drop mode: counted, then finished like a sent row.
     DroppedUnroutable,
-    /// The broker refused it (nack, or unroutable with no alternate route): one more attempt
-    /// later, parked once `max_attempts` is reached.
+    /// The broker refused it (unroutable with no alternate route, or the channel failed under
+    /// it alone): one more attempt later, parked once `max_attempts` is reached.
     Refused(String),
+    /// The broker nacked it: a queue it routes to could not take it (a full queue with
+    /// `reject-publish` overflow, a queue process in trouble). That is back-pressure, not a
+    /// verdict on the row: one more attempt later, with the same backoff, but never parked,
+    /// so the row reaches the lagging queue once it has room. The queues that did take it get
+    /// a copy on every attempt (duplicates, which at-least-once allows).
+    Nacked(String),
     /// The broker cannot take the row as it is (see `envelope::unpublishable`): parked at
     /// once, with the reason, for an operator to fix.
     Unpublishable(String),
@@ -44,7 +50,11 @@ impl Fate {
                  did not take it"
                     .to_owned(),
             ),
-            Answer::Nacked => Fate::Refused("nacked by the broker".to_owned()),
+            Answer::Nacked => Fate::Nacked(
+                "nacked by the broker (a queue it routes to refused it, e.g. full with \
+                 reject-publish overflow)"
+                    .to_owned(),
+            ),
             Answer::Unknown(_) | Answer::Failed(_) => Fate::Unknown,
         }
     }
@@ -169,8 +179,9 @@ pub(crate) fn plan(
                     warn!(message_id = %row.message_id, routing_key = %row.routing_key, "unroutable message dropped (Unroutable::Drop)");
                 }
             }
-            Fate::Refused(reason) => {
-                let (attempts, park, retry_in) = after_refusal(row.attempts, config);
+            Fate::Refused(reason) | Fate::Nacked(reason) => {
+                let (attempts, parkable, retry_in) = after_refusal(row.attempts, config);
+                let park = parkable && matches!(fate, Fate::Refused(_));
                 r.refused += 1;
                 r.parked += usize::from(park);
                 if park {
@@ -266,9 +277,7 @@ mod tests {
             Fate::of(&Answer::Returned, Unroutable::Drop),
             Fate::DroppedUnroutable
         );
-        assert!(
-            matches!(Fate::of(&Answer::Nacked, keep), Fate::Refused(r) if r.contains("nacked"))
-        );
+        assert!(matches!(Fate::of(&Answer::Nacked, keep), Fate::Nacked(r) if r.contains("nacked")));
         assert_eq!(
             Fate::of(&Answer::Unknown("gone".into()), keep),
             Fate::Unknown
@@ -369,23 +378,29 @@ mod tests {
             row(3, 1, None),
             row(4, 0, None),
             row(5, 0, None),
+            row(6, 9, None),
         ];
         let fates = [
             Fate::Sent,
             Fate::DroppedUnroutable,
-            Fate::Refused("nacked".into()),
+            Fate::Refused("unroutable".into()),
             Fate::Unpublishable("too big".into()),
             Fate::Unknown,
+            Fate::Nacked("nacked".into()),
         ];
         let plan = plan(&rows, &fates, &config, now);
         assert_eq!(plan.finished, [1, 2]);
         let failed: Vec<(i64, bool)> = plan.failures.iter().map(|f| (f.id, f.park)).collect();
-        assert_eq!(failed, [(3, true), (4, true)], "row 3 reached max_attempts");
+        assert_eq!(
+            failed,
+            [(3, true), (4, true), (6, false)],
+            "row 3 reached max_attempts; a nack never parks, however many attempts"
+        );
         let want = BatchReport {
-            claimed: 5,
+            claimed: 6,
             sent: 1,
             dropped_unroutable: 1,
-            refused: 2,
+            refused: 3,
             parked: 2,
             expired: 1,
             released: 1,

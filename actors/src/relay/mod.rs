@@ -56,7 +56,7 @@ pub struct RelayStats {
     pub unroutable_queued: u64,
     /// Publishes the broker refused (nack, or unroutable without an alternate route).
     pub refused: u64,
-    /// Rows parked after too many refused publishes.
+    /// Rows parked after too many refused publishes (nacks never park).
     pub parked: u64,
     /// Messages published after their deadline had passed (sent with expiration 0, so
     /// queues with a dead-letter exchange dead-letter them).
