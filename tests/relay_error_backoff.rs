@@ -13,8 +13,7 @@ use common::broker::TestBroker;
 use common::relay::{TestRelay, config};
 use common::{TestDb, wait_for};
 use lapin::ExchangeKind;
-use lapin::options::{ExchangeDeclareOptions, ExchangeDeleteOptions};
-use lapin::types::FieldTable;
+use lapin::options::ExchangeDeleteOptions;
 
 const ROWS: usize = 100;
 
@@ -26,20 +25,8 @@ async fn notifications_wait_for_the_error_backoff() {
     let t = TestDb::postgres().await;
     setup(&t.db).await.expect("setup");
     let mut broker = TestBroker::new().await;
-    let durable = ExchangeDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    broker
-        .channel
-        .exchange_declare(
-            broker.exchange.as_str().into(),
-            ExchangeKind::Fanout,
-            durable,
-            FieldTable::default(),
-        )
-        .await
-        .expect("an exchange of the wrong type");
+    // An exchange of the wrong type: every declaration of the relay's is refused.
+    broker.declare_bare_exchange(ExchangeKind::Fanout).await;
     let relay = TestRelay::start(&t.db, &broker.url, config(&broker.exchange));
     wait_for(
         "the first failed batch",

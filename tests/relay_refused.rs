@@ -12,7 +12,6 @@ use actix_outbox_actors::TopologyMode;
 use common::broker::TestBroker;
 use common::relay::{TestRelay, config};
 use common::{TestDb, wait_for};
-use lapin::options::QueueDeleteOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
 
@@ -71,11 +70,7 @@ async fn nacked_rows_back_off_and_are_never_parked() {
     assert!(error.contains("nacked"), "last_error: {error}");
 
     // Room in the full queue: the next attempt is confirmed.
-    broker
-        .channel
-        .queue_delete(full_queue.as_str().into(), QueueDeleteOptions::default())
-        .await
-        .expect("delete the full queue");
+    broker.delete_queue(&full_queue).await;
     let roomy = broker.bind_queue(&["order.placed"]).await;
     t.wait_outbox_empty(
         "the nacked row to go once there is room",

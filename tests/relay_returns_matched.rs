@@ -18,8 +18,6 @@ use common::broker::TestBroker;
 use common::relay::{TestRelay, config};
 use common::{TestDb, wait_for};
 use lapin::ExchangeKind;
-use lapin::options::ExchangeDeclareOptions;
-use lapin::types::FieldTable;
 use sea_orm::{EntityTrait, TransactionTrait};
 
 const PAIRS: usize = 300;
@@ -32,20 +30,8 @@ async fn returns_are_matched_by_message_not_by_confirm() {
     let t = TestDb::postgres().await;
     setup(&t.db).await.expect("setup");
     let mut broker = TestBroker::new().await;
-    let durable = ExchangeDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    broker
-        .channel
-        .exchange_declare(
-            broker.exchange.as_str().into(),
-            ExchangeKind::Topic,
-            durable,
-            FieldTable::default(),
-        )
-        .await
-        .expect("declare a topic exchange without an alternate exchange");
+    // A topic exchange without an alternate exchange: unroutable publishes are returned.
+    broker.declare_bare_exchange(ExchangeKind::Topic).await;
     let queue = broker.bind_queue(&["ok.#"]).await;
 
     let events: Vec<OutboxEvent> = (0..PAIRS)

@@ -13,7 +13,6 @@ use std::time::Duration;
 use actix_outbox::{HandlerError, headers as h};
 use actix_outbox_actors::{Listen, Worker};
 use common::worker::{Log, WorkerEnv, header, message_id, scripted, wait_stats};
-use lapin::options::QueueDeleteOptions;
 use serde_json::Value;
 
 /// With `max_redeliveries(3)`, the message is handled on deliveries 0, 1 and 2 (each retry
@@ -41,11 +40,8 @@ async fn a_message_that_cannot_be_settled_is_dead_lettered_at_the_limit() {
     .await
     .expect("worker starts");
     let delay_queue = format!("{}.retry.100ms", env.broker.exchange);
-    env.broker
-        .channel
-        .queue_delete(delay_queue.as_str().into(), QueueDeleteOptions::default())
-        .await
-        .expect("delete the delay queue: every retry copy is returned");
+    // Delete the delay queue: every retry copy is returned.
+    env.broker.delete_queue(&delay_queue).await;
 
     let id = env.publish("job.run", b"{}").await;
     let stats = wait_stats(&running, &queue, "the message to be dead-lettered", |s| {

@@ -14,7 +14,7 @@ use actix_outbox::HandlerError;
 use actix_outbox_actors::{Listen, Worker};
 use common::faults::rabbitmqctl;
 use common::worker::{Log, WorkerEnv, delays, scripted, wait_stats};
-use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use serde_json::Value;
 
@@ -78,11 +78,7 @@ async fn a_retry_copy_survives_its_queue_missing_at_expiry() {
     })
     .await;
     running.stop().await;
-    env.broker
-        .channel
-        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-        .await
-        .expect("delete the queue while its retry copy waits");
+    env.broker.delete_queue(&queue).await; // while its retry copy waits
     // The observation window: the copy's 1 s TTL runs out while its queue is missing.
     tokio::time::sleep(Duration::from_secs(2)).await;
 

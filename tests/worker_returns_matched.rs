@@ -15,7 +15,6 @@ use std::time::Duration;
 use actix_outbox::HandlerError;
 use actix_outbox_actors::{Listen, QueueType, Worker};
 use common::worker::{Log, WorkerEnv, message_id, scripted, wait_stats};
-use lapin::options::QueueDeleteOptions;
 use serde_json::Value;
 
 const MESSAGES: usize = 200;
@@ -50,11 +49,8 @@ async fn a_returned_copy_never_acks_its_original() {
     .await
     .expect("worker starts");
     let delay_queue = format!("{}.retry.100ms", env.broker.exchange);
-    env.broker
-        .channel
-        .queue_delete(delay_queue.as_str().into(), QueueDeleteOptions::default())
-        .await
-        .expect("delete the delay queue: retry copies become unroutable");
+    // Delete the delay queue: retry copies become unroutable.
+    env.broker.delete_queue(&delay_queue).await;
 
     let ids = env.publish_many("job.run", MESSAGES).await;
     let even: HashSet<_> = ids.iter().step_by(2).copied().collect();

@@ -82,6 +82,32 @@ impl TestBroker {
             .expect("declare exchange");
     }
 
+    /// Declares the test exchange as a plain durable exchange of `kind`, without the
+    /// alternate exchange the relay would give it.
+    pub async fn declare_bare_exchange(&self, kind: ExchangeKind) {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        self.channel
+            .exchange_declare(
+                self.exchange.as_str().into(),
+                kind,
+                durable,
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare the bare exchange");
+    }
+
+    /// Deletes `queue` (it must exist).
+    pub async fn delete_queue(&self, queue: &str) {
+        self.channel
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("delete queue {queue}: {e}"));
+    }
+
     /// A durable queue bound to the test exchange with `keys`.
     pub async fn bind_queue(&mut self, keys: &[&str]) -> String {
         self.bind_queue_with(keys, FieldTable::default()).await
