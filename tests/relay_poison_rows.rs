@@ -34,6 +34,30 @@ impl Drop for RestoreMaxMessageSize {
     }
 }
 
+/// Emits 10 small rows, `big`, and 10 more small rows in one transaction; returns the small
+/// rows' ids and `big`'s.
+async fn emit_between_small_rows(t: &TestDb, big: OutboxEvent) -> (Vec<Uuid>, Uuid) {
+    let txn = t.db.begin().await.expect("begin");
+    let mut ids = Vec::new();
+    for n in 0..10 {
+        ids.push(
+            actix_outbox::emit(&txn, "user.created", &n)
+                .await
+                .expect("emit"),
+        );
+    }
+    let big = actix_outbox::emit_event(&txn, big).await.expect("emit");
+    for n in 10..20 {
+        ids.push(
+            actix_outbox::emit(&txn, "user.created", &n)
+                .await
+                .expect("emit"),
+        );
+    }
+    txn.commit().await.expect("commit");
+    (ids, big)
+}
+
 /// Waits until the row `id` is parked and returns it.
 async fn parked(t: &TestDb, id: Uuid, within: Duration) -> actix_outbox::outbox_message::Model {
     wait_for("the poison row to be parked", within, || async {
@@ -56,27 +80,10 @@ async fn headers_over_frame_max_are_parked_before_publishing() {
     let mut broker = TestBroker::new().await;
     broker.declare_exchange().await;
     let queue = broker.bind_queue(&["#"]).await;
-    let txn = t.db.begin().await.expect("begin");
-    let mut ids = Vec::new();
-    for n in 0..10 {
-        ids.push(
-            actix_outbox::emit(&txn, "user.created", &n)
-                .await
-                .expect("emit"),
-        );
-    }
     let big = OutboxEvent::json("user.created", &"big")
         .expect("event")
         .with_header("trace", "x".repeat(200_000));
-    let big = actix_outbox::emit_event(&txn, big).await.expect("emit");
-    for n in 10..20 {
-        ids.push(
-            actix_outbox::emit(&txn, "user.created", &n)
-                .await
-                .expect("emit"),
-        );
-    }
-    txn.commit().await.expect("commit");
+    let (ids, big) = emit_between_small_rows(&t, big).await;
 
     let relay = TestRelay::start(&t.db, &broker.url, config(&broker.exchange));
     let seen = broker
@@ -115,25 +122,8 @@ async fn a_row_that_breaks_the_channel_is_found_and_parked() {
     ])
     .await;
     let _restore = RestoreMaxMessageSize;
-    let txn = t.db.begin().await.expect("begin");
-    let mut ids = Vec::new();
-    for n in 0..10 {
-        ids.push(
-            actix_outbox::emit(&txn, "user.created", &n)
-                .await
-                .expect("emit"),
-        );
-    }
     let big = OutboxEvent::bytes("user.created", vec![7_u8; 2 << 20]).expect("event");
-    let big = actix_outbox::emit_event(&txn, big).await.expect("emit");
-    for n in 10..20 {
-        ids.push(
-            actix_outbox::emit(&txn, "user.created", &n)
-                .await
-                .expect("emit"),
-        );
-    }
-    txn.commit().await.expect("commit");
+    let (ids, big) = emit_between_small_rows(&t, big).await;
 
     let seen_ids = std::sync::Mutex::new(std::collections::HashSet::new());
     let relay = TestRelay::start(
