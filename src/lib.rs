@@ -114,7 +114,7 @@ pub mod __private {
     //! Items shared with `actix-outbox-actors`; not part of the public API.
     pub use crate::duration::require_positive;
     pub use crate::redact::redact_unparsed;
-    pub use crate::schema::COLUMNS;
+    pub use crate::schema::{COLUMNS, notify_channel_query};
 }
 
 /// The types most users need: `use actix_outbox::prelude::*;`.

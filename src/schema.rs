@@ -69,10 +69,13 @@ fn postgres_ddl(t: &str) -> Vec<String> {
         format!(
             "CREATE OR REPLACE FUNCTION {t}_notify() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('{t}', '');
+    -- one channel per schema-qualified table: {marker}
+    PERFORM pg_notify({channel}, '');
     RETURN NULL;
 END
-$$"
+$$",
+            marker = NOTIFY_MARKER,
+            channel = channel_expr("TG_TABLE_SCHEMA", "TG_TABLE_NAME"),
         ),
         format!(
             "DO $$
@@ -86,6 +89,29 @@ END
 $$"
         ),
     ]
+}
+
+/// Marks the trigger function of this version: a function without it (an older version
+/// that notified the bare table name) is replaced by `setup`.
+const NOTIFY_MARKER: &str = "channel v2";
+
+/// The NOTIFY channel of a table, as SQL over the text expressions `schema` and `table`:
+/// `<schema>.<table>`, or its MD5 when that exceeds the 63 bytes of a PostgreSQL
+/// identifier. The trigger and the relay's LISTEN both use it, so they always agree; two
+/// schemas' outboxes never share a channel (an MD5 collision would only cost a wake-up).
+fn channel_expr(schema: &str, table: &str) -> String {
+    let name = format!("{schema} || '.' || {table}");
+    format!("CASE WHEN octet_length({name}) <= 63 THEN {name} ELSE md5({name}) END")
+}
+
+/// The query a relay runs to learn the NOTIFY channel of `table` (as its connection's
+/// `search_path` resolves it): one row, column `channel`, NULL if the table does not exist.
+pub fn notify_channel_query(table: &TableName) -> String {
+    format!(
+        "SELECT (SELECT {} FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.oid = to_regclass('{table}')) AS channel",
+        channel_expr("n.nspname", "c.relname")
+    )
 }
 
 fn sqlite_ddl(t: &str) -> Vec<String> {
@@ -154,7 +180,8 @@ where
 struct SchemaState {
     /// A table of that name exists (ours or not).
     table_exists: bool,
-    /// The table, both indexes and (on PostgreSQL) the trigger exist.
+    /// The table, both indexes and (on PostgreSQL) the trigger, with this version's function,
+    /// exist.
     complete: bool,
 }
 
@@ -168,7 +195,10 @@ async fn inspect<C: ConnectionTrait>(db: &C, table: &TableName) -> Result<Schema
                      AND to_regclass('{t}_due_idx') IS NOT NULL
                      AND to_regclass('{t}_sent_idx') IS NOT NULL
                      AND EXISTS (SELECT 1 FROM pg_trigger
-                                 WHERE tgname = '{t}_notify' AND tgrelid = to_regclass('{t}')))
+                                 WHERE tgname = '{t}_notify' AND tgrelid = to_regclass('{t}'))
+                     AND EXISTS (SELECT 1 FROM pg_proc
+                                 WHERE oid = to_regproc('{t}_notify')
+                                   AND position('{NOTIFY_MARKER}' in prosrc) > 0))
                     AS complete"
         ),
         _ => format!(

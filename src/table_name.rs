@@ -46,12 +46,6 @@ impl TableName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
-
-    /// The PostgreSQL NOTIFY channel relays listen on for this table (the table name itself).
-    #[must_use]
-    pub fn notify_channel(&self) -> &str {
-        &self.0
-    }
 }
 
 impl Default for TableName {

@@ -1,6 +1,6 @@
-//! NOTIFY wakes the relay at once when an emitting transaction commits. Alone in its test
-//! binary on purpose: every test's outbox table is called `outbox`, and so is its NOTIFY
-//! channel, so a test running beside this one could wake its relay and hide a broken trigger.
+//! NOTIFY wakes the relay at once when an emitting transaction commits, and only the relays
+//! of the schema that committed (every test's table is called `outbox`, each in a schema of
+//! its own, as two applications sharing a database would have it).
 #![cfg(feature = "service-tests")]
 
 mod common;
@@ -60,4 +60,63 @@ async fn notify_wakes_the_relay_on_commit() {
     relay.stop().await;
     broker.cleanup().await;
     t.cleanup().await;
+}
+
+/// Commits in another schema's `outbox` do not wake this schema's relay. Before the NOTIFY
+/// channel was schema-qualified, each of them cost the relay a claim round.
+#[actix_rt::test]
+async fn notifications_stay_in_their_schema() {
+    let here = TestDb::postgres().await;
+    let there = TestDb::postgres().await;
+    setup(&here.db).await.expect("setup here");
+    setup(&there.db).await.expect("setup there");
+    let mut broker = TestBroker::new().await;
+    broker.declare_exchange().await;
+    let queue = broker.bind_queue(&["#"]).await;
+    let relay = TestRelay::start(
+        &here.db,
+        &broker.url,
+        config(&broker.exchange).with_poll_interval(Duration::from_secs(60)),
+    );
+    common::wait_for(
+        "the relay's first claim round",
+        Duration::from_secs(10),
+        || async { (relay.stats().await.rounds >= 1).then_some(()) },
+    )
+    .await;
+    // With a 60 s poll, rows emitted here can only go out this fast when NOTIFY works.
+    for n in 0..3 {
+        actix_outbox::emit(&here.db, "user.created", &n)
+            .await
+            .expect("emit here");
+        broker.drain(&queue, 1, Duration::from_secs(5)).await;
+    }
+    let before = relay.stats().await.rounds;
+    for n in 0..10 {
+        actix_outbox::emit(&there.db, "user.created", &n)
+            .await
+            .expect("emit there");
+        // Apart, so that each notification would reach an idle relay and cost a round.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Notifications reach a listener in commit order: once this one is handled, every
+    // notification from the other schema that could reach the relay has.
+    actix_outbox::emit(&here.db, "user.created", &99)
+        .await
+        .expect("emit here");
+    broker.drain(&queue, 1, Duration::from_secs(5)).await;
+    let rounds = relay.stats().await.rounds - before;
+    let stats = relay.stop().await;
+    assert!(
+        rounds <= 3,
+        "{rounds} claim rounds for one row: commits in the other schema woke the relay ({stats:?})"
+    );
+    assert_eq!(
+        there.int("SELECT count(*) FROM outbox").await,
+        10,
+        "the other schema's rows are not this relay's"
+    );
+    broker.cleanup().await;
+    here.cleanup().await;
+    there.cleanup().await;
 }

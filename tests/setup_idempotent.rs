@@ -60,3 +60,30 @@ async fn foreign_table_is_a_schema_mismatch() {
         t.cleanup().await;
     }
 }
+
+/// A trigger function of 0.1 (notifying the bare table name) is replaced by `setup`, so
+/// relays of this version, listening on `<schema>.<table>`, are woken.
+#[tokio::test]
+async fn setup_upgrades_a_bare_name_trigger() {
+    let t = common::TestDb::postgres().await;
+    setup(&t.db).await.expect("setup");
+    t.db.execute_unprepared(
+        "CREATE OR REPLACE FUNCTION outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('outbox', '');
+    RETURN NULL;
+END
+$$",
+    )
+    .await
+    .expect("install the 0.1 function");
+    setup(&t.db).await.expect("setup over the old function");
+    let upgraded = t
+        .int(
+            "SELECT count(*) FROM pg_proc WHERE oid = to_regproc('outbox_notify') \
+             AND position('TG_TABLE_SCHEMA' in prosrc) > 0",
+        )
+        .await;
+    assert_eq!(upgraded, 1, "setup replaced the bare-name trigger function");
+    t.cleanup().await;
+}

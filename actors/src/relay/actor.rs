@@ -155,7 +155,7 @@ impl Actor for RelayActor {
         if self.config.listen && self.sql.backend() == DbBackend::Postgres {
             self.listener = Some(super::notify::spawn(
                 &self.db,
-                self.config.table().notify_channel().to_owned(),
+                self.config.table().clone(),
                 ctx.address().recipient(),
             ));
         }
