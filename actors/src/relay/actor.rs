@@ -20,7 +20,7 @@
 //! side on PostgreSQL; on SQLite run one per database file.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::prelude::*;
 use actix_outbox::{Error, Result};
@@ -31,10 +31,10 @@ use tracing::{debug, info, warn};
 use super::batch::{self, Publisher};
 use super::config::RelayConfig;
 use super::fate::{self, BatchReport, Probe};
+use super::housekeeping::{self, Chores, Schedule};
 use super::sql::RelaySql;
 use super::{GetRelayStats, RelayStats, StopRelay, WakeUp};
 use crate::broker::ConnectionSupervisor;
-use crate::exchange::Unroutable;
 
 /// The relay's lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,8 +83,8 @@ pub struct RelayActor {
     due_timer: Option<SpawnHandle>,
     /// The LISTEN task (PostgreSQL).
     listener: Option<tokio::task::JoinHandle<()>>,
-    /// Last housekeeping (purge, unroutable depth).
-    last_housekeeping: Instant,
+    /// When housekeeping (purge, unroutable depth) runs next.
+    housekeeping: Schedule,
     /// Counters.
     stats: RelayStats,
     /// Callers of [`StopRelay`] waiting for the stop.
@@ -139,7 +139,7 @@ impl RelayActor {
             probe: Probe::default(),
             due_timer: None,
             listener: None,
-            last_housekeeping: Instant::now(),
+            housekeeping: Schedule::new(),
             stats: RelayStats::default(),
             stop_waiters: Vec::new(),
         })
@@ -224,22 +224,38 @@ impl RelayActor {
         self.wake_again = false;
         let limit = self.probe.limit(self.config.batch_size);
         let channel = self.channels.pop();
+        let chores = self.housekeeping.take(self.config.poll_interval);
         let supervisor = self.supervisor.clone();
         let (db, config, sql) = (self.db.clone(), self.config.clone(), self.sql.clone());
         let batch = async move {
-            let channel = match channel {
-                Some(p) if p.channel.status().connected() => p,
-                _ => match batch::open_channel(&supervisor, &config).await {
-                    Ok(c) => c,
-                    Err(e) => return (None, Err(e)),
-                },
+            let publisher = match channel {
+                Some(p) if p.channel.status().connected() => Ok(p),
+                _ => batch::open_channel(&supervisor, &config).await,
             };
-            let result = batch::run_batch(&db, &channel, &config, &sql, limit).await;
-            (Some(channel), result)
+            let (channel, result) = match publisher {
+                Ok(p) => {
+                    let result = batch::run_batch(&db, &p, &config, &sql, limit).await;
+                    (Some(p), result)
+                }
+                Err(e) => (None, Err(e)),
+            };
+            // After the batch committed, in its slot: see `housekeeping`.
+            let chores = match chores {
+                true => Some(housekeeping::run(&db, &supervisor, &config, &sql).await),
+                false => None,
+            };
+            (channel, result, chores)
         };
-        ctx.spawn(batch.into_actor(self).map(|(channel, result), act, ctx| {
-            act.batch_done(channel, result, ctx);
-        }));
+        ctx.spawn(
+            batch
+                .into_actor(self)
+                .map(|(channel, result, chores), act, ctx| {
+                    if let Some(chores) = chores {
+                        act.book_chores(chores);
+                    }
+                    act.batch_done(channel, result, ctx);
+                }),
+        );
     }
 
     /// Books the batch's outcome and decides when the next one runs.
@@ -316,41 +332,28 @@ impl RelayActor {
         });
     }
 
-    /// Nothing more is due now: arm the due-time timer and do housekeeping.
+    /// Nothing more is due now: arm the due-time timer, and do housekeeping if it is due.
     fn idle(&mut self, ctx: &mut Context<Self>) {
         let (db, sql, config) = (self.db.clone(), self.sql.clone(), self.config.clone());
         let supervisor = self.supervisor.clone();
-        let housekeeping = self.last_housekeeping.elapsed() >= config.poll_interval;
-        if housekeeping {
-            self.last_housekeeping = Instant::now();
-        }
+        let chores = self.housekeeping.take(config.poll_interval);
         let work = async move {
             let due = batch::next_due(&db, &sql).await;
-            let mut purged = 0;
-            let mut depth = None;
-            if housekeeping {
-                purged = batch::purge(&db, &config, &sql).await.unwrap_or_else(|e| {
-                    warn!(error = %e, "purging sent rows failed");
-                    0
-                });
-                if config.unroutable == Unroutable::AlternateExchange {
-                    depth = batch::unroutable_depth(&supervisor, &config).await;
-                }
-            }
-            (due, purged, depth)
+            let chores = match chores {
+                true => Some(housekeeping::run(&db, &supervisor, &config, &sql).await),
+                false => None,
+            };
+            (due, chores)
         };
-        ctx.spawn(work.into_actor(self).map(|(due, purged, depth), act, ctx| {
-            act.stats.purged += purged;
-            if let Some(depth) = depth {
-                let depth = u64::from(depth);
-                if depth > act.stats.unroutable_queued {
-                    warn!(queue = %act.config.unroutable_name(), depth, "unroutable messages are waiting: bind a queue for their routing keys, then move them back");
-                }
-                act.stats.unroutable_queued = depth;
+        ctx.spawn(work.into_actor(self).map(|(due, chores), act, ctx| {
+            if let Some(chores) = chores {
+                act.book_chores(chores);
             }
             match due {
                 Ok(Some(due_in)) => {
-                    if let Some(wait) = fate::due_wait(due_in, act.empty_rounds, act.config.poll_interval) {
+                    if let Some(wait) =
+                        fate::due_wait(due_in, act.empty_rounds, act.config.poll_interval)
+                    {
                         act.arm_due_timer(wait, ctx);
                     }
                 }
@@ -358,6 +361,12 @@ impl RelayActor {
                 Err(e) => debug!(error = %e, "next-due query failed; the poll timer covers it"),
             }
         }));
+    }
+
+    /// Counts what a housekeeping round did (see [`Chores::book`]).
+    fn book_chores(&mut self, chores: Chores) {
+        self.housekeeping.done(chores.behind);
+        chores.book(&mut self.stats, &self.config);
     }
 
     fn arm_due_timer(&mut self, delay: Duration, ctx: &mut Context<Self>) {

@@ -5,7 +5,6 @@
 
 use std::future::Future;
 use std::task::Poll;
-use std::time::Duration;
 
 use actix::Addr;
 use futures_util::future::Either;
@@ -315,21 +314,6 @@ async fn settle<C: ConnectionTrait>(
     Ok(plan.report)
 }
 
-/// Purges sent rows older than the retention (keep mode); returns how many went.
-pub(crate) async fn purge(
-    db: &DatabaseConnection,
-    config: &RelayConfig,
-    sql: &RelaySql,
-) -> Result<u64> {
-    let Cleanup::Keep { retention } = config.cleanup else {
-        return Ok(0);
-    };
-    let result = db
-        .execute_raw(sql.purge(retention, 1_000, Utc::now()))
-        .await?;
-    Ok(result.rows_affected())
-}
-
 /// How long until the earliest unsent row is due (`None` when there is none).
 pub(crate) async fn next_due(
     db: &DatabaseConnection,
@@ -367,21 +351,4 @@ pub(crate) async fn open_channel(
     .await?;
     let frame_max = supervisor.send(GetBrokerState).await?.frame_max;
     Ok(Publisher { channel, frame_max })
-}
-
-/// How many messages wait in `<exchange>.unroutable`, asked on a throwaway channel: a
-/// passive declare of a missing queue closes its channel, which must never be one with
-/// publishes in flight.
-pub(crate) async fn unroutable_depth(
-    supervisor: &Addr<ConnectionSupervisor>,
-    config: &RelayConfig,
-) -> Option<u32> {
-    let channel = broker::channel(supervisor, config.confirm_timeout)
-        .await
-        .ok()?;
-    let depth = exchange::unroutable_depth(&channel, config.exchange()).await;
-    if channel.status().connected() {
-        let _ = tokio::time::timeout(Duration::from_secs(2), channel.close(200, "".into())).await;
-    }
-    depth.ok()
 }

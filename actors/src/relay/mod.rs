@@ -4,8 +4,8 @@
 //! PostgreSQL), `batch` claims the rows and publishes them pipelined with confirms (its stages timed by `stages`), `fate`
 //! decides what each row's answer means (sent, refused and rescheduled with backoff, parked,
 //! released), and `batch` applies those decisions in the claiming transaction. `envelope`
-//! maps a row to its AMQP message, `notify` wakes the actor on PostgreSQL NOTIFY, `config`
-//! holds [`RelayConfig`].
+//! maps a row to its AMQP message, `notify` wakes the actor on PostgreSQL NOTIFY, `housekeeping`
+//! purges kept rows and watches the unroutable queue, `config` holds [`RelayConfig`].
 //!
 //! The actor only sequences batches; the decisions are pure functions with unit tests.
 
@@ -14,6 +14,7 @@ mod batch;
 mod config;
 mod envelope;
 mod fate;
+mod housekeeping;
 mod notify;
 mod sql;
 mod stages;

@@ -1,0 +1,183 @@
+//! Housekeeping beside the batches: purging rows sent longer ago than the retention (keep
+//! mode) and reading the depth of `<exchange>.unroutable`.
+//!
+//! It runs at most once per poll interval, whether the relay is idle or busy: on a relay that
+//! never idles (batches always full), a purge that waited for an idle moment would never run
+//! and the kept rows would pile up. A round runs inside a batch's slot, after the batch has
+//! committed, so on SQLite (one batch at a time) the purge never competes with a batch for
+//! the database's write lock. A round deletes in chunks until nothing old enough is left or
+//! its time budget is spent; a round cut short by the budget makes the next one due at once.
+
+use std::time::{Duration, Instant};
+
+use actix::Addr;
+use actix_outbox::Result;
+use chrono::Utc;
+use sea_orm::{ConnectionTrait, DatabaseConnection};
+use tracing::warn;
+
+use super::RelayStats;
+use super::config::{Cleanup, RelayConfig};
+use super::sql::RelaySql;
+use crate::broker::{self, ConnectionSupervisor};
+use crate::exchange::{self, Unroutable};
+
+/// Rows deleted per purge statement.
+const PURGE_CHUNK: u32 = 1_000;
+
+/// The most time one round spends purging.
+const PURGE_BUDGET: Duration = Duration::from_millis(500);
+
+/// When the next round is due, and whether one is under way.
+#[derive(Debug)]
+pub(crate) struct Schedule {
+    /// When the last round began (`None`: due now).
+    last: Option<Instant>,
+    /// A round is under way.
+    running: bool,
+}
+
+impl Schedule {
+    /// The first round is due one interval after start (the relay's first batches matter
+    /// more).
+    pub(crate) fn new() -> Self {
+        Self {
+            last: Some(Instant::now()),
+            running: false,
+        }
+    }
+
+    /// Takes the next round if it is due (`interval` since the last began) and none is under
+    /// way.
+    pub(crate) fn take(&mut self, interval: Duration) -> bool {
+        let due = self.last.is_none_or(|last| last.elapsed() >= interval);
+        if self.running || !due {
+            return false;
+        }
+        self.running = true;
+        self.last = Some(Instant::now());
+        true
+    }
+
+    /// The round ended; `behind` (its budget ran out) makes the next one due at once.
+    pub(crate) fn done(&mut self, behind: bool) {
+        self.running = false;
+        if behind {
+            self.last = None;
+        }
+    }
+}
+
+/// What one round found.
+#[derive(Debug, Default)]
+pub(crate) struct Chores {
+    /// Sent rows purged.
+    pub(crate) purged: u64,
+    /// The purge stopped at its budget with more rows to go.
+    pub(crate) behind: bool,
+    /// Messages waiting in `<exchange>.unroutable` (when that is checked and could be read).
+    pub(crate) unroutable_depth: Option<u32>,
+    /// Why purging failed, if it did.
+    pub(crate) error: Option<String>,
+}
+
+impl Chores {
+    /// Adds the round to `stats` and warns about what needs an operator.
+    pub(crate) fn book(self, stats: &mut RelayStats, config: &RelayConfig) {
+        stats.purged += self.purged;
+        if let Some(error) = self.error {
+            warn!(%error, "purging sent rows failed");
+        }
+        if let Some(depth) = self.unroutable_depth {
+            let depth = u64::from(depth);
+            if depth > stats.unroutable_queued {
+                warn!(queue = %config.unroutable_name(), depth, "unroutable messages are waiting: bind a queue for their routing keys, then move them back");
+            }
+            stats.unroutable_queued = depth;
+        }
+    }
+}
+
+/// Runs one round.
+pub(crate) async fn run(
+    db: &DatabaseConnection,
+    supervisor: &Addr<ConnectionSupervisor>,
+    config: &RelayConfig,
+    sql: &RelaySql,
+) -> Chores {
+    let mut chores = Chores::default();
+    if let Cleanup::Keep { retention } = config.cleanup {
+        match purge(db, sql, retention, PURGE_BUDGET).await {
+            Ok((purged, behind)) => (chores.purged, chores.behind) = (purged, behind),
+            Err(e) => chores.error = Some(e.to_string()),
+        }
+    }
+    if config.unroutable == Unroutable::AlternateExchange {
+        chores.unroutable_depth = unroutable_depth(supervisor, config).await;
+    }
+    chores
+}
+
+/// Deletes rows sent more than `retention` ago, a chunk at a time, until none is left or
+/// `budget` is spent. Returns how many went and whether more are left.
+async fn purge(
+    db: &DatabaseConnection,
+    sql: &RelaySql,
+    retention: Duration,
+    budget: Duration,
+) -> Result<(u64, bool)> {
+    let started = Instant::now();
+    let mut purged = 0;
+    loop {
+        let deleted = db
+            .execute_raw(sql.purge(retention, PURGE_CHUNK, Utc::now()))
+            .await?
+            .rows_affected();
+        purged += deleted;
+        if deleted < u64::from(PURGE_CHUNK) {
+            return Ok((purged, false));
+        }
+        if started.elapsed() >= budget {
+            return Ok((purged, true));
+        }
+    }
+}
+
+/// How many messages wait in `<exchange>.unroutable`, asked on a throwaway channel: a
+/// passive declare of a missing queue closes its channel, which must never be one with
+/// publishes in flight.
+async fn unroutable_depth(
+    supervisor: &Addr<ConnectionSupervisor>,
+    config: &RelayConfig,
+) -> Option<u32> {
+    let channel = broker::channel(supervisor, config.confirm_timeout)
+        .await
+        .ok()?;
+    let depth = exchange::unroutable_depth(&channel, config.exchange()).await;
+    if channel.status().connected() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), channel.close(200, "".into())).await;
+    }
+    depth.ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_round_at_a_time_once_per_interval() {
+        let mut s = Schedule::new();
+        let interval = Duration::from_secs(3600);
+        assert!(!s.take(interval), "not due right after start");
+        assert!(s.take(Duration::ZERO), "due once the interval passed");
+        assert!(!s.take(Duration::ZERO), "not while a round is under way");
+        s.done(false);
+        assert!(!s.take(interval), "the interval starts again");
+        assert!(s.take(Duration::ZERO));
+        s.done(true);
+        assert!(
+            s.take(interval),
+            "a round cut short makes the next due at once"
+        );
+    }
+}
