@@ -74,6 +74,25 @@ impl TestDb {
         Self { db, name }
     }
 
+    /// A second pool on the SQLite file `path` of another [`TestDb`], as another process
+    /// would open it. Close it with [`close`](Self::close); the owner removes the file.
+    pub async fn reopen_sqlite(path: &str) -> Self {
+        let mut options = ConnectOptions::new(format!("sqlite://{path}?mode=rw"));
+        options.sqlx_logging(false);
+        let db = Database::connect(options)
+            .await
+            .expect("reopen sqlite file");
+        Self {
+            db,
+            name: path.to_owned(),
+        }
+    }
+
+    /// Closes the pool, removing nothing.
+    pub async fn close(self) {
+        let _ = self.db.close().await;
+    }
+
     /// Runs `sql` and returns the first column of every row as i64.
     pub async fn ints(&self, sql: &str) -> Vec<i64> {
         let backend = self.db.get_database_backend();
@@ -119,6 +138,7 @@ impl TestDb {
             return;
         }
         let _ = std::fs::remove_file(&self.name);
+        let _ = std::fs::remove_file(format!("{}-outbox-relay.lock", self.name));
     }
 }
 

@@ -17,7 +17,10 @@
 //! **Restart / crash**: the outbox rows are the source of truth. An uncommitted batch is
 //! rolled back by the database and its rows are claimed again (at-least-once: rows confirmed
 //! just before a crash go out twice, with the same message id). Several relays may run side by
-//! side on PostgreSQL; on SQLite run one per database file.
+//! side on PostgreSQL; on SQLite one relay per file and table drains it, others stand by
+//! ([`State::Standby`], see `lifecycle`).
+
+mod lifecycle;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,19 +29,23 @@ use actix::prelude::*;
 use actix_outbox::{Error, Result};
 use sea_orm::{DatabaseConnection, DbBackend};
 use tokio::sync::oneshot;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::batch::{self, Publisher};
 use super::config::RelayConfig;
 use super::fate::{self, BatchReport, Probe};
+use super::file_lock::RelayLock;
 use super::housekeeping::{self, Chores, Schedule};
 use super::sql::RelaySql;
-use super::{GetRelayStats, RelayStats, StopRelay, WakeUp};
+use super::{GetRelayStats, RelayStats, WakeUp};
 use crate::broker::ConnectionSupervisor;
 
 /// The relay's lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
+    /// SQLite only: waiting for the file's relay lock (another relay holds it, or the lock
+    /// file is not found yet); tried again at each poll.
+    Standby,
     /// Running batches, or waiting for a wake-up.
     Active,
     /// Paused after a failed batch until the error backoff ends; wake-ups meanwhile only
@@ -89,6 +96,10 @@ pub struct RelayActor {
     stats: RelayStats,
     /// Callers of [`StopRelay`] waiting for the stop.
     stop_waiters: Vec<oneshot::Sender<RelayStats>>,
+    /// SQLite: the file's relay lock, once found.
+    lock: Option<RelayLock>,
+    /// SQLite: the lock file is being looked for.
+    locating: bool,
 }
 
 impl std::fmt::Debug for RelayActor {
@@ -142,36 +153,9 @@ impl RelayActor {
             housekeeping: Schedule::new(),
             stats: RelayStats::default(),
             stop_waiters: Vec::new(),
+            lock: None,
+            locating: false,
         })
-    }
-}
-
-impl Actor for RelayActor {
-    type Context = Context<Self>;
-
-    /// Starts the LISTEN task (PostgreSQL), the poll timer, and a first batch.
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        info!(table = %self.config.table(), exchange = %self.config.exchange(), "relay started");
-        if self.config.listen && self.sql.backend() == DbBackend::Postgres {
-            self.listener = Some(super::notify::spawn(
-                &self.db,
-                self.config.table().clone(),
-                ctx.address().recipient(),
-            ));
-        }
-        ctx.run_interval(self.config.poll_interval, |act, ctx| act.start_batch(ctx));
-        self.start_batch(ctx);
-    }
-
-    /// Ends the LISTEN task so no pooled connection outlives the relay.
-    fn stopped(&mut self, _: &mut Context<Self>) {
-        if let Some(task) = self.listener.take() {
-            task.abort();
-        }
-        for waiter in self.stop_waiters.drain(..) {
-            let _ = waiter.send(self.stats);
-        }
-        info!(table = %self.config.table(), stats = ?self.stats, "relay stopped");
     }
 }
 
@@ -191,21 +175,6 @@ impl Handler<GetRelayStats> for RelayActor {
     }
 }
 
-impl Handler<StopRelay> for RelayActor {
-    type Result = ResponseFuture<RelayStats>;
-
-    fn handle(&mut self, _: StopRelay, ctx: &mut Context<Self>) -> Self::Result {
-        let (tx, rx) = oneshot::channel();
-        self.stop_waiters.push(tx);
-        if matches!(self.state, State::Active | State::BackingOff) {
-            self.state = State::Stopping;
-            self.stop_when_idle(ctx);
-        }
-        let last_known = self.stats;
-        Box::pin(async move { rx.await.unwrap_or(last_known) })
-    }
-}
-
 impl RelayActor {
     /// Runs a batch unless `concurrency` batches are in flight or the relay is pausing (then
     /// remembers to run another). Concurrent batches claim disjoint rows (`SKIP LOCKED`); the
@@ -213,6 +182,7 @@ impl RelayActor {
     fn start_batch(&mut self, ctx: &mut Context<Self>) {
         match self.state {
             State::Active => {}
+            State::Standby => return self.take_lock(ctx),
             State::BackingOff => return self.wake_again = true,
             State::Stopping | State::Stopped => return,
         }
@@ -377,28 +347,5 @@ impl RelayActor {
             act.due_timer = None;
             act.start_batch(ctx);
         }));
-    }
-
-    /// Stops once no batch is in flight.
-    fn stop_when_idle(&mut self, ctx: &mut Context<Self>) {
-        if self.running == 0 && self.state == State::Stopping {
-            self.finish_stop(ctx);
-        }
-    }
-
-    /// Closes the channel (bounded), then stops the actor.
-    fn finish_stop(&mut self, ctx: &mut Context<Self>) {
-        self.state = State::Stopped;
-        if let Some(task) = self.listener.take() {
-            task.abort();
-        }
-        let channels = std::mem::take(&mut self.channels);
-        let close = async move {
-            for p in channels {
-                let closing = p.channel.close(200, "relay stopping".into());
-                let _ = tokio::time::timeout(Duration::from_secs(2), closing).await;
-            }
-        };
-        ctx.wait(close.into_actor(self).map(|(), _, ctx| ctx.stop()));
     }
 }

@@ -14,6 +14,7 @@ mod batch;
 mod config;
 mod envelope;
 mod fate;
+mod file_lock;
 mod housekeeping;
 mod notify;
 mod sql;
@@ -69,6 +70,9 @@ pub struct RelayStats {
     pub errors: u64,
     /// Sent rows purged (keep mode).
     pub purged: u64,
+    /// SQLite: another relay holds the file's relay lock, so this one stands by (it takes
+    /// over when the other stops).
+    pub standby: bool,
 }
 
 impl RelayStats {
