@@ -75,7 +75,7 @@ async fn relay_and_worker_run_with_the_documented_permissions() {
     let relay_user = TempUser::create("^$", &format!("^{escaped}$"), "^$", &env.broker.url).await;
     let worker_user = TempUser::create(
         "^$",
-        &format!("^{escaped}\\.(dlx|delay\\..*)$"),
+        &format!("^{escaped}\\.(dlx|retry\\..*)$"),
         &format!("^{}$", regex_escape(&queue)),
         &env.broker.url,
     )
@@ -106,10 +106,12 @@ async fn relay_and_worker_run_with_the_documented_permissions() {
         config(&exchange).with_topology(TopologyMode::CheckOnly),
     );
 
+    let mut ids = Vec::new();
     for kind in ["ok", "flaky", "bad"] {
-        actix_outbox::emit(&t.db, "lp.event", &serde_json::json!({"kind": kind}))
+        let id = actix_outbox::emit(&t.db, "lp.event", &serde_json::json!({"kind": kind}))
             .await
             .expect("emit");
+        ids.push(id);
     }
     // ok once, flaky twice (retried through a delay exchange), bad once (then dead-lettered).
     log.wait_count(
@@ -125,6 +127,25 @@ async fn relay_and_worker_run_with_the_documented_permissions() {
         dead.len(),
         1,
         "the rejected event reached the dead-letter queue"
+    );
+    // The second delivery of the flaky event is its retry copy (attempt 2), not a redelivery
+    // after a publish refused for lack of permission.
+    assert_eq!(
+        log.attempts(ids[1]),
+        [1, 2],
+        "flaky: retried through its delay exchange"
+    );
+    let worker_stats = running.stats().await;
+    let worker_stats = worker_stats.get(&queue).expect("the queue's stats");
+    assert_eq!(
+        (
+            worker_stats.retried,
+            worker_stats.requeued,
+            worker_stats.unsettled,
+            worker_stats.reconnects
+        ),
+        (1, 0, 0, 0),
+        "{worker_stats:?}"
     );
     t.wait_outbox_empty("the outbox table to be empty", Duration::from_secs(10))
         .await;
