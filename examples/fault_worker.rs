@@ -30,6 +30,8 @@
 //! | `FAULT_RETRY_DELAYS` | retry tiers, comma separated [`100ms,200ms,300ms,400ms`] |
 //! | `FAULT_RECORD_STARTS` | `1`: also record a `start` row when a handler begins [0] |
 //! | `FAULT_DB_POOL` | database connections [8] |
+//! | `FAULT_QUEUE_TYPE` | `quorum` or `classic` [`quorum`] |
+//! | `FAULT_MAX_REDELIVERIES` | deliveries unsettled before a message is dead-lettered [20] |
 //!
 //! The record table has the columns `message_id uuid, routing_key text, attempt int,
 //! phase text ('start' | 'done'), worker text, emitted_at timestamptz (from the payload's
@@ -37,7 +39,9 @@
 //!
 //! Poison on request, read from the JSON payload: `"panic": "once"` panics in the handler
 //! on the first attempt (the consumer replaces the actor and retries), `"panic": "always"`
-//! on every attempt (dead-lettered once the retry tiers are used up). Payloads that are not
+//! on every attempt (dead-lettered once the retry tiers are used up), `"panic": "abort"`
+//! aborts the whole process on every delivery (dead-lettered at the redelivery limit, the
+//! test restarting the process after each death). Payloads that are not
 //! JSON never reach the handler: the consumer dead-letters them as undecodable.
 
 use std::sync::Arc;
@@ -48,7 +52,8 @@ use actix_outbox::{
     DatabaseConfig, Error, Event, HandlerError, HandlerResult, TableName, redact_url,
 };
 use actix_outbox_actors::{
-    BrokerConfig, ConnectionSupervisor, Listen, RetryDelay, StopBroker, Worker, WorkerConfig,
+    BrokerConfig, ConnectionSupervisor, Listen, QueueType, RetryDelay, StopBroker, Worker,
+    WorkerConfig,
 };
 use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, TransactionTrait};
@@ -76,6 +81,8 @@ struct Settings {
     retry_delays: Vec<RetryDelay>,
     record_starts: bool,
     pool: u32,
+    queue_type: QueueType,
+    max_redeliveries: u32,
 }
 
 impl Settings {
@@ -101,6 +108,17 @@ impl Settings {
                 .collect(),
             record_starts: env_or("FAULT_RECORD_STARTS", "0") == "1",
             pool: parse("FAULT_DB_POOL", "8")?,
+            queue_type: match env_or("FAULT_QUEUE_TYPE", "quorum").as_str() {
+                "quorum" => QueueType::Quorum,
+                "classic" => QueueType::Classic,
+                other => {
+                    return Err(Error::InvalidConfig {
+                        field: "FAULT_QUEUE_TYPE",
+                        reason: format!("{other:?} is neither `quorum` nor `classic`"),
+                    });
+                }
+            },
+            max_redeliveries: parse("FAULT_MAX_REDELIVERIES", "20")?,
         })
     }
 }
@@ -244,6 +262,10 @@ impl Handler<Event<Value>> for Recording {
 
     fn handle(&mut self, event: Event<Value>, _: &mut Context<Self>) -> Self::Result {
         let poison = event.payload()["panic"].as_str();
+        if poison == Some("abort") {
+            eprintln!("fault_worker: injected abort for {}", event.message_id());
+            std::process::abort();
+        }
         if poison == Some("always") || (poison == Some("once") && event.attempt() == 1) {
             // Kills this actor; the consumer replaces it from the factory.
             panic!(
@@ -337,6 +359,8 @@ async fn main() -> Result<(), Error> {
     let config = WorkerConfig::default()
         .with_exchange(s.exchange.as_str())
         .with_prefetch(s.prefetch)
+        .with_queue_type(s.queue_type)
+        .with_max_redeliveries(s.max_redeliveries)
         .with_retry_delays(s.retry_delays.clone())
         .with_grace_period(s.grace)
         .with_reconnect_backoff(Duration::from_millis(50), Duration::from_secs(2));

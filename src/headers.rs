@@ -18,6 +18,12 @@ pub const ROUTING_KEY: &str = "x-outbox-routing-key";
 pub const REASON: &str = "x-outbox-reason";
 /// Which queue's handler dead-lettered the message.
 pub const HANDLER: &str = "x-outbox-handler";
+/// Classic queues only (quorum queues count in `x-delivery-count`): how often this message
+/// was delivered before without being settled. A consumer that receives a redelivered message
+/// from a classic queue publishes it back to the queue with this count raised instead of
+/// handling it, so that a message that crashes its worker every time is dead-lettered at the
+/// redelivery limit.
+pub const REDELIVERIES: &str = "x-outbox-redeliveries";
 
 /// Header prefixes reserved for actix-outbox and for RabbitMQ.
 const RESERVED: [&str; 5] = [

@@ -1,8 +1,10 @@
 //! No message loops for ever. A message whose retry copy can never be placed (here its delay
 //! queue was deleted, so every copy is returned) is requeued after a pause, and the broker
-//! counts its redeliveries (`x-delivery-count` on quorum queues): at the redelivery limit it
-//! is dead-lettered with the reason, without calling the handler again. The same count bounds
-//! a message that crashes the whole worker process on every delivery.
+//! counts its redeliveries (`x-delivery-count` on quorum queues; on classic queues, which keep
+//! no count, the consumer publishes each redelivered message back to its queue with the count
+//! in `x-outbox-redeliveries`): at the redelivery limit it is dead-lettered with the reason,
+//! without calling the handler again. The same count bounds a message that crashes the whole
+//! worker process on every delivery.
 #![cfg(feature = "service-tests")]
 
 mod common;
@@ -11,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_outbox::{HandlerError, headers as h};
-use actix_outbox_actors::{Listen, Worker};
+use actix_outbox_actors::{Listen, QueueType, Worker};
 use common::worker::{Log, WorkerEnv, header, message_id, scripted, wait_stats};
 use serde_json::Value;
 
@@ -19,12 +21,25 @@ use serde_json::Value;
 /// copy returned, the original requeued), then dead-lettered on delivery 3.
 #[actix_rt::test]
 async fn a_message_that_cannot_be_settled_is_dead_lettered_at_the_limit() {
+    cannot_be_settled(QueueType::Quorum).await;
+}
+
+/// The same on a classic queue: each redelivery is published back with its count (two
+/// recounts between the three handlings). Before, it looped for ever there.
+#[actix_rt::test]
+async fn a_classic_queue_counts_redeliveries_too() {
+    let stats = cannot_be_settled(QueueType::Classic).await;
+    assert_eq!(stats.recounted, 2, "{stats:?}");
+}
+
+async fn cannot_be_settled(queue_type: QueueType) -> actix_outbox_actors::ConsumerStats {
     let mut env = WorkerEnv::new().await;
     let queue = env.queue("looping");
     let log = Arc::new(Log::default());
     let running = Worker::new(
         env.supervisor.clone(),
         env.config()
+            .with_queue_type(queue_type)
             .with_retry_delays(["100ms"])
             .with_max_redeliveries(3),
     )
@@ -61,4 +76,5 @@ async fn a_message_that_cannot_be_settled_is_dead_lettered_at_the_limit() {
     let reason = header(&dead[0], h::REASON).unwrap_or_default();
     assert!(reason.starts_with("redelivered 3 times"), "{reason}");
     env.finish(running, &[Duration::from_millis(100)]).await;
+    stats
 }

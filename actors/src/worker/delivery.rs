@@ -17,6 +17,7 @@ use lapin::{BasicProperties, Channel};
 use serde::de::DeserializeOwned;
 use tracing::{Instrument, debug, field, info_span, warn};
 
+use super::config::QueueType;
 use super::envelope::{DeliveryMeta, copy_properties, decode_payload, time_left_ms};
 use super::handler::Sends;
 use super::link::CopyTurn;
@@ -133,6 +134,14 @@ where
     if meta.redeliveries >= job.spec.max_redeliveries {
         return Outcome::Redelivered(meta.redeliveries);
     }
+    if job.spec.queue_type == QueueType::Classic && delivery.redelivered {
+        // The broker keeps no count here: this delivery is the count's next step.
+        let count = meta.redeliveries.saturating_add(1);
+        return match count >= job.spec.max_redeliveries {
+            true => Outcome::Redelivered(count),
+            false => Outcome::Uncounted(count),
+        };
+    }
     let content_type = delivery.properties.content_type().as_ref();
     let payload = match decode_payload::<T>(content_type.map(|c| c.as_str()), &delivery.data) {
         Ok(payload) => payload,
@@ -186,6 +195,12 @@ async fn settle<T: Send + 'static>(
             let props = copy_properties(props, copy.routing_key, next, left, &[]);
             let exchange = delay_name(&spec.exchange, *delay);
             publish(job, &exchange, &spec.queue, &delivery.data, props).await
+        }
+        Fate::Recount { redeliveries } => {
+            let left = copy.deadline.map(|d| time_left_ms(d, Utc::now()));
+            let extra = [(h::REDELIVERIES, redeliveries.to_string())];
+            let props = copy_properties(props, copy.routing_key, copy.attempt, left, &extra);
+            publish(job, "", &spec.queue, &delivery.data, props).await
         }
         Fate::DeadLetter { reason } => {
             let extra = [
@@ -293,6 +308,12 @@ fn log(outcome: &Outcome, fate: &Fate, settled: &Settled, queue: &str) {
                 warn!(%reason, dlq = %dead_letter_queue(queue), "message dead-lettered")
             }
             Fate::Retry { delay } => debug!(?delay, "retry scheduled"),
+            Fate::Recount { redeliveries } => {
+                debug!(
+                    redeliveries,
+                    "redelivered by a classic queue: published back with its count"
+                )
+            }
             Fate::Ack | Fate::Requeue => debug!("delivery settled"),
         },
     }

@@ -42,9 +42,9 @@ pub(crate) struct DeliveryMeta {
     pub(crate) message_id: Uuid,
     /// `x-outbox-attempt`, 1 when absent.
     pub(crate) attempt: u32,
-    /// How often the broker delivered this very message before without it being settled
-    /// (`x-delivery-count`, set by quorum queues on every redelivery: a requeue, a closed
-    /// channel, a crashed process); 0 when absent (first delivery, or a classic queue).
+    /// How often this message was delivered before without being settled (a requeue, a
+    /// closed channel, a crashed process): `x-delivery-count`, set by quorum queues, else
+    /// `x-outbox-redeliveries`, set by our consumers on classic queues; 0 when absent.
     pub(crate) redeliveries: u32,
     /// `x-outbox-deadline`, when present and valid RFC 3339.
     pub(crate) deadline: Option<DateTime<Utc>>,
@@ -98,7 +98,10 @@ impl DeliveryMeta {
             routing_key,
             message_id,
             attempt: get(h::ATTEMPT).and_then(as_attempt).unwrap_or(1).max(1),
-            redeliveries: get("x-delivery-count").and_then(as_attempt).unwrap_or(0),
+            redeliveries: get("x-delivery-count")
+                .or_else(|| get(h::REDELIVERIES))
+                .and_then(as_attempt)
+                .unwrap_or(0),
             deadline,
             tracking_ids,
             user_headers,
@@ -140,7 +143,8 @@ pub(crate) fn decode_payload<T: DeserializeOwned + 'static>(
 }
 
 /// The properties of a copy of `props` published by the consumer: `attempt` and the original
-/// routing key set in our headers, `extra` headers added, the broker's own headers stripped,
+/// routing key set in our headers, `extra` headers added, the broker's own headers and the
+/// redelivery count stripped (a copy starts a count of its own),
 /// persistent, and `expiration` only as given (retry copies carry the time left until the
 /// deadline; dead letters never expire). `user_id` is dropped: RabbitMQ refuses a publish
 /// whose `user_id` is not the connection's user.
@@ -158,7 +162,9 @@ pub(crate) fn copy_properties(
         .unwrap_or_default();
     table.retain(|name, _| {
         let name = name.as_str();
-        !BROKER_HEADERS.iter().any(|p| name.starts_with(p)) && !SENDER_ROUTING.contains(&name)
+        !BROKER_HEADERS.iter().any(|p| name.starts_with(p))
+            && !SENDER_ROUTING.contains(&name)
+            && name != h::REDELIVERIES
     });
     table.insert(
         h::ATTEMPT.into(),
@@ -343,6 +349,17 @@ mod tests {
         assert_eq!(meta.redeliveries, 0);
         let quorum = props(&[("x-delivery-count", AMQPValue::LongLongInt(7))]);
         assert_eq!(DeliveryMeta::read("k", &quorum, b"").redeliveries, 7);
+        let classic = props(&[(h::REDELIVERIES, long("2"))]);
+        assert_eq!(DeliveryMeta::read("k", &classic, b"").redeliveries, 2);
+        let both = props(&[
+            ("x-delivery-count", AMQPValue::LongLongInt(1)),
+            (h::REDELIVERIES, long("5")),
+        ]);
+        assert_eq!(
+            DeliveryMeta::read("k", &both, b"").redeliveries,
+            1,
+            "the broker's count wins"
+        );
         assert!(meta.deadline.is_none(), "an invalid deadline is ignored");
     }
 
@@ -362,6 +379,7 @@ mod tests {
         let p = props(&[
             (h::ROUTING_KEY, long("user.created")),
             ("x-delivery-count", AMQPValue::LongLongInt(1)),
+            (h::REDELIVERIES, long("1")),
             (
                 "CC",
                 AMQPValue::FieldArray(FieldArray::from(vec![long("other_queue")])),
@@ -382,6 +400,10 @@ mod tests {
         assert_eq!(headers[h::REASON], "boom");
         assert_eq!(headers["tenant"], "acme");
         assert!(!headers.contains_key("x-delivery-count"));
+        assert!(
+            !headers.contains_key(h::REDELIVERIES),
+            "a copy counts afresh"
+        );
         assert!(!headers.contains_key("CC"), "no extra routing on retries");
         assert_eq!(copy.message_id(), p.message_id());
         assert_eq!(copy.content_type(), p.content_type());

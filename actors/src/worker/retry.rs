@@ -125,6 +125,10 @@ pub(crate) enum Outcome {
     /// (crashes, channels closed, requeues), reaching the redelivery limit: it is
     /// dead-lettered without calling the handler, so no message can loop for ever.
     Redelivered(u32),
+    /// A classic queue redelivered the message (it keeps no count of its own): it was
+    /// delivered this many times before unsettled, counting this time. It is published back
+    /// to its queue carrying the count, not handled on this delivery.
+    Uncounted(u32),
 }
 
 impl Outcome {
@@ -140,6 +144,7 @@ impl Outcome {
             Outcome::Expired => "expired",
             Outcome::TimedOut => "timeout",
             Outcome::Redelivered(_) => "redelivery_limit",
+            Outcome::Uncounted(_) => "redelivered",
         }
     }
 }
@@ -161,6 +166,13 @@ pub(crate) enum Fate {
     },
     /// Give the message back to the queue untouched (`nack` with requeue).
     Requeue,
+    /// Publish a copy to the message's own queue (through the default exchange) carrying
+    /// `redeliveries` in `x-outbox-redeliveries`, then ack the original: how a classic queue's
+    /// redeliveries are counted.
+    Recount {
+        /// The count the copy carries.
+        redeliveries: u32,
+    },
 }
 
 /// The reason header of messages dead-lettered because their deadline passed.
@@ -175,6 +187,7 @@ pub(crate) const EXPIRED: &str = "expired";
 /// | `Retry` | retry if a tier is left, else dead-letter |
 /// | `Reject`, undecodable, expired, over the redelivery limit | dead-letter |
 /// | handler gone for good, or died with several events in its mailbox | requeue |
+/// | redelivered by a classic queue, under the limit | recount |
 pub(crate) fn decide(outcome: &Outcome, attempt: u32, policy: &RetryPolicy) -> Fate {
     let retry_or_dead = |reason: String, forced: bool| match policy.tier_after(attempt) {
         Some(delay) if forced || policy.retry_on_error => Fate::Retry { delay },
@@ -200,6 +213,7 @@ pub(crate) fn decide(outcome: &Outcome, attempt: u32, policy: &RetryPolicy) -> F
         Outcome::Expired => Fate::DeadLetter {
             reason: EXPIRED.to_owned(),
         },
+        Outcome::Uncounted(n) => Fate::Recount { redeliveries: *n },
         Outcome::Redelivered(n) => Fate::DeadLetter {
             reason: format!(
                 "redelivered {n} times without being settled (the process or its channel died \
@@ -231,6 +245,7 @@ impl fmt::Display for Fate {
             Fate::Retry { delay } => write!(f, "retry in {delay:?}"),
             Fate::DeadLetter { .. } => f.write_str("dead-letter"),
             Fate::Requeue => f.write_str("requeue"),
+            Fate::Recount { redeliveries } => write!(f, "recount ({redeliveries})"),
         }
     }
 }
@@ -322,6 +337,10 @@ mod tests {
         assert_eq!(decide(&Outcome::Displaced, 3, &p), Fate::Requeue);
         assert_eq!(Outcome::Failed(HandlerError::reject("x")).name(), "reject");
         assert_eq!(decide(&Outcome::Crashed, 1, &p), retry(100));
+        assert_eq!(
+            decide(&Outcome::Uncounted(2), 1, &p),
+            Fate::Recount { redeliveries: 2 }
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use super::retry::{EXPIRED, Fate, Outcome};
 /// [`RunningWorker::stats`](crate::RunningWorker::stats).
 ///
 /// Every delivery lands in exactly one of `handled`, `aborted`, `retried`, `dead_lettered`,
-/// `requeued` or `unsettled`; `decode_failures`, `expired` and `panics` further break down
+/// `requeued`, `recounted` or `unsettled`; `decode_failures`, `expired` and `panics` further break down
 /// what happened.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -22,6 +22,9 @@ pub struct ConsumerStats {
     pub dead_lettered: u64,
     /// Originals given back to the queue: a copy was not confirmed, or the handler is gone.
     pub requeued: u64,
+    /// Classic queues: redelivered messages published back to their queue with their
+    /// redelivery count (`x-outbox-redeliveries`) instead of being handled on that delivery.
+    pub recounted: u64,
     /// Not settled because the channel failed; the broker redelivers these.
     pub unsettled: u64,
     /// Payloads that could not be decoded (dead-lettered).
@@ -58,6 +61,7 @@ impl ConsumerStats {
                 self.expired += u64::from(reason == EXPIRED);
             }
             (Settled::Done, Fate::Requeue) => self.requeued += 1,
+            (Settled::Done, Fate::Recount { .. }) => self.recounted += 1,
         }
         match report.outcome {
             Outcome::Undecodable(_) => self.decode_failures += 1,
@@ -117,6 +121,11 @@ mod tests {
             Fate::Ack,
             Settled::Lost("closed".into()),
         ));
+        s.book(&report(
+            Outcome::Uncounted(1),
+            Fate::Recount { redeliveries: 1 },
+            Settled::Done,
+        ));
         let want = ConsumerStats {
             handled: 1,
             aborted: 1,
@@ -124,6 +133,7 @@ mod tests {
             dead_lettered: 2,
             requeued: 1,
             unsettled: 1,
+            recounted: 1,
             decode_failures: 1,
             expired: 1,
             panics: 1, // crashes of factory-made actors are counted at their restart

@@ -34,6 +34,10 @@ pub struct WorkerOptions {
     pub retry_delays_ms: Vec<u64>,
     /// Also record when a handler begins.
     pub record_starts: bool,
+    /// `quorum` or `classic`.
+    pub queue_type: &'static str,
+    /// Unsettled deliveries before a message is dead-lettered.
+    pub max_redeliveries: u32,
 }
 
 impl Default for WorkerOptions {
@@ -44,11 +48,25 @@ impl Default for WorkerOptions {
             grace: Duration::from_secs(10),
             retry_delays_ms: vec![100, 200, 300, 400],
             record_starts: false,
+            queue_type: "quorum",
+            max_redeliveries: 20,
         }
     }
 }
 
 impl WorkerOptions {
+    #[must_use]
+    pub fn with_queue_type(mut self, queue_type: &'static str) -> Self {
+        self.queue_type = queue_type;
+        self
+    }
+
+    #[must_use]
+    pub fn with_max_redeliveries(mut self, max: u32) -> Self {
+        self.max_redeliveries = max;
+        self
+    }
+
     #[must_use]
     pub fn with_prefetch(mut self, prefetch: u16) -> Self {
         self.prefetch = prefetch;
@@ -183,6 +201,11 @@ impl FaultRig {
             env(
                 "FAULT_RECORD_STARTS",
                 if options.record_starts { "1" } else { "0" },
+            ),
+            env("FAULT_QUEUE_TYPE", options.queue_type),
+            env(
+                "FAULT_MAX_REDELIVERIES",
+                &options.max_redeliveries.to_string(),
             ),
             env("RUST_LOG", "info,sqlx=warn"),
         ];
