@@ -8,9 +8,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use actix_outbox::setup;
-use common::TestDb;
 use common::broker::TestBroker;
+use common::faults::{TcpProxy, host_port};
 use common::relay::{TestRelay, config};
+use common::{TestDb, require_env};
 use sea_orm::{ConnectionTrait, TransactionTrait};
 
 /// With a 60 s poll, an event emitted after a business row in the same transaction reaches
@@ -119,4 +120,52 @@ async fn notifications_stay_in_their_schema() {
     broker.cleanup().await;
     here.cleanup().await;
     there.cleanup().await;
+}
+
+/// When the LISTEN connection is lost and sqlx re-establishes it by itself (the connection
+/// reset, the server reachable again at once), the relay is woken to look for rows whose
+/// notifications fell into the gap. Before, sqlx's `recv` reconnected silently, and such rows
+/// waited for the 60 s poll.
+#[actix_rt::test]
+async fn a_lost_listen_connection_wakes_the_relay_when_back() {
+    let proxy = TcpProxy::start(host_port(&require_env("DATABASE_URL"))).await;
+    let t = TestDb::postgres_at(|url| proxy.rewrite(url)).await;
+    setup(&t.db).await.expect("setup");
+    let mut broker = TestBroker::new().await;
+    broker.declare_exchange().await;
+    let queue = broker.bind_queue(&["#"]).await;
+    let relay = TestRelay::start(
+        &t.db,
+        &broker.url,
+        config(&broker.exchange).with_poll_interval(Duration::from_secs(60)),
+    );
+    common::wait_for(
+        "the relay's first claim round",
+        Duration::from_secs(10),
+        || async { (relay.stats().await.rounds >= 1).then_some(()) },
+    )
+    .await;
+    for n in 0..3 {
+        actix_outbox::emit(&t.db, "user.created", &n)
+            .await
+            .expect("emit");
+        broker.drain(&queue, 1, Duration::from_secs(5)).await;
+    }
+    let before = relay.stats().await;
+    // Reset every connection, the LISTEN one included, and accept new ones at once.
+    proxy.cut();
+    proxy.restore();
+    let woken = common::wait_for(
+        "the relay to be woken after the LISTEN connection came back",
+        Duration::from_secs(10),
+        || async {
+            let now = relay.stats().await;
+            (now.rounds + now.errors > before.rounds + before.errors).then_some(now)
+        },
+    )
+    .await;
+    eprintln!("woken after the reset: {woken:?}");
+    relay.stop().await;
+    broker.cleanup().await;
+    t.cleanup().await;
 }
