@@ -45,6 +45,8 @@ pub struct Event<T> {
     attempt: u32,
     /// Chain of causes, oldest first, ending with this event's id.
     tracking_ids: Vec<String>,
+    /// The AMQP `correlation_id`: by default the first id of the chain.
+    correlation_id: Option<String>,
     /// Absolute deadline, if the event was emitted with an expiration.
     deadline: Option<DateTime<Utc>>,
     /// User headers (our `x-outbox-*` headers removed).
@@ -67,9 +69,40 @@ impl<T> Event<T> {
             message_id,
             attempt: 1,
             tracking_ids: vec![message_id.to_string()],
+            correlation_id: None,
             deadline: None,
             headers: Map::new(),
         }
+    }
+
+    /// Sets the correlation id. Defaults to the first id of the tracking chain.
+    #[must_use]
+    pub fn with_correlation_id(mut self, id: Option<String>) -> Self {
+        self.correlation_id = id;
+        self
+    }
+
+    /// The correlation id: what the event was emitted with
+    /// ([`OutboxEvent::with_correlation_id`](crate::OutboxEvent::with_correlation_id), or
+    /// inherited through [`OutboxEvent::caused_by`](crate::OutboxEvent::caused_by)), else the
+    /// id of the event that started the tracking chain. It travels as the AMQP
+    /// `correlation_id` property, so other AMQP software sees it too.
+    #[must_use]
+    pub fn correlation_id(&self) -> &str {
+        match (&self.correlation_id, self.tracking_ids.first()) {
+            (Some(id), _) => id,
+            (None, Some(root)) => root,
+            (None, None) => "",
+        }
+    }
+
+    /// The message id of the event whose handler emitted this one (the second-to-last id of
+    /// the tracking chain), if it was emitted with
+    /// [`OutboxEvent::caused_by`](crate::OutboxEvent::caused_by) or a chain.
+    #[must_use]
+    pub fn causation_id(&self) -> Option<&str> {
+        let n = self.tracking_ids.len();
+        (n >= 2).then(|| self.tracking_ids[n - 2].as_str())
     }
 
     /// Sets the message id (and the last tracking id). Defaults to a fresh UUID.
@@ -160,6 +193,7 @@ impl<T> Event<T> {
             message_id: self.message_id,
             attempt: self.attempt,
             tracking_ids: self.tracking_ids,
+            correlation_id: self.correlation_id,
             deadline: self.deadline,
             headers: self.headers,
         }

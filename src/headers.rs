@@ -8,6 +8,10 @@ use crate::error::{Error, Result};
 
 /// The chain of message ids that led to this event (oldest first, this event last).
 pub const TRACKING_IDS: &str = "x-outbox-tracking-ids";
+/// The correlation id an event was emitted with, in the outbox row's headers column; the
+/// relay publishes it as the AMQP `correlation_id` property (not as a header). Absent, the
+/// correlation id is the first id of the tracking chain: the event that started it.
+pub const CORRELATION_ID: &str = "x-outbox-correlation-id";
 /// The absolute deadline (RFC 3339) after which the event is dead-lettered, not handled.
 pub const DEADLINE: &str = "x-outbox-deadline";
 /// The delivery attempt of this copy: 1 for the first delivery, 2 after one retry, …
@@ -83,12 +87,21 @@ pub(crate) fn check_user_header_value(name: &str, value: &serde_json::Value) -> 
 
 /// Checks a content type: it travels as an AMQP short string, so at most 255 bytes.
 pub(crate) fn check_content_type(content_type: &str) -> Result<()> {
-    if content_type.len() > MAX_SHORT_STRING {
+    check_short("content_type", "the content type", content_type)
+}
+
+/// Checks a correlation id: it travels as an AMQP short string, so at most 255 bytes.
+pub(crate) fn check_correlation_id(id: &str) -> Result<()> {
+    check_short("correlation_id", "the correlation id", id)
+}
+
+fn check_short(field: &'static str, what: &str, value: &str) -> Result<()> {
+    if value.len() > MAX_SHORT_STRING {
         return Err(Error::InvalidConfig {
-            field: "content_type",
+            field,
             reason: format!(
-                "the content type is {} bytes; AMQP allows at most {MAX_SHORT_STRING}",
-                content_type.len()
+                "{what} is {} bytes; AMQP allows at most {MAX_SHORT_STRING}",
+                value.len()
             ),
         });
     }

@@ -102,7 +102,7 @@ pub use duration::parse_duration;
 pub use error::{Error, Result};
 pub use event::Event;
 pub use outbox::{Outbox, emit, emit_event, emit_many, setup};
-pub use outbox_event::OutboxEvent;
+pub use outbox_event::{MAX_TRACKING_IDS, OutboxEvent};
 pub use outcome::{HandlerError, HandlerResult};
 pub use redact::redact_url;
 pub use routing_key::{MAX_KEY_LEN, RoutingKey};

@@ -9,7 +9,11 @@ use uuid::Uuid;
 
 use crate::codec::{Codec, OCTET_STREAM};
 use crate::error::{Error, Result};
+use crate::event::Event;
 use crate::headers;
+
+/// The most ids a tracking chain keeps (the first, the most recent ones, this event's own).
+pub const MAX_TRACKING_IDS: usize = 64;
 use crate::routing_key::RoutingKey;
 
 /// An event to emit: routing key, encoded payload and delivery options.
@@ -46,6 +50,8 @@ pub struct OutboxEvent {
     pub(crate) headers: Map<String, Value>,
     /// Ids of the events that caused this one, oldest first.
     pub(crate) tracking_ids: Vec<String>,
+    /// Published as the AMQP `correlation_id`; `None`: the first id of the chain.
+    pub(crate) correlation_id: Option<String>,
     /// Publish no earlier than this; `None` means now by the database clock.
     pub(crate) eta: Option<DateTime<Utc>>,
     /// Absolute deadline; past it the event is dead-lettered instead of handled.
@@ -96,6 +102,7 @@ impl OutboxEvent {
             message_id: Uuid::now_v7(),
             headers: Map::new(),
             tracking_ids: Vec::new(),
+            correlation_id: None,
             eta: None,
             expires_at: None,
         }
@@ -164,12 +171,16 @@ impl OutboxEvent {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] when the content type is longer than 255 bytes, or a header
+    /// [`Error::InvalidConfig`] when the content type or the correlation id is longer than
+    /// 255 bytes, or a header
     /// name is empty, longer than 128 bytes, or reserved (`x-outbox-*`, or a name RabbitMQ
     /// sets such as `x-death`), or an object inside a header value has a field name longer
     /// than 255 bytes.
     pub fn validate(&self) -> Result<()> {
         headers::check_content_type(&self.content_type)?;
+        if let Some(id) = &self.correlation_id {
+            headers::check_correlation_id(id)?;
+        }
         for (name, value) in &self.headers {
             headers::check_user_header(name)?;
             headers::check_user_header_value(name, value)?;
@@ -178,7 +189,9 @@ impl OutboxEvent {
     }
 
     /// Continues a tracking chain: pass the tracking ids of the event being handled so the
-    /// chain of causes follows the new event. This event's own id is appended on emit.
+    /// chain of causes follows the new event. This event's own id is appended on emit. A
+    /// chain longer than [`MAX_TRACKING_IDS`] keeps its first id and the most recent ones, so
+    /// events that cause each other in a cycle cannot grow their headers without bound.
     #[must_use]
     pub fn with_tracking_ids<I, S>(mut self, ids: I) -> Self
     where
@@ -186,7 +199,54 @@ impl OutboxEvent {
         S: Into<String>,
     {
         self.tracking_ids = ids.into_iter().map(Into::into).collect();
+        let keep = MAX_TRACKING_IDS - 1; // room for this event's own id
+        if self.tracking_ids.len() > keep {
+            let cut = self.tracking_ids.len() - (keep - 1);
+            self.tracking_ids.drain(1..cut);
+        }
         self
+    }
+
+    /// Emits this event as a consequence of `cause`, the event being handled: it continues
+    /// `cause`'s tracking chain (so [`Event::tracking_ids`] of the new event ends with
+    /// `cause`'s id and then its own, and [`Event::causation_id`] is `cause`'s id) and takes
+    /// over its correlation id (published as the AMQP `correlation_id`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use actix_outbox::{Event, OutboxEvent};
+    ///
+    /// let order = Event::new("order.placed", 42);
+    /// let invoice = OutboxEvent::json("invoice.created", &42)?.caused_by(&order);
+    /// assert_eq!(invoice.correlation_id(), order.correlation_id());
+    /// # Ok::<(), actix_outbox::Error>(())
+    /// ```
+    #[must_use]
+    pub fn caused_by<T>(self, cause: &Event<T>) -> Self {
+        let correlation_id = cause.correlation_id().to_owned();
+        let mut event = self.with_tracking_ids(cause.tracking_ids().iter().cloned());
+        event.correlation_id = Some(correlation_id);
+        event
+    }
+
+    /// Sets the AMQP `correlation_id` the event is published with (at most 255 bytes).
+    /// Defaults to the first id of the tracking chain: this event's own id, unless it
+    /// continues a chain.
+    #[must_use]
+    pub fn with_correlation_id(mut self, id: impl Into<String>) -> Self {
+        self.correlation_id = Some(id.into());
+        self
+    }
+
+    /// The correlation id the event will be published with.
+    #[must_use]
+    pub fn correlation_id(&self) -> String {
+        match (&self.correlation_id, self.tracking_ids.first()) {
+            (Some(id), _) => id.clone(),
+            (None, Some(root)) => root.clone(),
+            (None, None) => self.message_id.to_string(),
+        }
     }
 
     /// The routing key.
@@ -213,6 +273,9 @@ impl OutboxEvent {
         let mut chain: Vec<Value> = self.tracking_ids.iter().cloned().map(Value::from).collect();
         chain.push(Value::from(self.message_id.to_string()));
         map.insert(headers::TRACKING_IDS.to_owned(), Value::Array(chain));
+        if let Some(id) = &self.correlation_id {
+            map.insert(headers::CORRELATION_ID.to_owned(), Value::from(id.as_str()));
+        }
         Value::Object(map)
     }
 }
@@ -259,6 +322,40 @@ mod tests {
         assert_eq!(chain.len(), 2);
         assert_eq!(chain[0], "root");
         assert_eq!(chain[1], event.message_id().to_string());
+    }
+
+    #[test]
+    fn caused_by_continues_the_chain_and_the_correlation() {
+        let root = Event::new("order.placed", 1);
+        let child = OutboxEvent::json("invoice.created", &1)
+            .expect("valid")
+            .caused_by(&root);
+        assert_eq!(child.correlation_id(), root.message_id().to_string());
+        let headers = child.headers_json();
+        let chain = headers[headers::TRACKING_IDS].as_array().expect("array");
+        assert_eq!(chain.len(), 2);
+        assert_eq!(chain[0], root.message_id().to_string());
+        assert_eq!(headers[headers::CORRELATION_ID], root.correlation_id());
+        let plain = OutboxEvent::json("a", &1).expect("valid");
+        assert_eq!(plain.correlation_id(), plain.message_id().to_string());
+        assert!(plain.headers_json().get(headers::CORRELATION_ID).is_none());
+        let long = plain.with_correlation_id("c".repeat(256));
+        assert!(long.validate().is_err(), "longer than an AMQP short string");
+    }
+
+    #[test]
+    fn long_chains_keep_their_root_and_recent_ids() {
+        let ids: Vec<String> = (0..200).map(|n| n.to_string()).collect();
+        let event = OutboxEvent::json("a", &1)
+            .expect("valid")
+            .with_tracking_ids(ids);
+        let headers = event.headers_json();
+        let chain = headers[headers::TRACKING_IDS].as_array().expect("array");
+        assert_eq!(chain.len(), MAX_TRACKING_IDS);
+        assert_eq!(chain[0], "0", "the root stays");
+        assert_eq!(chain[MAX_TRACKING_IDS - 2], "199", "the most recent cause");
+        assert_eq!(chain[1], "138");
+        assert_eq!(chain[MAX_TRACKING_IDS - 1], event.message_id().to_string());
     }
 
     #[test]

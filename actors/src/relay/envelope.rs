@@ -20,10 +20,22 @@ const PERSISTENT: u8 = 2;
 /// past: the broker then dead-letters it from queues that have a dead-letter exchange).
 pub(crate) fn properties(row: &Model, now: DateTime<Utc>) -> BasicProperties {
     let mut headers = FieldTable::default();
+    let mut correlation_id = None;
     if let Value::Object(user) = &row.headers {
         for (name, value) in user {
+            if name == h::CORRELATION_ID {
+                correlation_id = value.as_str();
+                continue;
+            }
             headers.insert(ShortString::from(name.as_str()), json_to_amqp(value));
         }
+        // By default the event that started the chain (the row's own id for a new chain).
+        correlation_id = correlation_id.or_else(|| {
+            user.get(h::TRACKING_IDS)
+                .and_then(Value::as_array)
+                .and_then(|chain| chain.first())
+                .and_then(Value::as_str)
+        });
     }
     headers.insert(h::ROUTING_KEY.into(), long(&row.routing_key));
     let mut props = BasicProperties::default()
@@ -31,6 +43,9 @@ pub(crate) fn properties(row: &Model, now: DateTime<Utc>) -> BasicProperties {
         .with_content_type(row.content_type.as_str().into())
         .with_delivery_mode(PERSISTENT)
         .with_timestamp(u64::try_from(row.created_at.timestamp()).unwrap_or(0));
+    if let Some(id) = correlation_id.filter(|id| id.len() <= MAX_SHORT_STRING) {
+        props = props.with_correlation_id(id.into());
+    }
     if let Some(deadline) = row.expires_at {
         headers.insert(h::DEADLINE.into(), long(&deadline.to_rfc3339()));
         let left = (deadline - now).num_milliseconds().max(0);
@@ -93,6 +108,7 @@ fn header_frame_len(props: &BasicProperties) -> usize {
         + props.headers().as_ref().map_or(0, table_len)
         + props.delivery_mode().map_or(0, |_| 1)
         + short(props.message_id())
+        + short(props.correlation_id())
         + props.timestamp().map_or(0, |_| 8)
         + short(props.expiration())
 }
@@ -155,6 +171,17 @@ mod tests {
         assert_eq!(headers["n"], 3);
         assert_eq!(headers[h::TRACKING_IDS], json!(["a", "b"]));
         assert_eq!(headers[h::ROUTING_KEY], "user.created");
+        let correlation = |p: &BasicProperties| p.correlation_id().as_ref().map(|c| c.to_string());
+        assert_eq!(correlation(&p), Some("a".into()), "the chain's root");
+        let mut explicit = row(None);
+        explicit.headers[h::CORRELATION_ID] = json!("req-7");
+        let p = properties(&explicit, Utc::now());
+        assert_eq!(correlation(&p), Some("req-7".into()));
+        let headers = table_to_json(p.headers().as_ref().expect("headers"));
+        assert!(
+            headers.get(h::CORRELATION_ID).is_none(),
+            "a property, not a header"
+        );
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub(crate) struct DeliveryMeta {
     pub(crate) deadline: Option<DateTime<Utc>>,
     /// `x-outbox-tracking-ids`, else just the message id.
     pub(crate) tracking_ids: Vec<String>,
+    /// The AMQP `correlation_id`, when set.
+    pub(crate) correlation_id: Option<String>,
     /// All headers as JSON (ours and the broker's removed).
     pub(crate) user_headers: Map<String, Value>,
 }
@@ -104,6 +106,7 @@ impl DeliveryMeta {
                 .unwrap_or(0),
             deadline,
             tracking_ids,
+            correlation_id: props.correlation_id().as_ref().map(|c| c.to_string()),
             user_headers,
         }
     }
@@ -119,6 +122,7 @@ impl DeliveryMeta {
             .with_message_id(self.message_id)
             .with_attempt(self.attempt)
             .with_tracking_ids(self.tracking_ids)
+            .with_correlation_id(self.correlation_id)
             .with_deadline(self.deadline)
             .with_headers(self.user_headers)
     }
