@@ -67,6 +67,10 @@ fn postgres_ddl(t: &str) -> Vec<String> {
             "CREATE INDEX IF NOT EXISTS {t}_sent_idx ON {t} (sent_at) WHERE sent_at IS NOT NULL"
         ),
         format!(
+            "CREATE INDEX IF NOT EXISTS {t}_parked_idx ON {t} (parked_at) \
+             WHERE parked_at IS NOT NULL"
+        ),
+        format!(
             "CREATE OR REPLACE FUNCTION {t}_notify() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     -- one channel per schema-qualified table: {marker}
@@ -140,6 +144,10 @@ fn sqlite_ddl(t: &str) -> Vec<String> {
         format!(
             "CREATE INDEX IF NOT EXISTS {t}_sent_idx ON {t} (sent_at) WHERE sent_at IS NOT NULL"
         ),
+        format!(
+            "CREATE INDEX IF NOT EXISTS {t}_parked_idx ON {t} (parked_at) \
+             WHERE parked_at IS NOT NULL"
+        ),
     ]
 }
 
@@ -180,7 +188,7 @@ where
 struct SchemaState {
     /// A table of that name exists (ours or not).
     table_exists: bool,
-    /// The table, both indexes and (on PostgreSQL) the trigger, with this version's function,
+    /// The table, its three indexes and (on PostgreSQL) the trigger, with this version's function,
     /// exist.
     complete: bool,
 }
@@ -194,6 +202,7 @@ async fn inspect<C: ConnectionTrait>(db: &C, table: &TableName) -> Result<Schema
                     (to_regclass('{t}') IS NOT NULL
                      AND to_regclass('{t}_due_idx') IS NOT NULL
                      AND to_regclass('{t}_sent_idx') IS NOT NULL
+                     AND to_regclass('{t}_parked_idx') IS NOT NULL
                      AND EXISTS (SELECT 1 FROM pg_trigger
                                  WHERE tgname = '{t}_notify' AND tgrelid = to_regclass('{t}'))
                      AND EXISTS (SELECT 1 FROM pg_proc
@@ -205,7 +214,8 @@ async fn inspect<C: ConnectionTrait>(db: &C, table: &TableName) -> Result<Schema
             "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '{t}')
                     AS table_exists,
                     (SELECT count(*) FROM sqlite_master
-                     WHERE name IN ('{t}', '{t}_due_idx', '{t}_sent_idx')) = 3 AS complete"
+                     WHERE name IN ('{t}', '{t}_due_idx', '{t}_sent_idx', '{t}_parked_idx')) = 4
+                    AS complete"
         ),
     };
     let row = db

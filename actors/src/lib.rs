@@ -33,6 +33,10 @@
 //!   itself and drains on [`RunningWorker::stop`]; [`WorkerConfig`].
 //! - **exchange** — [`TopologyMode`] and [`Unroutable`], shared by both configs; relay and
 //!   worker import from it and never from each other.
+//! - **health** — [`health::Health`]: liveness and readiness of the database, broker
+//!   connections, relays and workers of a process, for `/health` endpoints.
+//! - **metrics** — every actor records Prometheus-style metrics through the `metrics` facade
+//!   (no-ops until you install a recorder); the module lists them.
 //! - `backoff` (exponential backoff with jitter, one validation) and `shutdown`
 //!   ([`shutdown_signal`]) serve all three.
 //!
@@ -63,6 +67,8 @@
 mod backoff;
 pub mod broker;
 pub mod exchange;
+pub mod health;
+pub mod metrics;
 pub mod relay;
 mod shutdown;
 pub mod worker;
@@ -87,7 +93,7 @@ pub use relay::{
 pub use shutdown::shutdown_signal;
 pub use worker::{
     ConsumerStats, HandlerSource, IntoHandler, Listen, QueueType, RetryDelay, RunningWorker,
-    Worker, WorkerConfig,
+    Worker, WorkerConfig, WorkerProbe,
 };
 
 /// The types most relay and worker processes need: `use actix_outbox_actors::prelude::*;`

@@ -7,6 +7,7 @@
 //! the new connection.
 
 mod config;
+mod messages;
 mod runtime;
 mod supervisor;
 
@@ -18,10 +19,8 @@ use lapin::Channel;
 use lapin::options::ConfirmSelectOptions;
 
 pub use config::BrokerConfig;
-pub use supervisor::{
-    BrokerState, BrokerStatus, ConnectionSupervisor, GetBrokerState, GetChannel, StopBroker,
-    Subscribe,
-};
+pub use messages::{BrokerState, BrokerStatus, GetBrokerState, GetChannel, StopBroker, Subscribe};
+pub use supervisor::ConnectionSupervisor;
 
 /// A fresh channel from `supervisor`, in publisher-confirm mode, waiting at most `wait` for
 /// it (the supervisor holds requests while it reconnects).
@@ -45,4 +44,24 @@ pub(crate) async fn channel(
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
     Ok(channel)
+}
+
+/// How many messages wait in `queue`, asked with a passive declare on a throwaway channel (a
+/// missing queue closes the channel it is asked on, which must never be one in use). `None`
+/// when the broker cannot be asked or the queue does not exist.
+pub(crate) async fn queue_depth(
+    supervisor: &Addr<ConnectionSupervisor>,
+    wait: Duration,
+    queue: &str,
+) -> Option<u32> {
+    let channel = tokio::time::timeout(wait, supervisor.send(GetChannel))
+        .await
+        .ok()?
+        .ok()?
+        .ok()?;
+    let depth = crate::exchange::queue_depth(&channel, queue).await;
+    if channel.status().connected() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), channel.close(200, "".into())).await;
+    }
+    depth.ok()
 }

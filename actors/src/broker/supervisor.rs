@@ -28,63 +28,11 @@ use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use super::BrokerConfig;
+use super::messages::{
+    BrokerState, BrokerStatus, GetBrokerState, GetChannel, StopBroker, Subscribe,
+};
 use super::runtime::LapinRuntime;
-
-/// Asks for a fresh channel on the current connection; waits while (re)connecting.
-///
-/// Fails with [`Error::Shutdown`] after [`StopBroker`], or with [`Error::Amqp`] when the
-/// connection broke while the channel was being opened (ask again).
-#[derive(Debug, Message)]
-#[rtype(result = "Result<Channel>")]
-pub struct GetChannel;
-
-/// Subscribes a recipient to [`BrokerStatus`] changes.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct Subscribe(pub Recipient<BrokerStatus>);
-
-/// A change of the broker connection, sent to subscribers.
-#[derive(Debug, Clone, Message, PartialEq, Eq)]
-#[rtype(result = "()")]
-pub enum BrokerStatus {
-    /// Connection number `generation` is up (1 for the first, +1 per reconnect).
-    Connected {
-        /// Counts connections made so far.
-        generation: u64,
-    },
-    /// Connection number `generation` was lost; a reconnect is under way.
-    Lost {
-        /// The connection that was lost.
-        generation: u64,
-        /// Why, as reported by lapin.
-        reason: String,
-    },
-}
-
-/// Asks for a snapshot of the connection state (for health checks and tests).
-#[derive(Debug, Message)]
-#[rtype(result = "BrokerState")]
-pub struct GetBrokerState;
-
-/// A snapshot of the connection state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BrokerState {
-    /// A connection is up.
-    pub connected: bool,
-    /// Connections made so far (reconnects are `generation - 1`).
-    pub generation: u64,
-    /// Failed connection attempts since the last success.
-    pub failed_attempts: u32,
-    /// The largest frame the current connection negotiated, in bytes (0 when not
-    /// connected). A message's properties must fit in one frame.
-    pub frame_max: u32,
-}
-
-/// Closes the connection (bounded by 5 s) and refuses further channel requests. Send it after
-/// the relay and consumers have stopped.
-#[derive(Debug, Clone, Copy, Message)]
-#[rtype(result = "()")]
-pub struct StopBroker;
+use crate::metrics::BrokerMetrics;
 
 /// The outcome of one connection attempt.
 #[derive(Message)]
@@ -119,6 +67,8 @@ pub struct ConnectionSupervisor {
     subscribers: Vec<Recipient<BrokerStatus>>,
     /// [`StopBroker`] was received.
     shut_down: bool,
+    /// Connection state and reconnects as metrics.
+    metrics: BrokerMetrics,
 }
 
 impl std::fmt::Debug for ConnectionSupervisor {
@@ -141,6 +91,7 @@ impl ConnectionSupervisor {
     /// created.
     pub fn new(config: BrokerConfig) -> Result<Self> {
         config.validate()?;
+        let metrics = BrokerMetrics::new(config.connection_name());
         Ok(Self {
             config,
             runtime: LapinRuntime::start()?,
@@ -151,6 +102,7 @@ impl ConnectionSupervisor {
             waiters: Vec::new(),
             subscribers: Vec::new(),
             shut_down: false,
+            metrics,
         })
     }
 
@@ -268,6 +220,7 @@ impl Handler<StopBroker> for ConnectionSupervisor {
     fn handle(&mut self, _: StopBroker, _: &mut Context<Self>) -> Self::Result {
         self.shut_down = true;
         self.waiters.clear();
+        self.metrics.set_connected(false);
         let conn = self.connection.take();
         let close = async move {
             if let Some(conn) = conn {
@@ -393,6 +346,13 @@ impl ConnectionSupervisor {
     }
 
     fn broadcast(&mut self, status: BrokerStatus) {
+        match status {
+            BrokerStatus::Connected { generation } => {
+                self.metrics.set_connected(true);
+                self.metrics.reconnects.increment(u64::from(generation > 1));
+            }
+            BrokerStatus::Lost { .. } => self.metrics.set_connected(false),
+        }
         self.subscribers.retain(|s| s.connected());
         for s in &self.subscribers {
             s.do_send(status.clone());

@@ -102,18 +102,15 @@ async fn declare_unroutable_store(channel: &Channel, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// How many messages wait in `<exchange>.unroutable` (a passive declare: creates nothing).
-pub(crate) async fn unroutable_depth(channel: &Channel, exchange: &str) -> Result<u32> {
+/// How many messages wait in `queue` (a passive declare: creates nothing; a missing queue
+/// closes the channel, so ask on a channel of its own).
+pub(crate) async fn queue_depth(channel: &Channel, queue: &str) -> Result<u32> {
     let passive = QueueDeclareOptions {
         passive: true,
         ..QueueDeclareOptions::default()
     };
     let queue = channel
-        .queue_declare(
-            unroutable_name(exchange).as_str().into(),
-            passive,
-            FieldTable::default(),
-        )
+        .queue_declare(queue.into(), passive, FieldTable::default())
         .await?;
     Ok(queue.message_count())
 }

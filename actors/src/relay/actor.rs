@@ -39,6 +39,7 @@ use super::housekeeping::{self, Chores, Schedule};
 use super::sql::RelaySql;
 use super::{GetRelayStats, RelayStats, WakeUp};
 use crate::broker::ConnectionSupervisor;
+use crate::metrics::RelayMetrics;
 
 /// The relay's lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +95,8 @@ pub struct RelayActor {
     housekeeping: Schedule,
     /// Counters.
     stats: RelayStats,
+    /// The same, and more, as metrics.
+    metrics: RelayMetrics,
     /// Callers of [`StopRelay`] waiting for the stop.
     stop_waiters: Vec<oneshot::Sender<RelayStats>>,
     /// SQLite: the file's relay lock, once found.
@@ -135,7 +138,9 @@ impl RelayActor {
             DbBackend::Postgres => config.concurrency as usize,
             _ => 1,
         };
+        let metrics = RelayMetrics::new(config.table().as_str());
         Ok(Self {
+            metrics,
             db,
             supervisor,
             config: Arc::new(config),
@@ -245,11 +250,12 @@ impl RelayActor {
             Ok(report) => report,
             Err(e) => {
                 self.stats.errors += 1;
+                self.metrics.errors.increment(1);
                 warn!(error = %e, streak = self.error_streak + 1, "relay batch failed");
                 return self.after_error(ctx);
             }
         };
-        self.stats.book(&report);
+        self.stats.book(&report, &self.metrics);
         if self.probe.after(&report) {
             warn!(
                 rows = report.claimed,
@@ -336,7 +342,7 @@ impl RelayActor {
     /// Counts what a housekeeping round did (see [`Chores::book`]).
     fn book_chores(&mut self, chores: Chores) {
         self.housekeeping.done(chores.behind);
-        chores.book(&mut self.stats, &self.config);
+        chores.book(&mut self.stats, &self.metrics, &self.config);
     }
 
     fn arm_due_timer(&mut self, delay: Duration, ctx: &mut Context<Self>) {

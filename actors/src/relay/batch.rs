@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::task::Poll;
+use std::time::Duration;
 
 use actix::Addr;
 use futures_util::future::Either;
@@ -77,6 +78,11 @@ pub(crate) async fn run_batch(
                 (report, lag)
             }
         };
+        let (mut report, lag) = (report, lag);
+        report.elapsed = Duration::from_micros(t.total_micros());
+        report.claim_to_confirm =
+            Duration::from_micros(t.micros(Stage::Publish) + t.micros(Stage::Confirm));
+        report.due_lag = Duration::from_micros(lag);
         tracing::Span::current().record("claimed", report.claimed);
         if report.claimed > 0 {
             let us = |stage: Stage| t.micros(stage);

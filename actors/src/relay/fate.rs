@@ -81,6 +81,12 @@ pub(crate) struct BatchReport {
     pub(crate) channel_error: Option<String>,
     /// The channel failed (rather than timing out) with publishes in flight.
     pub(crate) broke: bool,
+    /// How long the batch took, claim to commit.
+    pub(crate) elapsed: std::time::Duration,
+    /// From the end of the claim to the last confirm.
+    pub(crate) claim_to_confirm: std::time::Duration,
+    /// How long the oldest claimed row had been due when claimed.
+    pub(crate) due_lag: std::time::Duration,
 }
 
 /// Charges the row of a one-row batch whose channel failed under it: its unknown fate becomes
@@ -404,8 +410,7 @@ mod tests {
             parked: 2,
             expired: 1,
             released: 1,
-            channel_error: None,
-            broke: false,
+            ..BatchReport::default()
         };
         assert_eq!(plan.report, want);
     }

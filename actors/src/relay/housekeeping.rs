@@ -20,7 +20,8 @@ use super::RelayStats;
 use super::config::{Cleanup, RelayConfig};
 use super::sql::RelaySql;
 use crate::broker::{self, ConnectionSupervisor};
-use crate::exchange::{self, Unroutable};
+use crate::exchange::Unroutable;
+use crate::metrics::RelayMetrics;
 
 /// Rows deleted per purge statement.
 const PURGE_CHUNK: u32 = 1_000;
@@ -77,16 +78,40 @@ pub(crate) struct Chores {
     pub(crate) behind: bool,
     /// Messages waiting in `<exchange>.unroutable` (when that is checked and could be read).
     pub(crate) unroutable_depth: Option<u32>,
-    /// Why purging failed, if it did.
+    /// Why purging or reading the gauges failed, if it did.
     pub(crate) error: Option<String>,
+    /// The table's gauges, when they could be read.
+    pub(crate) gauges: Option<TableGauges>,
+}
+
+/// What the table holds, read once per round for the metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub(crate) struct TableGauges {
+    /// Rows due now, unsent and not parked.
+    pub(crate) due: u64,
+    /// How long the oldest of them has been due.
+    pub(crate) oldest_due_age: Duration,
+    /// Parked rows.
+    pub(crate) parked: u64,
+    /// Sent rows kept (keep mode).
+    pub(crate) kept: u64,
 }
 
 impl Chores {
-    /// Adds the round to `stats` and warns about what needs an operator.
-    pub(crate) fn book(self, stats: &mut RelayStats, config: &RelayConfig) {
+    /// Adds the round to `stats` and `metrics`, and warns about what needs an operator.
+    pub(crate) fn book(self, stats: &mut RelayStats, metrics: &RelayMetrics, config: &RelayConfig) {
         stats.purged += self.purged;
+        metrics.purged.increment(self.purged);
         if let Some(error) = self.error {
-            warn!(%error, "purging sent rows failed");
+            warn!(%error, "housekeeping failed");
+        }
+        if let Some(g) = self.gauges {
+            stats.backlog = g.due;
+            stats.oldest_due_age = g.oldest_due_age;
+            metrics.backlog.set(g.due as f64);
+            metrics.oldest_due_age.set(g.oldest_due_age.as_secs_f64());
+            metrics.parked_rows.set(g.parked as f64);
+            metrics.kept_rows.set(g.kept as f64);
         }
         if let Some(depth) = self.unroutable_depth {
             let depth = u64::from(depth);
@@ -94,6 +119,7 @@ impl Chores {
                 warn!(queue = %config.unroutable_name(), depth, "unroutable messages are waiting: bind a queue for their routing keys, then move them back");
             }
             stats.unroutable_queued = depth;
+            metrics.unroutable_queued.set(depth as f64);
         }
     }
 }
@@ -112,10 +138,35 @@ pub(crate) async fn run(
             Err(e) => chores.error = Some(e.to_string()),
         }
     }
+    match gauges(db, sql).await {
+        Ok(g) => chores.gauges = Some(g),
+        Err(e) => chores.error = Some(format!("reading the table's gauges: {e}")),
+    }
     if config.unroutable == Unroutable::AlternateExchange {
-        chores.unroutable_depth = unroutable_depth(supervisor, config).await;
+        let queue = config.unroutable_name();
+        chores.unroutable_depth =
+            broker::queue_depth(supervisor, config.confirm_timeout, &queue).await;
     }
     chores
+}
+
+/// Reads the table's gauges (four counts on partial indexes).
+async fn gauges(db: &DatabaseConnection, sql: &RelaySql) -> Result<TableGauges> {
+    let Some(row) = db.query_one_raw(sql.gauges(Utc::now())).await? else {
+        return Ok(TableGauges::default());
+    };
+    let count = |name: &str| -> Result<u64> {
+        let n: i64 = row.try_get("", name)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    };
+    let oldest: Option<chrono::DateTime<Utc>> = row.try_get("", "oldest")?;
+    let now: chrono::DateTime<Utc> = row.try_get("", "db_now")?;
+    Ok(TableGauges {
+        due: count("due")?,
+        oldest_due_age: oldest.map_or(Duration::ZERO, |o| (now - o).to_std().unwrap_or_default()),
+        parked: count("parked")?,
+        kept: count("kept")?,
+    })
 }
 
 /// Deletes rows sent more than `retention` ago, a chunk at a time, until none is left or
@@ -141,23 +192,6 @@ async fn purge(
             return Ok((purged, true));
         }
     }
-}
-
-/// How many messages wait in `<exchange>.unroutable`, asked on a throwaway channel: a
-/// passive declare of a missing queue closes its channel, which must never be one with
-/// publishes in flight.
-async fn unroutable_depth(
-    supervisor: &Addr<ConnectionSupervisor>,
-    config: &RelayConfig,
-) -> Option<u32> {
-    let channel = broker::channel(supervisor, config.confirm_timeout)
-        .await
-        .ok()?;
-    let depth = exchange::unroutable_depth(&channel, config.exchange()).await;
-    if channel.status().connected() {
-        let _ = tokio::time::timeout(Duration::from_secs(2), channel.close(200, "".into())).await;
-    }
-    depth.ok()
 }
 
 #[cfg(test)]

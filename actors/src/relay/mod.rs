@@ -22,6 +22,8 @@ mod stages;
 
 use actix::Message;
 
+use crate::metrics::RelayMetrics;
+
 pub use actor::RelayActor;
 pub use config::{Cleanup, RABBITMQ_MAX_MESSAGE_BYTES, RelayConfig};
 
@@ -73,11 +75,27 @@ pub struct RelayStats {
     /// SQLite: another relay holds the file's relay lock, so this one stands by (it takes
     /// over when the other stops).
     pub standby: bool,
+    /// Rows due and unsent (not parked), as of the last housekeeping round.
+    pub backlog: u64,
+    /// How long the oldest of them had waited, as of the last housekeeping round.
+    pub oldest_due_age: std::time::Duration,
 }
 
 impl RelayStats {
-    /// Adds one batch's counts.
-    fn book(&mut self, r: &fate::BatchReport) {
+    /// Adds one batch's counts, to these counters and to the relay's metrics.
+    fn book(&mut self, r: &fate::BatchReport, m: &RelayMetrics) {
+        m.published.increment(r.sent as u64);
+        m.unroutable.increment(r.dropped_unroutable as u64);
+        m.refused.increment(r.refused as u64);
+        m.parked.increment(r.parked as u64);
+        m.expired.increment(r.expired as u64);
+        m.released.increment(r.released as u64);
+        m.errors.increment(u64::from(r.channel_error.is_some()));
+        if r.claimed > 0 {
+            m.batch_duration.record(r.elapsed.as_secs_f64());
+            m.claim_to_confirm.record(r.claim_to_confirm.as_secs_f64());
+            m.due_lag.record(r.due_lag.as_secs_f64());
+        }
         self.rounds += 1;
         self.batches += u64::from(r.claimed > 0);
         self.published += r.sent as u64;

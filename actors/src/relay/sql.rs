@@ -140,6 +140,37 @@ impl RelaySql {
         }
     }
 
+    /// The table's gauges in one row: `due` (rows due now, unsent, not parked), `oldest` (the
+    /// earliest `send_after` among them), `parked`, `kept` (sent rows kept), `db_now`. Each
+    /// count runs on a partial index.
+    pub(crate) fn gauges(&self, now: DateTime<Utc>) -> Statement {
+        let t = &self.table;
+        let due = "sent_at IS NULL AND parked_at IS NULL AND send_after <=";
+        match self.backend {
+            DbBackend::Postgres => Statement::from_string(
+                self.backend,
+                format!(
+                    "SELECT (SELECT count(*) FROM {t} WHERE {due} now()) AS due, \
+                     (SELECT min(send_after) FROM {t} WHERE {due} now()) AS oldest, \
+                     (SELECT count(*) FROM {t} WHERE parked_at IS NOT NULL) AS parked, \
+                     (SELECT count(*) FROM {t} WHERE sent_at IS NOT NULL) AS kept, \
+                     now() AS db_now"
+                ),
+            ),
+            _ => Statement::from_sql_and_values(
+                self.backend,
+                format!(
+                    "SELECT (SELECT count(*) FROM {t} WHERE {due} ?1) AS due, \
+                     (SELECT min(send_after) FROM {t} WHERE {due} ?1) AS oldest, \
+                     (SELECT count(*) FROM {t} WHERE parked_at IS NOT NULL) AS parked, \
+                     (SELECT count(*) FROM {t} WHERE sent_at IS NOT NULL) AS kept, \
+                     ?1 AS db_now"
+                ),
+                [Value::from(now)],
+            ),
+        }
+    }
+
     /// Deletes up to `limit` rows sent more than `retention` ago (keep mode).
     pub(crate) fn purge(&self, retention: Duration, limit: u32, now: DateTime<Utc>) -> Statement {
         let t = &self.table;

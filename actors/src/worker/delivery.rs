@@ -70,6 +70,8 @@ pub(crate) struct Report {
     pub(crate) fate: Fate,
     /// Whether it was carried out.
     pub(crate) settled: Settled,
+    /// How long the handler took to answer (`None` when it was not called).
+    pub(crate) handler_time: Option<Duration>,
 }
 
 /// Runs one delivery through the handler and settles it, inside a `delivery` span that
@@ -99,7 +101,7 @@ where
     async move {
         let (attempt, deadline) = (meta.attempt, meta.deadline);
         let routing_key = meta.routing_key.clone();
-        let outcome = handle(&job, &delivery, meta).await;
+        let (outcome, handler_time) = handle(&job, &delivery, meta).await;
         let fate = decide(&outcome, attempt, &job.spec.policy);
         let fate = expire_if_past(fate, deadline, Utc::now());
         let copy = CopyFacts {
@@ -117,31 +119,61 @@ where
             outcome,
             fate,
             settled,
+            handler_time,
         }
     }
     .instrument(span)
     .await
 }
 
-/// Expiry check, decoding and the handler call.
-async fn handle<T>(job: &Job<T>, delivery: &Delivery, meta: DeliveryMeta) -> Outcome
+/// Expiry and redelivery checks, decoding and the handler call (timed).
+async fn handle<T>(
+    job: &Job<T>,
+    delivery: &Delivery,
+    meta: DeliveryMeta,
+) -> (Outcome, Option<Duration>)
 where
     T: DeserializeOwned + Send + 'static,
 {
+    match precheck(job, delivery, &meta) {
+        Some(outcome) => (outcome, None),
+        None => {
+            let started = Instant::now();
+            let outcome = call(job, delivery, meta).await;
+            (outcome, Some(started.elapsed()))
+        }
+    }
+}
+
+/// What happens to a delivery before the handler would see it: expired, over the redelivery
+/// limit, or (classic queues) to be recounted. `None`: decode and call the handler.
+fn precheck<T: Send + 'static>(
+    job: &Job<T>,
+    delivery: &Delivery,
+    meta: &DeliveryMeta,
+) -> Option<Outcome> {
     if meta.expired_at(Utc::now()) {
-        return Outcome::Expired;
+        return Some(Outcome::Expired);
     }
     if meta.redeliveries >= job.spec.max_redeliveries {
-        return Outcome::Redelivered(meta.redeliveries);
+        return Some(Outcome::Redelivered(meta.redeliveries));
     }
     if job.spec.queue_type == QueueType::Classic && delivery.redelivered {
         // The broker keeps no count here: this delivery is the count's next step.
         let count = meta.redeliveries.saturating_add(1);
-        return match count >= job.spec.max_redeliveries {
+        return Some(match count >= job.spec.max_redeliveries {
             true => Outcome::Redelivered(count),
             false => Outcome::Uncounted(count),
-        };
+        });
     }
+    None
+}
+
+/// Decodes the payload and calls the handler, bounded by the handler timeout.
+async fn call<T>(job: &Job<T>, delivery: &Delivery, meta: DeliveryMeta) -> Outcome
+where
+    T: DeserializeOwned + Send + 'static,
+{
     let content_type = delivery.properties.content_type().as_ref();
     let payload = match decode_payload::<T>(content_type.map(|c| c.as_str()), &delivery.data) {
         Ok(payload) => payload,

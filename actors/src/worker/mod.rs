@@ -248,6 +248,18 @@ impl RunningWorker {
         join_all(asks).await.into_iter().flatten().collect()
     }
 
+    /// A cloneable handle for health checks: it asks these consumers for their counters.
+    #[must_use]
+    pub fn probe(&self) -> WorkerProbe {
+        WorkerProbe {
+            consumers: self
+                .consumers
+                .iter()
+                .map(|c| (c.queue.clone(), c.stats.clone()))
+                .collect(),
+        }
+    }
+
     /// One queue's counters, if that consumer runs.
     pub async fn queue_stats(&self, queue: &str) -> Option<ConsumerStats> {
         let consumer = self.consumers.iter().find(|c| c.queue == queue)?;
@@ -266,6 +278,39 @@ impl RunningWorker {
         crate::shutdown::shutdown_signal().await;
         info!("shutdown signal received");
         self.stop().await;
+    }
+}
+
+/// A cloneable handle that asks a running worker's consumers for their counters, for
+/// [`Health`](crate::health::Health) and admin endpoints.
+#[derive(Debug, Clone)]
+pub struct WorkerProbe {
+    consumers: std::sync::Arc<[(String, Recipient<GetConsumerStats>)]>,
+}
+
+impl WorkerProbe {
+    /// How many consumers the worker started.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.consumers.len()
+    }
+
+    /// Whether the worker started no consumer (never true for a started worker).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.consumers.is_empty()
+    }
+
+    /// Each queue's counters; consumers that stopped are left out.
+    pub async fn stats(&self) -> BTreeMap<String, ConsumerStats> {
+        let asks = self.consumers.iter().map(|(queue, stats)| async move {
+            stats
+                .send(GetConsumerStats)
+                .await
+                .ok()
+                .map(|s| (queue.clone(), s))
+        });
+        join_all(asks).await.into_iter().flatten().collect()
     }
 }
 

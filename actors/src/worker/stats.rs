@@ -45,6 +45,28 @@ pub struct ConsumerStats {
     pub consuming: bool,
 }
 
+/// The `outcome` label of a finished delivery in `outbox_consumer_outcomes_total` (one of
+/// [`OUTCOMES`](crate::metrics::OUTCOMES)): what caused it where that matters to an operator
+/// (undecodable, expired, panic, timeout, abort), else what was done.
+pub(crate) fn outcome_label(report: &Report) -> &'static str {
+    match (&report.settled, &report.outcome, &report.fate) {
+        (Settled::Lost(_), _, _) => "unsettled",
+        (_, Outcome::Undecodable(_), _) => "undecodable",
+        (_, Outcome::Expired, _) => "expired",
+        (_, _, Fate::DeadLetter { reason }) if reason == EXPIRED => "expired",
+        (_, Outcome::Crashed | Outcome::HandlerGone, _) => "panic",
+        (_, Outcome::TimedOut, _) => "timeout",
+        (_, Outcome::Failed(actix_outbox::HandlerError::Abort(_)), _) => "abort",
+        (_, Outcome::Redelivered(_), _) => "redelivery_limit",
+        (_, Outcome::Uncounted(_), _) => "recount",
+        (Settled::Requeued(_), _, _) | (_, _, Fate::Requeue) => "requeue",
+        (_, _, Fate::Ack) => "ok",
+        (_, _, Fate::Retry { .. }) => "retry",
+        (_, _, Fate::DeadLetter { .. }) => "dead_letter",
+        (_, _, Fate::Recount { .. }) => "recount",
+    }
+}
+
 impl ConsumerStats {
     /// Counts one finished delivery.
     pub(crate) fn book(&mut self, report: &Report) {
@@ -83,6 +105,7 @@ mod tests {
             outcome,
             fate,
             settled,
+            handler_time: None,
         }
     }
 
@@ -140,6 +163,53 @@ mod tests {
             ..ConsumerStats::default()
         };
         assert_eq!(s, want);
+    }
+
+    #[test]
+    fn outcome_labels_name_the_cause_first() {
+        let label = |o, f, s| outcome_label(&report(o, f, s));
+        assert_eq!(label(Outcome::Handled, Fate::Ack, Settled::Done), "ok");
+        let abort = Outcome::Failed(HandlerError::abort("x"));
+        assert_eq!(label(abort, Fate::Ack, Settled::Done), "abort");
+        let retry = Fate::Retry {
+            delay: Duration::from_millis(100),
+        };
+        assert_eq!(
+            label(Outcome::TimedOut, retry.clone(), Settled::Done),
+            "timeout"
+        );
+        assert_eq!(
+            label(Outcome::Crashed, retry.clone(), Settled::Done),
+            "panic"
+        );
+        let failed = Outcome::Failed(HandlerError::failed("x"));
+        assert_eq!(label(failed.clone(), retry, Settled::Done), "retry");
+        assert_eq!(
+            label(failed.clone(), dead("failed"), Settled::Done),
+            "dead_letter"
+        );
+        assert_eq!(
+            label(failed.clone(), dead(EXPIRED), Settled::Done),
+            "expired"
+        );
+        assert_eq!(
+            label(Outcome::Undecodable("x".into()), dead("u"), Settled::Done),
+            "undecodable"
+        );
+        assert_eq!(
+            label(failed.clone(), dead("x"), Settled::Requeued("copy".into())),
+            "requeue"
+        );
+        assert_eq!(
+            label(failed, Fate::Ack, Settled::Lost("gone".into())),
+            "unsettled"
+        );
+        for (o, f) in [
+            (Outcome::Redelivered(3), dead("r")),
+            (Outcome::Uncounted(1), Fate::Recount { redeliveries: 1 }),
+        ] {
+            assert!(crate::metrics::OUTCOMES.contains(&label(o, f, Settled::Done)));
+        }
     }
 
     #[test]

@@ -101,6 +101,7 @@ impl RelayActor {
                     warn!(lock = %lock.path().display(), "another relay drains this SQLite file: standing by until it stops");
                 }
                 self.stats.standby = true;
+                self.metrics.standby.set(1.0);
             }
             Err(e) => {
                 warn!(error = %e, lock = %lock.path().display(), "cannot open the relay lock file; retrying at the next poll");
@@ -112,6 +113,7 @@ impl RelayActor {
         if self.state == State::Standby {
             self.state = State::Active;
             self.stats.standby = false;
+            self.metrics.standby.set(0.0);
             self.start_batch(ctx);
         }
     }

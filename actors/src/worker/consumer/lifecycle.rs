@@ -46,11 +46,13 @@ impl<T: DeserializeOwned + Send + 'static> ConsumerActor<T> {
         });
         self.state = State::Consuming;
         self.failures = 0;
+        self.read_dlq_depth(ctx);
         if let Some(ready) = self.ready.take() {
             let _ = ready.send(Ok(()));
             info!(queue = %self.spec.queue, handler = %self.spec.handler, "consumer started");
         } else {
             self.stats.reconnects += 1;
+            self.metrics.reconnects.increment(1);
             info!(queue = %self.spec.queue, "consumer resumed");
         }
     }

@@ -43,8 +43,13 @@ use super::link::{Incoming, Link};
 use super::listen::SharedSpec;
 use super::probation::Probation;
 use super::retry::Outcome;
-use super::stats::ConsumerStats;
-use crate::broker::ConnectionSupervisor;
+use super::stats::{ConsumerStats, outcome_label};
+use crate::broker::{self, ConnectionSupervisor};
+use crate::exchange::dead_letter_queue;
+use crate::metrics::ConsumerMetrics;
+
+/// How often the consumer reads its dead-letter queue's depth for the metrics.
+const DLQ_DEPTH_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Stops the consumer gracefully; resolves once it has stopped.
 #[derive(Debug, Clone, Copy, Message)]
@@ -97,6 +102,8 @@ pub(crate) struct ConsumerActor<T: DeserializeOwned + Send + 'static> {
     failures: u32,
     /// Counters since start.
     stats: ConsumerStats,
+    /// The same, and more, as metrics.
+    metrics: ConsumerMetrics,
     /// Callers of `StopConsumer`.
     stop_waiters: Vec<oneshot::Sender<()>>,
 }
@@ -120,7 +127,9 @@ impl<T: DeserializeOwned + Send + 'static> ConsumerActor<T> {
         source: HandlerSource<T>,
         ready: oneshot::Sender<Result<()>>,
     ) -> Self {
+        let metrics = ConsumerMetrics::new(&spec.queue);
         Self {
+            metrics,
             spec,
             supervisor,
             handler: HandlerSlot::new(source),
@@ -153,6 +162,7 @@ impl<T: DeserializeOwned + Send + 'static> Actor for ConsumerActor<T> {
                 act.lost("channel no longer open".to_owned(), ctx);
             }
         });
+        ctx.run_interval(DLQ_DEPTH_EVERY, |act, ctx| act.read_dlq_depth(ctx));
     }
 
     /// Releases `Worker::start` and `stop` callers.
@@ -253,6 +263,8 @@ impl<T: DeserializeOwned + Send + 'static> ConsumerActor<T> {
         };
         let generation = self.generation;
         self.in_flight += 1;
+        self.metrics.delivered.increment(1);
+        self.metrics.in_flight.set(self.in_flight as f64);
         let work = delivery::run(job, delivery);
         ctx.spawn(work.into_actor(self).map(move |report, act, ctx| {
             act.settled(report, generation, handler_generation, ctx);
@@ -263,6 +275,9 @@ impl<T: DeserializeOwned + Send + 'static> ConsumerActor<T> {
     fn settled(&mut self, report: Report, generation: u64, handler: u64, ctx: &mut Context<Self>) {
         self.in_flight -= 1;
         self.stats.book(&report);
+        self.metrics.in_flight.set(self.in_flight as f64);
+        self.metrics
+            .outcome(outcome_label(&report), report.handler_time);
         let crashed = matches!(report.outcome, Outcome::Crashed | Outcome::Displaced);
         if crashed && self.handler.restart(handler) {
             self.stats.panics += 1;
@@ -292,5 +307,21 @@ impl<T: DeserializeOwned + Send + 'static> ConsumerActor<T> {
             self.finish_stop(ctx);
         }
         self.release_waiting(ctx);
+    }
+
+    /// Reads the depth of `dlq_<queue>` on a throwaway channel into the metrics (while
+    /// consuming; a failed read leaves the last value).
+    fn read_dlq_depth(&mut self, ctx: &mut Context<Self>) {
+        if self.state != State::Consuming {
+            return;
+        }
+        let (supervisor, wait) = (self.supervisor.clone(), self.spec.channel_timeout);
+        let dlq = dead_letter_queue(&self.spec.queue);
+        let read = async move { broker::queue_depth(&supervisor, wait, &dlq).await };
+        ctx.spawn(read.into_actor(self).map(|depth, act, _| {
+            if let Some(depth) = depth {
+                act.metrics.dlq_depth.set(f64::from(depth));
+            }
+        }));
     }
 }
