@@ -49,8 +49,18 @@ async fn mailer_sees_exactly_the_committed_users() {
     let t = TestDb::postgres().await;
     let mut broker = TestBroker::new().await;
     let queue = unique("welcome");
+    let metrics = app::install_metrics().expect("the only recorder of this binary");
     let (state, sent, pipeline) = start_pipeline(&t, &broker, &queue).await;
-    let service = test::init_service(App::new().configure(app::configure(state.clone()))).await;
+    let ops = app::Ops {
+        metrics,
+        health: pipeline.health(&t.db),
+    };
+    let service = test::init_service(
+        App::new()
+            .configure(app::configure(state.clone()))
+            .configure(app::configure_ops(ops)),
+    )
+    .await;
 
     let mut accepted = BTreeSet::new();
     for (username, email) in VALID {
@@ -114,7 +124,78 @@ async fn mailer_sees_exactly_the_committed_users() {
     // A bounded observation window, not a synchronisation: a duplicate or a stray event
     // arriving now would show up in `sent` below.
     tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The operator's view over HTTP: the metrics and a ready pipeline.
+    let want = accepted.len() as f64;
+    let response = test::call_service(
+        &service,
+        test::TestRequest::get().uri("/metrics").to_request(),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = String::from_utf8(test::read_body(response).await.to_vec()).expect("utf-8");
+    let published = metric(
+        &body,
+        "outbox_relay_published_total",
+        "table=\"example_outbox\"",
+    );
+    assert_eq!(published, Some(want), "relay metrics over HTTP:\n{body}");
+    let ok = metric(
+        &body,
+        "outbox_consumer_outcomes_total",
+        &format!("outcome=\"ok\",queue=\"{queue}\""),
+    )
+    .or_else(|| {
+        metric(
+            &body,
+            "outbox_consumer_outcomes_total",
+            &format!("queue=\"{queue}\",outcome=\"ok\""),
+        )
+    });
+    assert_eq!(ok, Some(want), "consumer metrics over HTTP:\n{body}");
+    let health = test::call_service(
+        &service,
+        test::TestRequest::get().uri("/health").to_request(),
+    )
+    .await;
+    assert_eq!(health.status(), StatusCode::OK);
+    let report: serde_json::Value = test::read_body_json(health).await;
+    assert_eq!(report["ready"], true, "{report}");
+    let parts: Vec<&str> = report["parts"]
+        .as_array()
+        .expect("parts")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(
+        parts,
+        [
+            "database",
+            "worker_broker",
+            "relay_broker",
+            "relay",
+            "worker"
+        ]
+    );
+
     let stats = pipeline.stop().await.expect("pipeline stops cleanly");
+    // Stopped: the relay and the consumers no longer answer, the connections are closed.
+    let health = test::call_service(
+        &service,
+        test::TestRequest::get().uri("/health").to_request(),
+    )
+    .await;
+    assert_eq!(health.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let live = test::call_service(
+        &service,
+        test::TestRequest::get().uri("/health/live").to_request(),
+    )
+    .await;
+    assert_eq!(
+        live.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "a stopped relay is not live"
+    );
 
     let seen = sent.user_ids();
     let seen_once: BTreeSet<i64> = seen.iter().copied().collect();
@@ -213,6 +294,14 @@ async fn wait_until_handled(
         },
     )
     .await;
+}
+
+/// The value of the series `name{labels}` (labels as rendered) in a Prometheus exposition.
+fn metric(body: &str, name: &str, labels: &str) -> Option<f64> {
+    let series = format!("{name}{{{labels}}} ");
+    body.lines()
+        .find_map(|line| line.strip_prefix(series.as_str()))
+        .and_then(|value| value.trim().parse().ok())
 }
 
 /// `POST /users` with a JSON body.

@@ -6,7 +6,11 @@
 //! `name@domain`) are checked after both writes, still inside the transaction: a request that
 //! breaks one gets `422`, and the rollback takes the row *and* its event with it. The `422`
 //! body names the user id that was rolled back, so you can check it never shows up anywhere.
-//! `GET /users/{id}` reads a committed user back.
+//! `GET /users/{id}` reads a committed user back. `GET /metrics` serves every metric of the
+//! relay, the worker and their broker connections in the Prometheus text format, and
+//! `GET /health` answers `200` when the database, both broker connections, the relay and the
+//! worker are ready (`503` otherwise), with a JSON body naming each part;
+//! `GET /health/live` answers `200` while their actors run.
 //!
 //! Next to the HTTP server, a `RelayActor` publishes committed events to the `example_events`
 //! exchange and a `Worker` hands them to `WelcomeMailer`, a typed `Handler<Event<UserCreated>>`
@@ -22,6 +26,8 @@
 //! curl -i localhost:8080/users -H 'content-type: application/json' \
 //!      -d '{"username": "eve", "email": "eve.example.com"}'   # 422; no row, no event, no mail
 //! curl -i localhost:8080/users/1                              # 200, or 404 for unknown ids
+//! curl -s localhost:8080/metrics | grep outbox_relay_published  # what the relay sent
+//! curl -i localhost:8080/health                               # 200 and each part's state
 //! ```
 //!
 //! Stop it with Ctrl-C or SIGTERM: the HTTP server stops accepting and finishes the requests
@@ -36,7 +42,8 @@
 //! `example_outbox`, exchange `example_events`, queue `example_welcome_mailer` — so it never
 //! mixes with the other examples.
 //!
-//! The relay and worker wiring is in `pipeline.rs` beside this file.
+//! The relay and worker wiring is in `pipeline.rs` beside this file, `/metrics` and `/health`
+//! in `ops.rs`.
 //!
 //! `tests/actix_web_service.rs` compiles this file as a module: it serves `configure` through
 //! actix-web's test service and runs the same `Pipeline`, with its own schema and names.
@@ -58,6 +65,11 @@ use tracing::{error, info};
 #[path = "pipeline.rs"]
 mod pipeline;
 pub(crate) use pipeline::{Pipeline, PipelineConfig, SentMail};
+
+/// `/metrics` and `/health` (`#[path]` for the same reason).
+#[path = "ops.rs"]
+mod ops;
+pub(crate) use ops::{Ops, configure_ops, install_metrics};
 
 /// The outbox table of this example.
 pub(crate) const OUTBOX_TABLE: &str = "example_outbox";
@@ -279,6 +291,10 @@ async fn main() -> Result<(), ExampleError> {
     );
     let bind = env_or("BIND", "127.0.0.1:8080");
     let broker = BrokerConfig::from_env()?;
+    let metrics = install_metrics().map_err(|reason| actix_outbox::Error::InvalidConfig {
+        field: "metrics",
+        reason,
+    })?;
 
     info!(database = %redact_url(&db_url), broker = %broker.redacted_url(), "connecting");
     // DatabaseConfig keeps the URL (and its password) out of every log, at any level.
@@ -292,24 +308,32 @@ async fn main() -> Result<(), ExampleError> {
     let sent = Arc::new(SentMail::default());
     let config = PipelineConfig::new(broker, &state.outbox, EXCHANGE, QUEUE);
     let pipeline = Pipeline::start(&db, config, &sent).await?;
+    let ops = Ops {
+        metrics,
+        health: pipeline.health(&db),
+    };
 
     let http_error = |source| ExampleError::Http {
         bind: bind.clone(),
         source,
     };
-    let server = HttpServer::new(move || App::new().configure(configure(state.clone())))
-        .disable_signals() // ours below: actix-web's own would stop abruptly on Ctrl-C
-        .shutdown_timeout(10) // seconds granted to requests in flight once stopping
-        .bind(&bind)
-        .map_err(http_error)?
-        .run();
+    let server = HttpServer::new(move || {
+        App::new()
+            .configure(configure(state.clone()))
+            .configure(configure_ops(ops.clone()))
+    })
+    .disable_signals() // ours below: actix-web's own would stop abruptly on Ctrl-C
+    .shutdown_timeout(10) // seconds granted to requests in flight once stopping
+    .bind(&bind)
+    .map_err(http_error)?
+    .run();
     let handle = server.handle();
     actix::spawn(async move {
         actix_outbox_actors::shutdown_signal().await;
         info!("stop signal received: finishing the requests in flight");
         handle.stop(true).await;
     });
-    info!(%bind, "serving POST /users and GET /users/<id> until Ctrl-C or SIGTERM");
+    info!(%bind, "serving POST /users, GET /users/<id>, /metrics and /health until Ctrl-C or SIGTERM");
     let served = server.await; // resolves once stopped and the requests in flight are done
 
     info!("HTTP server stopped; stopping the worker, the relay and the broker connection");

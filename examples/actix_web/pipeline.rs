@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use actix::{Actor, Addr, Context, Handler};
 use actix_outbox::{Event, HandlerResult, Outbox};
+use actix_outbox_actors::health::Health;
 use actix_outbox_actors::{
     BrokerConfig, ConnectionSupervisor, ConsumerStats, Listen, RelayActor, RelayConfig, RelayStats,
     RunningWorker, StopBroker, StopRelay, Worker, WorkerConfig,
@@ -168,6 +169,18 @@ impl Pipeline {
             relay_broker,
             queue: config.queue,
         })
+    }
+
+    /// Health checks of everything the pipeline runs on: the database, both broker
+    /// connections, the relay (not ready once a due row waited over a minute) and the worker.
+    pub(crate) fn health(&self, db: &DatabaseConnection) -> Health {
+        Health::new()
+            .with_database("database", db.clone())
+            .with_broker("worker_broker", self.broker.clone())
+            .with_broker("relay_broker", self.relay_broker.clone())
+            .with_relay("relay", self.relay.clone())
+            .with_worker("worker", self.worker.probe())
+            .with_max_backlog_age(std::time::Duration::from_secs(60))
     }
 
     /// The mailer's consumer counters, while it runs.
