@@ -117,6 +117,8 @@ pub mod guides {
     pub mod production {}
     #[doc = include_str!("../../docs/tuning.md")]
     pub mod tuning {}
+    #[doc = include_str!("../../docs/observing.md")]
+    pub mod observing {}
     #[doc = include_str!("../../migrations-free.md")]
     pub mod migrations_free {}
 }
