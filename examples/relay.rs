@@ -12,7 +12,9 @@
 //! `AMQP_URL` (default `amqp://outbox:outbox@127.0.0.1:5672/%2f`), `OUTBOX_TABLE` (default
 //! `outbox`), `OUTBOX_EXCHANGE` (default `outbox`), `OUTBOX_BATCH_SIZE` (default 500),
 //! `OUTBOX_RELAY_CONCURRENCY` (batches in flight, default 2), `RUST_LOG` (default `info`;
-//! `actix_outbox_actors::relay::batch=debug` logs each batch's stage timings). On stop it finishes the batch in flight, closes the broker
+//! `actix_outbox_actors::relay::batch=debug` logs each batch's stage timings),
+//! `OUTBOX_METRICS=1` (record metrics into a Prometheus recorder; the benchmark's "metrics on"
+//! runs; serve them as `examples/actix_web/ops.rs` does). On stop it finishes the batch in flight, closes the broker
 //! connection, then the database, and prints its counters.
 
 use actix::Actor;
@@ -21,6 +23,11 @@ use actix_outbox_actors::{
     BrokerConfig, ConnectionSupervisor, RelayActor, RelayConfig, StopBroker, StopRelay,
 };
 use tracing::info;
+
+/// `OUTBOX_METRICS=1` (shared with the benchmark).
+#[path = "shared/record_metrics.rs"]
+mod record_metrics;
+use record_metrics::record_metrics_if_asked;
 
 fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
@@ -52,6 +59,7 @@ async fn main() -> Result<(), Error> {
                 .unwrap_or_else(|_| "info,sqlx=warn".into()),
         )
         .init();
+    record_metrics_if_asked()?;
     let db_url = env_or(
         "DATABASE_URL",
         "postgres://outbox:outbox@127.0.0.1:5432/outbox",

@@ -17,6 +17,9 @@
 //! per-stage breakdown from the relay's `batch done` events), `latency_floor` (the same
 //! pipeline written bare, without this library) and `footprint`. `BENCH_RELAY_BIN` runs the
 //! latency scenario with another build of the `relay` example, for before/after comparisons.
+//! `OUTBOX_METRICS=1` makes every process of the run (this one, its worker processes, the
+//! relay example) record its metrics into a Prometheus recorder; each JSON line says whether
+//! it was on (`"metrics"`).
 #![allow(clippy::print_stdout)]
 
 mod broker_floor;
@@ -24,7 +27,11 @@ mod consume;
 mod emit;
 mod latency;
 mod latency_floor;
+/// `OUTBOX_METRICS=1` (shared with the `relay` example).
+#[path = "../shared/record_metrics.rs"]
+mod record_metrics;
 mod relay;
+use record_metrics::record_metrics_if_asked;
 
 use broker_floor::*;
 use consume::*;
@@ -165,6 +172,7 @@ fn report(
         "params": params,
         "result": {"median": result.median.round(), "min": result.min.round(), "max": result.max.round(), "unit": unit},
         "target_ratio": target,
+        "metrics": std::env::var("OUTBOX_METRICS").as_deref() == Ok("1"),
     });
     if let Some((name, c)) = ceiling {
         let ratio = result.median / c.median;
@@ -252,6 +260,7 @@ fn async_rs_runtime(handle: tokio::runtime::Handle) -> async_rs::TokioRuntime {
 
 #[actix::main]
 async fn main() -> Result<(), Error> {
+    record_metrics_if_asked()?;
     if std::env::args().nth(1).as_deref() == Some("--worker-process") {
         return worker_process().await;
     }
