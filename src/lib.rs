@@ -81,6 +81,8 @@ mod duration;
 mod error;
 mod event;
 pub mod headers;
+#[cfg(feature = "otel")]
+pub mod otel;
 mod outbox;
 mod outbox_event;
 pub mod outbox_message;

@@ -276,6 +276,8 @@ impl OutboxEvent {
         if let Some(id) = &self.correlation_id {
             map.insert(headers::CORRELATION_ID.to_owned(), Value::from(id.as_str()));
         }
+        #[cfg(feature = "otel")]
+        crate::otel::inject_current(&mut map);
         Value::Object(map)
     }
 }

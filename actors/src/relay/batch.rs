@@ -130,7 +130,9 @@ pub(crate) async fn publish(
     timer: &mut StageTimer,
 ) -> PublishedBatch {
     let mut fates = vec![Fate::Unknown; rows.len()];
-    let queued = queue_publishes(publisher, config, rows, &mut fates).await;
+    // One PRODUCER span per row (feature `otel`), from its hand-off to the batch's confirms.
+    let spans = super::trace::producer_spans(config, rows);
+    let queued = queue_publishes(publisher, config, rows, &spans, &mut fates).await;
     // One deadline for the whole exchange with the broker: a broker that blocks publishers
     // (a resource alarm) stops reading, lapin's writes then never finish, and without it the
     // batch would hold its transaction (and its row locks) open for as long as the alarm lasts.
@@ -150,6 +152,7 @@ pub(crate) async fn publish(
         .iter()
         .map(|&i| return_key(config, &rows[i]))
         .collect();
+    drop(spans); // the confirms are in: the PRODUCER spans end here
     for (&i, answer) in published.iter().zip(resolve(&keys, completed)) {
         if let Some(why) = answer.channel_error() {
             channel_error.get_or_insert_with(|| why.to_owned());
@@ -181,6 +184,7 @@ async fn queue_publishes<'a>(
     publisher: &'a Publisher,
     config: &'a RelayConfig,
     rows: &'a [Model],
+    spans: &[tracing::Span],
     fates: &mut [Fate],
 ) -> Vec<(
     usize,
@@ -211,7 +215,14 @@ async fn queue_publishes<'a>(
             &row.payload,
             props,
         ));
-        let first = std::future::poll_fn(|cx| Poll::Ready(publish.as_mut().poll(cx))).await;
+        let first = std::future::poll_fn(|cx| {
+            let mut poll = || publish.as_mut().poll(cx);
+            Poll::Ready(match spans.get(i) {
+                Some(span) => span.in_scope(poll),
+                None => poll(),
+            })
+        })
+        .await;
         let failed = matches!(first, Poll::Ready(Err(_)));
         queued.push((
             i,

@@ -19,6 +19,7 @@ mod housekeeping;
 mod notify;
 mod sql;
 mod stages;
+mod trace;
 
 use actix::Message;
 

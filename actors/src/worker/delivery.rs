@@ -87,6 +87,8 @@ where
         &delivery.properties,
         &delivery.data,
     );
+    // A CONSUMER span in OpenTelemetry's messaging terms (`otel.*`, `messaging.*`), a child
+    // of the trace context the event was emitted in (feature `otel`).
     let span = info_span!(
         "delivery",
         queue = %job.spec.queue,
@@ -96,7 +98,19 @@ where
         outcome = field::Empty,
         fate = field::Empty,
         duration_ms = field::Empty,
+        otel.name = %format_args!("process {}", job.spec.queue),
+        otel.kind = "consumer",
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "process",
+        messaging.destination.name = %job.spec.queue,
+        messaging.rabbitmq.destination.routing_key = %meta.routing_key,
+        messaging.message.id = %meta.message_id,
     );
+    #[cfg(feature = "otel")]
+    if let Some(parent) = actix_outbox::otel::extract(&meta.user_headers) {
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        let _ = span.set_parent(parent);
+    }
     let started = Instant::now();
     async move {
         let (attempt, deadline) = (meta.attempt, meta.deadline);
