@@ -71,27 +71,7 @@ async fn notifications_stay_in_their_schema() {
     let there = TestDb::postgres().await;
     setup(&here.db).await.expect("setup here");
     setup(&there.db).await.expect("setup there");
-    let mut broker = TestBroker::new().await;
-    broker.declare_exchange().await;
-    let queue = broker.bind_queue(&["#"]).await;
-    let relay = TestRelay::start(
-        &here.db,
-        &broker.url,
-        config(&broker.exchange).with_poll_interval(Duration::from_secs(60)),
-    );
-    common::wait_for(
-        "the relay's first claim round",
-        Duration::from_secs(10),
-        || async { (relay.stats().await.rounds >= 1).then_some(()) },
-    )
-    .await;
-    // With a 60 s poll, rows emitted here can only go out this fast when NOTIFY works.
-    for n in 0..3 {
-        actix_outbox::emit(&here.db, "user.created", &n)
-            .await
-            .expect("emit here");
-        broker.drain(&queue, 1, Duration::from_secs(5)).await;
-    }
+    let (broker, queue, relay) = listening_relay(&here).await;
     let before = relay.stats().await.rounds;
     for n in 0..10 {
         actix_outbox::emit(&there.db, "user.created", &n)
@@ -131,6 +111,30 @@ async fn a_lost_listen_connection_wakes_the_relay_when_back() {
     let proxy = TcpProxy::start(host_port(&require_env("DATABASE_URL"))).await;
     let t = TestDb::postgres_at(|url| proxy.rewrite(url)).await;
     setup(&t.db).await.expect("setup");
+    let (broker, queue, relay) = listening_relay(&t).await;
+    let before = relay.stats().await;
+    // Reset every connection, the LISTEN one included, and accept new ones at once.
+    proxy.cut();
+    proxy.restore();
+    let woken = common::wait_for(
+        "the relay to be woken after the LISTEN connection came back",
+        Duration::from_secs(10),
+        || async {
+            let now = relay.stats().await;
+            (now.rounds + now.errors > before.rounds + before.errors).then_some(now)
+        },
+    )
+    .await;
+    eprintln!("woken after the reset: {woken:?}");
+    relay.stop().await;
+    broker.cleanup().await;
+    t.cleanup().await;
+}
+
+/// A broker with a queue bound to `#`, and a relay on `t` with a 60 s poll whose NOTIFY
+/// wake-ups are shown to work: three rows emitted one after the other each reached the queue
+/// (with that poll, only a NOTIFY brings them out in the 5 s allowed).
+async fn listening_relay(t: &TestDb) -> (TestBroker, String, TestRelay) {
     let mut broker = TestBroker::new().await;
     broker.declare_exchange().await;
     let queue = broker.bind_queue(&["#"]).await;
@@ -151,21 +155,5 @@ async fn a_lost_listen_connection_wakes_the_relay_when_back() {
             .expect("emit");
         broker.drain(&queue, 1, Duration::from_secs(5)).await;
     }
-    let before = relay.stats().await;
-    // Reset every connection, the LISTEN one included, and accept new ones at once.
-    proxy.cut();
-    proxy.restore();
-    let woken = common::wait_for(
-        "the relay to be woken after the LISTEN connection came back",
-        Duration::from_secs(10),
-        || async {
-            let now = relay.stats().await;
-            (now.rounds + now.errors > before.rounds + before.errors).then_some(now)
-        },
-    )
-    .await;
-    eprintln!("woken after the reset: {woken:?}");
-    relay.stop().await;
-    broker.cleanup().await;
-    t.cleanup().await;
+    (broker, queue, relay)
 }
