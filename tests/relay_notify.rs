@@ -111,7 +111,7 @@ async fn a_lost_listen_connection_wakes_the_relay_when_back() {
     let proxy = TcpProxy::start(host_port(&require_env("DATABASE_URL"))).await;
     let t = TestDb::postgres_at(|url| proxy.rewrite(url)).await;
     setup(&t.db).await.expect("setup");
-    let (broker, queue, relay) = listening_relay(&t).await;
+    let (broker, _queue, relay) = listening_relay(&t).await;
     let before = relay.stats().await;
     // Reset every connection, the LISTEN one included, and accept new ones at once.
     proxy.cut();
