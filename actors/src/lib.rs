@@ -64,6 +64,7 @@
 //! connection or an open transaction when the System stops.
 #![doc = ""]
 
+pub mod admin;
 mod backoff;
 pub mod broker;
 pub mod exchange;

@@ -54,14 +54,31 @@ pub(crate) async fn queue_depth(
     wait: Duration,
     queue: &str,
 ) -> Option<u32> {
+    queue_counts(supervisor, wait, queue)
+        .await
+        .ok()
+        .map(|(messages, _)| messages)
+}
+
+/// Messages ready in `queue` and its consumers, asked as [`queue_depth`] does.
+///
+/// # Errors
+///
+/// As [`channel`], or [`Error::Amqp`] when the queue does not exist (404).
+pub(crate) async fn queue_counts(
+    supervisor: &Addr<ConnectionSupervisor>,
+    wait: Duration,
+    queue: &str,
+) -> Result<(u32, u32)> {
     let channel = tokio::time::timeout(wait, supervisor.send(GetChannel))
         .await
-        .ok()?
-        .ok()?
-        .ok()?;
-    let depth = crate::exchange::queue_depth(&channel, queue).await;
+        .map_err(|_| Error::Timeout {
+            what: "waiting for a broker channel",
+            after: wait,
+        })???;
+    let counts = crate::exchange::queue_counts(&channel, queue).await;
     if channel.status().connected() {
         let _ = tokio::time::timeout(Duration::from_secs(2), channel.close(200, "".into())).await;
     }
-    depth.ok()
+    counts
 }

@@ -102,9 +102,9 @@ async fn declare_unroutable_store(channel: &Channel, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// How many messages wait in `queue` (a passive declare: creates nothing; a missing queue
-/// closes the channel, so ask on a channel of its own).
-pub(crate) async fn queue_depth(channel: &Channel, queue: &str) -> Result<u32> {
+/// Messages ready in `queue` and its consumers (a passive declare: creates nothing; a missing
+/// queue closes the channel, so ask on a channel of its own).
+pub(crate) async fn queue_counts(channel: &Channel, queue: &str) -> Result<(u32, u32)> {
     let passive = QueueDeclareOptions {
         passive: true,
         ..QueueDeclareOptions::default()
@@ -112,5 +112,5 @@ pub(crate) async fn queue_depth(channel: &Channel, queue: &str) -> Result<u32> {
     let queue = channel
         .queue_declare(queue.into(), passive, FieldTable::default())
         .await?;
-    Ok(queue.message_count())
+    Ok((queue.message_count(), queue.consumer_count()))
 }

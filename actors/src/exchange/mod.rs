@@ -24,7 +24,7 @@ use std::time::Duration;
 use actix_outbox::Error;
 
 pub(crate) use answer::{Answer, Completed, ReturnKey, resolve};
-pub(crate) use declare::{declare_exchange, queue_depth};
+pub(crate) use declare::{declare_exchange, queue_counts};
 pub(crate) use fields::{json_to_amqp, long, table_len, table_to_json};
 pub(crate) use names::{MAX_NAME_LEN, check_exchange_name, check_queue_name};
 

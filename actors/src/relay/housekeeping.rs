@@ -151,7 +151,7 @@ pub(crate) async fn run(
 }
 
 /// Reads the table's gauges (four counts on partial indexes).
-async fn gauges(db: &DatabaseConnection, sql: &RelaySql) -> Result<TableGauges> {
+pub(crate) async fn gauges(db: &DatabaseConnection, sql: &RelaySql) -> Result<TableGauges> {
     let Some(row) = db.query_one_raw(sql.gauges(Utc::now())).await? else {
         return Ok(TableGauges::default());
     };

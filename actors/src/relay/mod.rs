@@ -27,6 +27,8 @@ use crate::metrics::RelayMetrics;
 
 pub use actor::RelayActor;
 pub use config::{Cleanup, RABBITMQ_MAX_MESSAGE_BYTES, RelayConfig};
+pub(crate) use housekeeping::gauges;
+pub(crate) use sql::RelaySql;
 
 /// Asks the relay to look for due rows now (it coalesces wake-ups while a batch runs).
 #[derive(Debug, Clone, Copy, Message)]

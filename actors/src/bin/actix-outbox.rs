@@ -1,0 +1,282 @@
+//! `actix-outbox`: the operator's command for a running outbox.
+//!
+//! ```text
+//! cargo install --path actors --features cli
+//! actix-outbox status --queue welcome_mailer         # table counts, unroutable, queues
+//! actix-outbox parked list --key 'user.*' --json     # parked rows, as JSON lines
+//! actix-outbox parked retry 17 18                    # send them again (or --all)
+//! actix-outbox parked discard --all
+//! actix-outbox ddl --backend sqlite                  # the statements `setup` runs
+//! ```
+//!
+//! `--database-url` and `--amqp-url` fall back to `DATABASE_URL` and `AMQP_URL`; they are
+//! only ever shown redacted. Failures print one line `error: …` and exit with 1 (bad usage:
+//! 2).
+#![allow(clippy::print_stdout)]
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use actix_outbox::{BindingKey, DatabaseConfig, Error, Outbox, Parked, TableName, ddl};
+use actix_outbox_actors::admin::{self, QueueStatus, TableStatus};
+use actix_outbox_actors::{BrokerConfig, ConnectionSupervisor, StopBroker};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use sea_orm::{DatabaseConnection, DbBackend};
+
+/// The outbox's operator command: status, parked rows, DDL.
+#[derive(Debug, Parser)]
+#[command(
+    name = "actix-outbox",
+    version,
+    about = "Operator commands for an actix-outbox deployment: status, parked rows, DDL."
+)]
+struct Cli {
+    /// PostgreSQL or SQLite URL of the application's database.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    database_url: Option<String>,
+    /// RabbitMQ URL.
+    #[arg(long, env = "AMQP_URL", global = true, hide_env_values = true)]
+    amqp_url: Option<String>,
+    /// The outbox table.
+    #[arg(long, default_value = "outbox", global = true)]
+    table: String,
+    /// The relay's topic exchange.
+    #[arg(long, default_value = "outbox", global = true)]
+    exchange: String,
+    /// Machine-readable output: one JSON document (or one JSON line per row).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Backlog, oldest due age, parked and kept rows; unroutable messages; queue depths.
+    Status {
+        /// A handler queue to report (with its dead-letter queue); repeatable.
+        #[arg(long = "queue")]
+        queues: Vec<String>,
+    },
+    /// Rows the relay parked.
+    #[command(subcommand)]
+    Parked(ParkedCommand),
+    /// The statements `setup` runs for the table.
+    Ddl {
+        /// The database backend.
+        #[arg(long, value_enum, default_value_t = Backend::Postgres)]
+        backend: Backend,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ParkedCommand {
+    /// Lists parked rows, oldest first.
+    List {
+        /// At most this many rows.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Only rows whose routing key matches this binding key (`user.*`, `#`).
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Clears the parked state and attempts of rows, so relays send them again.
+    Retry(Which),
+    /// Deletes parked rows for good.
+    Discard(Which),
+}
+
+#[derive(Debug, Args)]
+struct Which {
+    /// Row ids (see `parked list`).
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    ids: Vec<i64>,
+    /// Every parked row of the table.
+    #[arg(long)]
+    all: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+#[actix::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Error> {
+    let table = TableName::new(cli.table.as_str())?;
+    match &cli.command {
+        Command::Ddl { backend } => {
+            let backend = match backend {
+                Backend::Postgres => DbBackend::Postgres,
+                Backend::Sqlite => DbBackend::Sqlite,
+            };
+            let statements = ddl(backend, &table)?;
+            match cli.json {
+                true => println!("{}", serde_json::json!(statements)),
+                false => statements.iter().for_each(|s| println!("{s};\n")),
+            }
+            Ok(())
+        }
+        Command::Parked(command) => {
+            let db = database(&cli).await?;
+            let result = parked(&cli, &db, Outbox::new(table), command).await;
+            let _ = db.close().await;
+            result
+        }
+        Command::Status { queues } => {
+            let db = database(&cli).await?;
+            let result = status(&cli, &db, &table, queues).await;
+            let _ = db.close().await;
+            result
+        }
+    }
+}
+
+async fn database(cli: &Cli) -> Result<DatabaseConnection, Error> {
+    let url = cli.database_url.as_deref().ok_or(Error::InvalidConfig {
+        field: "database_url",
+        reason: "give --database-url or set DATABASE_URL".to_owned(),
+    })?;
+    DatabaseConfig::new(url)
+        .with_max_connections(2)
+        .with_acquire_timeout(Duration::from_secs(10))
+        .connect()
+        .await
+}
+
+async fn parked(
+    cli: &Cli,
+    db: &DatabaseConnection,
+    outbox: Outbox,
+    command: &ParkedCommand,
+) -> Result<(), Error> {
+    let which = |w: &Which| match w.all {
+        true => Parked::All,
+        false => Parked::Ids(w.ids.clone()),
+    };
+    let (verb, count) = match command {
+        ParkedCommand::List { limit, key } => {
+            let key = key.as_deref().map(BindingKey::new).transpose()?;
+            let rows = outbox.parked(db, *limit, key.as_ref()).await?;
+            for row in &rows {
+                match cli.json {
+                    true => println!("{}", serde_json::json!(row)),
+                    false => println!(
+                        "{:>8}  {}  {:<32}  attempts {:>3}  parked {}  {}",
+                        row.id,
+                        row.message_id,
+                        row.routing_key,
+                        row.attempts,
+                        row.parked_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
+                        row.last_error.as_deref().unwrap_or("")
+                    ),
+                }
+            }
+            if !cli.json {
+                println!("{} parked rows shown", rows.len());
+            }
+            return Ok(());
+        }
+        ParkedCommand::Retry(w) => ("retried", outbox.retry_parked(db, &which(w)).await?),
+        ParkedCommand::Discard(w) => ("discarded", outbox.discard_parked(db, &which(w)).await?),
+    };
+    match cli.json {
+        true => println!("{}", serde_json::json!({ verb: count })),
+        false => println!("{count} parked rows {verb}"),
+    }
+    Ok(())
+}
+
+async fn status(
+    cli: &Cli,
+    db: &DatabaseConnection,
+    table: &TableName,
+    queues: &[String],
+) -> Result<(), Error> {
+    let table_status = admin::table_status(db, table).await?;
+    let (unroutable, queue_status) = match &cli.amqp_url {
+        Some(url) => broker_status(url, &cli.exchange, queues).await?,
+        None if queues.is_empty() => (None, Vec::new()),
+        None => {
+            return Err(Error::InvalidConfig {
+                field: "amqp_url",
+                reason: "queues need the broker: give --amqp-url or set AMQP_URL".to_owned(),
+            });
+        }
+    };
+    match cli.json {
+        true => println!(
+            "{}",
+            serde_json::json!({
+                "table": table_status,
+                "unroutable": unroutable,
+                "queues": queue_status,
+            })
+        ),
+        false => print_status(&table_status, unroutable, &cli.exchange, &queue_status),
+    }
+    Ok(())
+}
+
+/// Unroutable messages and queue counts, over a connection of its own.
+async fn broker_status(
+    url: &str,
+    exchange: &str,
+    queues: &[String],
+) -> Result<(Option<u32>, Vec<QueueStatus>), Error> {
+    let config = BrokerConfig::new(url)?
+        .with_connection_name("actix-outbox-cli")
+        .with_connect_timeout(Duration::from_secs(10));
+    let broker = ConnectionSupervisor::start_supervised(config)?;
+    let wait = Duration::from_secs(10);
+    let result = async {
+        let unroutable = admin::unroutable_waiting(&broker, exchange, wait).await?;
+        let mut found = Vec::new();
+        for queue in queues {
+            let status = admin::queue_status(&broker, queue, wait)
+                .await
+                .map_err(|e| Error::InvalidConfig {
+                    field: "queue",
+                    reason: format!("queue {queue:?}: {e}"),
+                })?;
+            found.push(status);
+        }
+        Ok((unroutable, found))
+    }
+    .await;
+    let _ = broker.send(StopBroker).await;
+    result
+}
+
+fn print_status(t: &TableStatus, unroutable: Option<u32>, exchange: &str, queues: &[QueueStatus]) {
+    println!(
+        "table {}: {} due (oldest waited {:.1} s), {} parked, {} kept",
+        t.table, t.due, t.oldest_due_age_seconds, t.parked, t.kept
+    );
+    match unroutable {
+        Some(n) => println!("unroutable: {n} waiting in {exchange}.unroutable"),
+        None => println!("unroutable: no {exchange}.unroutable queue (or no broker given)"),
+    }
+    for q in queues {
+        let dead = q.dead_letters.map_or_else(
+            || "no dead-letter queue".to_owned(),
+            |n| format!("{n} dead letters"),
+        );
+        println!(
+            "queue {}: {} ready, {} consumers, {dead}",
+            q.queue, q.ready, q.consumers
+        );
+    }
+}
