@@ -9,13 +9,20 @@
 use std::time::Duration;
 
 use actix::Addr;
-use actix_outbox::{Error, Result, TableName};
+use actix_outbox::{Error, Result, TableName, headers as h};
+use lapin::BasicProperties;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, QueuePurgeOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
 use sea_orm::{DatabaseConnection, DbBackend};
 use serde::Serialize;
 
 use crate::broker::{self, ConnectionSupervisor};
 use crate::exchange::{dead_letter_queue, unroutable_name};
 use crate::relay::{RelaySql, gauges};
+use crate::worker::{DeliveryMeta, copy_properties};
 
 /// What the outbox table holds now.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -107,5 +114,297 @@ pub async fn unroutable_waiting(
         Ok((n, _)) => Ok(Some(n)),
         Err(Error::Amqp(_)) => Ok(None),
         Err(e) => Err(e),
+    }
+}
+
+/// One dead letter, as an operator sees it (the payload is left out).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct DeadLetter {
+    /// The message id (stable across retries and replays).
+    pub message_id: String,
+    /// The routing key it was emitted with.
+    pub routing_key: String,
+    /// The attempt that was dead-lettered.
+    pub attempt: u32,
+    /// Why (`x-outbox-reason`).
+    pub reason: Option<String>,
+    /// Which queue's handler dead-lettered it (`x-outbox-handler`).
+    pub handler: Option<String>,
+    /// The payload's size in bytes.
+    pub payload_bytes: usize,
+}
+
+/// What [`dlq_replay`] moves.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReplayOptions {
+    /// At most this many messages (`None`: all that were there when the replay began).
+    pub limit: Option<u64>,
+    /// Only the message with this id.
+    pub message_id: Option<String>,
+    /// Drop the copies' deadline (`x-outbox-deadline`), so expired events are handled
+    /// instead of dead-lettered again as expired.
+    pub reset_deadline: bool,
+}
+
+impl ReplayOptions {
+    /// Every message, deadlines kept.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// At most `limit` messages.
+    #[must_use]
+    pub fn with_limit(mut self, limit: u64) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    /// Only the message with this id.
+    #[must_use]
+    pub fn with_message_id(mut self, id: impl Into<String>) -> Self {
+        self.message_id = Some(id.into());
+        self
+    }
+
+    /// Drop the copies' deadline.
+    #[must_use]
+    pub fn with_reset_deadline(mut self, reset: bool) -> Self {
+        self.reset_deadline = reset;
+        self
+    }
+}
+
+/// Up to `limit` dead letters of `queue`, oldest first. They are fetched unacknowledged and
+/// given back afterwards (the broker marks them redelivered; nothing else changes).
+///
+/// **Caveat (quorum queues on RabbitMQ 4):** a message given back counts as a delivery, and
+/// RabbitMQ 4 gives quorum queues a default delivery limit of 20, past which a message is
+/// dropped (dead-letter queues have no dead-letter exchange of their own). List sparingly
+/// there, or lift the limit for the dead-letter queues with a policy
+/// (`rabbitmqctl set_policy dlq-no-limit '^dlq_' '{"delivery-limit":-1}' --apply-to quorum_queues`).
+/// RabbitMQ 3.x sets no such limit.
+///
+/// # Errors
+///
+/// [`Error::Amqp`] when `dlq_<queue>` does not exist, [`Error::Timeout`] when no channel came
+/// within `wait`.
+pub async fn dlq_list(
+    broker: &Addr<ConnectionSupervisor>,
+    queue: &str,
+    limit: u32,
+    wait: Duration,
+) -> Result<Vec<DeadLetter>> {
+    let channel = broker::channel(broker, wait).await?;
+    let dlq = dead_letter_queue(queue);
+    let mut held = Vec::new();
+    let mut letters = Vec::new();
+    let listed = async {
+        while letters.len() < limit as usize {
+            let Some(got) = channel
+                .basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: false })
+                .await?
+            else {
+                break;
+            };
+            letters.push(describe(&got.delivery));
+            held.push(got.delivery);
+        }
+        Ok::<(), Error>(())
+    }
+    .await;
+    for delivery in held {
+        let _ = delivery
+            .acker
+            .nack(BasicNackOptions {
+                multiple: false,
+                requeue: true,
+            })
+            .await;
+    }
+    close(channel).await;
+    listed.map(|()| letters)
+}
+
+/// Moves dead letters of `queue` back to it with a fresh attempt count (and, with
+/// `reset_deadline`, no deadline): each copy is published to the queue and **confirmed
+/// before** its dead letter is acked, so an interrupted replay loses nothing (at worst one
+/// message is in both queues: at least once). Messages skipped by `message_id` are given back
+/// untouched. Returns how many were replayed.
+///
+/// # Errors
+///
+/// [`Error::Amqp`] when a queue does not exist, [`Error::BrokerRefused`] when a copy is
+/// returned or nacked (its dead letter is then kept), [`Error::Timeout`] when no channel
+/// came within `wait`.
+pub async fn dlq_replay(
+    broker: &Addr<ConnectionSupervisor>,
+    queue: &str,
+    options: &ReplayOptions,
+    wait: Duration,
+) -> Result<u64> {
+    let channel = broker::channel(broker, wait).await?;
+    let dlq = dead_letter_queue(queue);
+    // Each message is fetched once: no more than were there at the start.
+    let (waiting, _) = crate::exchange::queue_counts(&channel, &dlq).await?;
+    let limit = options.limit.unwrap_or(u64::MAX);
+    let mut skipped = Vec::new();
+    let mut replayed = 0;
+    let moved = async {
+        for _ in 0..waiting {
+            if replayed >= limit {
+                break;
+            }
+            let Some(got) = channel
+                .basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: false })
+                .await?
+            else {
+                break;
+            };
+            let delivery = got.delivery;
+            let id = delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|s| s.to_string());
+            if options.message_id.is_some() && options.message_id != id {
+                skipped.push(delivery);
+                continue;
+            }
+            let props = replay_properties(&delivery, options.reset_deadline);
+            let confirm = channel
+                .basic_publish(
+                    "".into(),
+                    queue.into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        immediate: false,
+                    },
+                    &delivery.data,
+                    props,
+                )
+                .await?
+                .await?;
+            if !confirm.is_ack() || confirm.take_message().is_some() {
+                let _ = delivery
+                    .acker
+                    .nack(BasicNackOptions {
+                        multiple: false,
+                        requeue: true,
+                    })
+                    .await;
+                return Err(Error::BrokerRefused {
+                    object: "queue",
+                    name: queue.to_owned(),
+                    reason: "the replayed copy was returned or nacked; its dead letter is kept"
+                        .to_owned(),
+                });
+            }
+            delivery.acker.ack(BasicAckOptions::default()).await?;
+            replayed += 1;
+        }
+        Ok::<(), Error>(())
+    }
+    .await;
+    for delivery in skipped {
+        let _ = delivery
+            .acker
+            .nack(BasicNackOptions {
+                multiple: false,
+                requeue: true,
+            })
+            .await;
+    }
+    close(channel).await;
+    moved.map(|()| replayed)
+}
+
+/// Deletes every dead letter of `queue`; returns how many.
+///
+/// # Errors
+///
+/// [`Error::Amqp`] when `dlq_<queue>` does not exist, [`Error::Timeout`] when no channel came
+/// within `wait`.
+pub async fn dlq_purge(
+    broker: &Addr<ConnectionSupervisor>,
+    queue: &str,
+    wait: Duration,
+) -> Result<u32> {
+    let channel = broker::channel(broker, wait).await?;
+    let purged = channel
+        .queue_purge(
+            dead_letter_queue(queue).as_str().into(),
+            QueuePurgeOptions::default(),
+        )
+        .await;
+    close(channel).await;
+    Ok(purged?)
+}
+
+fn describe(delivery: &Delivery) -> DeadLetter {
+    let meta = DeliveryMeta::read(
+        delivery.routing_key.as_str(),
+        &delivery.properties,
+        &delivery.data,
+    );
+    let header = |name: &str| {
+        delivery
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|t| t.inner().get(name))
+            .and_then(|v| match v {
+                AMQPValue::LongString(s) => {
+                    Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                }
+                AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+                _ => None,
+            })
+    };
+    DeadLetter {
+        message_id: delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map_or_else(|| meta.message_id.to_string(), |s| s.to_string()),
+        routing_key: meta.routing_key,
+        attempt: meta.attempt,
+        reason: header(h::REASON),
+        handler: header(h::HANDLER),
+        payload_bytes: delivery.data.len(),
+    }
+}
+
+/// A dead letter's properties for its replay: attempt 1, the dead-letter headers gone, and
+/// (when asked) the deadline too.
+fn replay_properties(delivery: &Delivery, reset_deadline: bool) -> BasicProperties {
+    let meta = DeliveryMeta::read(
+        delivery.routing_key.as_str(),
+        &delivery.properties,
+        &delivery.data,
+    );
+    let left = match (reset_deadline, meta.deadline) {
+        (false, Some(d)) => Some((d - chrono::Utc::now()).num_milliseconds().max(0)),
+        _ => None,
+    };
+    let props = copy_properties(&delivery.properties, &meta.routing_key, 1, left, &[]);
+    let mut table = props
+        .headers()
+        .as_ref()
+        .map(|t| t.inner().clone())
+        .unwrap_or_default();
+    table.remove(h::REASON);
+    table.remove(h::HANDLER);
+    if reset_deadline {
+        table.remove(h::DEADLINE);
+    }
+    props.with_headers(FieldTable::from(table))
+}
+
+async fn close(channel: lapin::Channel) {
+    if channel.status().connected() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), channel.close(200, "".into())).await;
     }
 }

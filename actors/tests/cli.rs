@@ -185,3 +185,232 @@ async fn status_and_parked_rows() {
         .execute_unprepared(&format!("DROP TABLE {table_name}"))
         .await;
 }
+
+/// Rejects every event until `fixed`, then records it.
+struct Picky {
+    fixed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, u32)>>>,
+}
+
+impl actix::Actor for Picky {
+    type Context = actix::Context<Self>;
+}
+
+impl actix::Handler<actix_outbox::Event<Value>> for Picky {
+    type Result = actix_outbox::HandlerResult;
+
+    fn handle(&mut self, event: actix_outbox::Event<Value>, _: &mut Self::Context) -> Self::Result {
+        if !self.fixed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(actix_outbox::HandlerError::reject("not yet"));
+        }
+        let seen = (event.message_id().to_string(), event.attempt());
+        self.seen.lock().expect("lock").push(seen);
+        Ok(())
+    }
+}
+
+/// Runs the command off the actix thread, so the worker keeps running meanwhile.
+async fn cli_async(args: Vec<String>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cli(&args)
+    })
+    .await
+    .expect("blocking task")
+}
+
+/// After a Reject, `dlq list` shows the dead letters, `dlq replay --limit` moves some back
+/// with attempt 1 (the rest stay: an interrupted replay loses nothing), `--message-id` moves
+/// one, and the handler gets each event once; `purge` empties the queue; an unknown queue is a
+/// one-line error.
+#[actix_rt::test]
+async fn dead_letters_are_listed_replayed_and_purged() {
+    use actix::Actor;
+    use actix_outbox_actors::{
+        BrokerConfig, ConnectionSupervisor, Listen, StopBroker, Worker, WorkerConfig,
+    };
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    let (exchange, queue) = (unique("cli_dlq_ex"), unique("cli_dlq_q"));
+    let supervisor = ConnectionSupervisor::start_supervised(
+        BrokerConfig::new(env("AMQP_URL").as_str()).expect("url"),
+    )
+    .expect("supervisor");
+    let fixed = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let picky = Picky {
+        fixed: fixed.clone(),
+        seen: seen.clone(),
+    }
+    .start();
+    let running = Worker::new(
+        supervisor.clone(),
+        WorkerConfig::default()
+            .with_exchange(exchange.as_str())
+            .with_retry_delays(["100ms"]),
+    )
+    .expect("config")
+    .listen(
+        Listen::new(["job.#"])
+            .expect("keys")
+            .with_queue(queue.as_str()),
+        picky,
+    )
+    .expect("listen")
+    .start()
+    .await
+    .expect("worker");
+
+    let conn = Connection::connect(&env("AMQP_URL"), ConnectionProperties::default())
+        .await
+        .expect("amqp");
+    let channel = conn.create_channel().await.expect("channel");
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let id = uuid::Uuid::now_v7().to_string();
+        channel
+            .basic_publish(
+                exchange.as_str().into(),
+                "job.run".into(),
+                BasicPublishOptions::default(),
+                format!("{{\"n\":{n}}}").as_bytes(),
+                BasicProperties::default()
+                    .with_message_id(id.as_str().into())
+                    .with_content_type("application/json".into()),
+            )
+            .await
+            .expect("publish");
+        ids.push(id);
+    }
+    let dlq = format!("dlq_{queue}");
+    let depth = |name: String| {
+        let channel = channel.clone();
+        async move {
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            };
+            channel
+                .queue_declare(name.as_str().into(), passive, FieldTable::default())
+                .await
+                .expect("queue exists")
+                .message_count()
+        }
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while depth(dlq.clone()).await < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "3 dead letters within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut all: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+        all.push("--json".into());
+        all
+    };
+    let listed = cli_async(args(&["dlq", "list", queue.as_str()])).await;
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let letters: Vec<Value> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(letters.len(), 3);
+    assert!(
+        letters
+            .iter()
+            .all(|l| l["reason"].as_str().is_some_and(|r| r.contains("not yet")))
+    );
+    assert_eq!(depth(dlq.clone()).await, 3, "listing leaves them in place");
+
+    fixed.store(true, Ordering::SeqCst);
+    let moved =
+        stdout_json(&cli_async(args(&["dlq", "replay", queue.as_str(), "--limit", "2"])).await);
+    assert_eq!(moved["replayed"], 2);
+    assert_eq!(depth(dlq.clone()).await, 1, "the rest stays until replayed");
+    let handled_ids = || {
+        seen.lock()
+            .expect("lock")
+            .iter()
+            .map(|(id, _)| id.clone())
+            .collect::<Vec<_>>()
+    };
+    let left = ids
+        .iter()
+        .find(|id| !letters[..2].iter().any(|l| l["message_id"] == id.as_str()))
+        .expect("the third id")
+        .clone();
+    let one = stdout_json(
+        &cli_async(args(&[
+            "dlq",
+            "replay",
+            queue.as_str(),
+            "--message-id",
+            left.as_str(),
+        ]))
+        .await,
+    );
+    assert_eq!(one["replayed"], 1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while handled_ids().len() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "3 events handled after the replays"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut handled = handled_ids();
+    handled.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(handled, want, "each event handled once");
+    assert!(
+        seen.lock()
+            .expect("lock")
+            .iter()
+            .all(|(_, attempt)| *attempt == 1),
+        "fresh attempts"
+    );
+    assert_eq!(
+        stdout_json(&cli_async(args(&["dlq", "purge", queue.as_str()])).await)["purged"],
+        0
+    );
+    let unknown = cli_async(args(&["dlq", "list", "no_such_queue_here"])).await;
+    assert_fails(&unknown, 1, "dlq_no_such_queue_here");
+
+    running.stop().await;
+    let _ = supervisor.send(StopBroker).await;
+    for q in [queue.clone(), dlq, format!("{exchange}.retry.100ms")] {
+        let _ = channel
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for ex in [
+        exchange.clone(),
+        format!("{exchange}.dlx"),
+        format!("{exchange}.retry.100ms"),
+        format!("{exchange}.unroutable"),
+    ] {
+        let _ = channel
+            .exchange_delete(
+                ex.as_str().into(),
+                lapin::options::ExchangeDeleteOptions::default(),
+            )
+            .await;
+    }
+    let _ = channel
+        .queue_delete(
+            format!("{exchange}.unroutable").as_str().into(),
+            QueueDeleteOptions::default(),
+        )
+        .await;
+    let _ = conn.close(200, "done".into()).await;
+}

@@ -6,6 +6,8 @@
 //! actix-outbox parked list --key 'user.*' --json     # parked rows, as JSON lines
 //! actix-outbox parked retry 17 18                    # send them again (or --all)
 //! actix-outbox parked discard --all
+//! actix-outbox dlq list welcome_mailer               # dead letters with their reasons
+//! actix-outbox dlq replay welcome_mailer --limit 10  # back to the queue, attempt 1
 //! actix-outbox ddl --backend sqlite                  # the statements `setup` runs
 //! ```
 //!
@@ -18,7 +20,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use actix_outbox::{BindingKey, DatabaseConfig, Error, Outbox, Parked, TableName, ddl};
-use actix_outbox_actors::admin::{self, QueueStatus, TableStatus};
+use actix_outbox_actors::admin::{self, QueueStatus, ReplayOptions, TableStatus};
 use actix_outbox_actors::{BrokerConfig, ConnectionSupervisor, StopBroker};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sea_orm::{DatabaseConnection, DbBackend};
@@ -28,7 +30,7 @@ use sea_orm::{DatabaseConnection, DbBackend};
 #[command(
     name = "actix-outbox",
     version,
-    about = "Operator commands for an actix-outbox deployment: status, parked rows, DDL."
+    about = "Operator commands for an actix-outbox deployment: status, parked rows, dead letters, DDL."
 )]
 struct Cli {
     /// PostgreSQL or SQLite URL of the application's database.
@@ -61,6 +63,9 @@ enum Command {
     /// Rows the relay parked.
     #[command(subcommand)]
     Parked(ParkedCommand),
+    /// A handler queue's dead letters (`dlq_<queue>`).
+    #[command(subcommand)]
+    Dlq(DlqCommand),
     /// The statements `setup` runs for the table.
     Ddl {
         /// The database backend.
@@ -84,6 +89,38 @@ enum ParkedCommand {
     Retry(Which),
     /// Deletes parked rows for good.
     Discard(Which),
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// Lists dead letters, oldest first (they stay in the queue).
+    List {
+        /// The handler queue.
+        queue: String,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Moves dead letters back to their queue with a fresh attempt count; each copy is
+    /// confirmed before its dead letter is acked, so an interruption loses nothing.
+    Replay {
+        /// The handler queue.
+        queue: String,
+        /// At most this many.
+        #[arg(long)]
+        limit: Option<u64>,
+        /// Only the message with this id.
+        #[arg(long)]
+        message_id: Option<String>,
+        /// Drop the deadline, so expired events are handled instead of expiring again.
+        #[arg(long)]
+        reset_deadline: bool,
+    },
+    /// Deletes every dead letter of the queue.
+    Purge {
+        /// The handler queue.
+        queue: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -135,6 +172,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
             let _ = db.close().await;
             result
         }
+        Command::Dlq(command) => dlq(&cli, command).await,
         Command::Status { queues } => {
             let db = database(&cli).await?;
             let result = status(&cli, &db, &table, queues).await;
@@ -230,18 +268,90 @@ async fn status(
     Ok(())
 }
 
+/// A broker connection of this command's own, for `run`; stopped afterwards.
+async fn with_broker<T, F>(
+    url: &str,
+    run: impl FnOnce(actix::Addr<ConnectionSupervisor>) -> F,
+) -> Result<T, Error>
+where
+    F: Future<Output = Result<T, Error>>,
+{
+    let config = BrokerConfig::new(url)?
+        .with_connection_name("actix-outbox-cli")
+        .with_connect_timeout(Duration::from_secs(10));
+    let broker = ConnectionSupervisor::start_supervised(config)?;
+    let result = run(broker.clone()).await;
+    let _ = broker.send(StopBroker).await;
+    result
+}
+
+async fn dlq(cli: &Cli, command: &DlqCommand) -> Result<(), Error> {
+    let url = cli.amqp_url.as_deref().ok_or(Error::InvalidConfig {
+        field: "amqp_url",
+        reason: "give --amqp-url or set AMQP_URL".to_owned(),
+    })?;
+    let wait = Duration::from_secs(10);
+    let json = cli.json;
+    with_broker(url, |broker| async move {
+        match command {
+            DlqCommand::List { queue, limit } => {
+                let letters = admin::dlq_list(&broker, queue, *limit, wait).await?;
+                for l in &letters {
+                    match json {
+                        true => println!("{}", serde_json::json!(l)),
+                        false => println!(
+                            "{}  {:<32}  attempt {:>3}  {}",
+                            l.message_id,
+                            l.routing_key,
+                            l.attempt,
+                            l.reason.as_deref().unwrap_or("")
+                        ),
+                    }
+                }
+                if !json {
+                    println!("{} dead letters shown", letters.len());
+                }
+            }
+            DlqCommand::Replay {
+                queue,
+                limit,
+                message_id,
+                reset_deadline,
+            } => {
+                let mut options = ReplayOptions::new().with_reset_deadline(*reset_deadline);
+                if let Some(limit) = limit {
+                    options = options.with_limit(*limit);
+                }
+                if let Some(id) = message_id {
+                    options = options.with_message_id(id.as_str());
+                }
+                let moved = admin::dlq_replay(&broker, queue, &options, wait).await?;
+                match json {
+                    true => println!("{}", serde_json::json!({ "replayed": moved })),
+                    false => println!("{moved} dead letters replayed to {queue}"),
+                }
+            }
+            DlqCommand::Purge { queue } => {
+                let purged = admin::dlq_purge(&broker, queue, wait).await?;
+                match json {
+                    true => println!("{}", serde_json::json!({ "purged": purged })),
+                    false => println!("{purged} dead letters of {queue} deleted"),
+                }
+            }
+        }
+        Ok(())
+    })
+    .await
+}
+
 /// Unroutable messages and queue counts, over a connection of its own.
 async fn broker_status(
     url: &str,
     exchange: &str,
     queues: &[String],
 ) -> Result<(Option<u32>, Vec<QueueStatus>), Error> {
-    let config = BrokerConfig::new(url)?
-        .with_connection_name("actix-outbox-cli")
-        .with_connect_timeout(Duration::from_secs(10));
-    let broker = ConnectionSupervisor::start_supervised(config)?;
     let wait = Duration::from_secs(10);
-    let result = async {
+    with_broker(url, |broker| async move {
         let unroutable = admin::unroutable_waiting(&broker, exchange, wait).await?;
         let mut found = Vec::new();
         for queue in queues {
@@ -254,10 +364,8 @@ async fn broker_status(
             found.push(status);
         }
         Ok((unroutable, found))
-    }
-    .await;
-    let _ = broker.send(StopBroker).await;
-    result
+    })
+    .await
 }
 
 fn print_status(t: &TableStatus, unroutable: Option<u32>, exchange: &str, queues: &[QueueStatus]) {

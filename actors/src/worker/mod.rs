@@ -40,6 +40,7 @@ use consumer::{ConsumerActor, GetConsumerStats, StopConsumer};
 use listen::ConsumerSpec;
 
 pub use config::{QueueType, WorkerConfig};
+pub(crate) use envelope::{DeliveryMeta, copy_properties};
 pub use handler::{HandlerSource, IntoHandler};
 pub use listen::Listen;
 pub use retry::RetryDelay;
