@@ -57,9 +57,11 @@ async fn readiness_follows_the_backlog_the_broker_and_the_database() {
 
     // A due row held by another transaction: once it waited past the bound, the relay is
     // not ready (it still answers: live).
-    actix_outbox::emit(&t.db, "held.row", &1)
-        .await
-        .expect("emit");
+    // Due in 300 ms, so the relay cannot claim it before the lock below is taken.
+    let held = actix_outbox::OutboxEvent::json("held.row", &1)
+        .expect("event")
+        .with_delay(Duration::from_millis(300));
+    actix_outbox::emit_event(&t.db, held).await.expect("emit");
     let holder = t.db.begin().await.expect("begin");
     holder
         .execute_unprepared("SELECT id FROM outbox FOR UPDATE")
