@@ -69,9 +69,10 @@ async fn nacked_rows_back_off_and_are_never_parked() {
     let error = row.last_error.unwrap_or_default();
     assert!(error.contains("nacked"), "last_error: {error}");
 
-    // Room in the full queue: the next attempt is confirmed.
-    broker.delete_queue(&full_queue).await;
+    // Room for it: a queue with room is bound first, then the full one goes, so no attempt
+    // can slip out between the two to the healthy queue alone (the roomy queue must get it).
     let roomy = broker.bind_queue(&["order.placed"]).await;
+    broker.delete_queue(&full_queue).await;
     t.wait_outbox_empty(
         "the nacked row to go once there is room",
         Duration::from_secs(10),

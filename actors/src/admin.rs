@@ -203,27 +203,16 @@ pub async fn dlq_list(
     let mut letters = Vec::new();
     let listed = async {
         while letters.len() < limit as usize {
-            let Some(got) = channel
-                .basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: false })
-                .await?
-            else {
+            let Some(delivery) = fetch(&channel, &dlq).await? else {
                 break;
             };
-            letters.push(describe(&got.delivery));
-            held.push(got.delivery);
+            letters.push(describe(&delivery));
+            held.push(delivery);
         }
         Ok::<(), Error>(())
     }
     .await;
-    for delivery in held {
-        let _ = delivery
-            .acker
-            .nack(BasicNackOptions {
-                multiple: false,
-                requeue: true,
-            })
-            .await;
-    }
+    give_back(held).await;
     close(channel).await;
     listed.map(|()| letters)
 }
@@ -257,13 +246,9 @@ pub async fn dlq_replay(
             if replayed >= limit {
                 break;
             }
-            let Some(got) = channel
-                .basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: false })
-                .await?
-            else {
+            let Some(delivery) = fetch(&channel, &dlq).await? else {
                 break;
             };
-            let delivery = got.delivery;
             let id = delivery
                 .properties
                 .message_id()
@@ -288,13 +273,7 @@ pub async fn dlq_replay(
                 .await?
                 .await?;
             if !confirm.is_ack() || confirm.take_message().is_some() {
-                let _ = delivery
-                    .acker
-                    .nack(BasicNackOptions {
-                        multiple: false,
-                        requeue: true,
-                    })
-                    .await;
+                give_back(vec![delivery]).await;
                 return Err(Error::BrokerRefused {
                     object: "queue",
                     name: queue.to_owned(),
@@ -308,15 +287,7 @@ pub async fn dlq_replay(
         Ok::<(), Error>(())
     }
     .await;
-    for delivery in skipped {
-        let _ = delivery
-            .acker
-            .nack(BasicNackOptions {
-                multiple: false,
-                requeue: true,
-            })
-            .await;
-    }
+    give_back(skipped).await;
     close(channel).await;
     moved.map(|()| replayed)
 }
@@ -401,6 +372,26 @@ fn replay_properties(delivery: &Delivery, reset_deadline: bool) -> BasicProperti
         table.remove(h::DEADLINE);
     }
     props.with_headers(FieldTable::from(table))
+}
+
+/// The next message of `queue`, unacknowledged (`None` when it is empty).
+async fn fetch(channel: &lapin::Channel, queue: &str) -> Result<Option<Delivery>> {
+    let got = channel
+        .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+        .await?;
+    Ok(got.map(|g| g.delivery))
+}
+
+/// Gives fetched messages back to their queue, untouched (best effort: closing the channel
+/// gives back whatever is left).
+async fn give_back(deliveries: Vec<Delivery>) {
+    let requeue = BasicNackOptions {
+        multiple: false,
+        requeue: true,
+    };
+    for delivery in deliveries {
+        let _ = delivery.acker.nack(requeue).await;
+    }
 }
 
 async fn close(channel: lapin::Channel) {

@@ -1,7 +1,12 @@
 //! The small tokio runtime lapin's I/O runs on, away from the actix thread (a busy or blocked
 //! actix thread would otherwise stall heartbeats, publishes and confirms).
 
+use std::time::Duration;
+
 use actix_outbox::{Error, Result};
+
+/// How long lapin's I/O loop gets to finish before its runtime shuts down.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 
 /// lapin's runtime, shut down without blocking whenever it goes away: dropping a tokio runtime
 /// the ordinary way from inside the actix runtime would panic.
@@ -31,9 +36,22 @@ impl LapinRuntime {
         self.0.as_ref()
     }
 
+    /// Shuts the runtime down a moment later, on a thread of its own. lapin's I/O loop runs on
+    /// a thread of lapin's and awaits tasks on this runtime; it finishes shortly *after* the
+    /// connection's close resolves, and a task of it cancelled by an immediate shutdown makes
+    /// that thread panic ("task was cancelled") on its way out. The grace lets it finish; a
+    /// process that exits sooner ends both threads anyway.
     pub(super) fn shut_down(&mut self) {
         if let Some(runtime) = self.0.take() {
-            runtime.shutdown_background();
+            let delayed = std::thread::Builder::new()
+                .name("actix-outbox-amqp-shutdown".to_owned())
+                .spawn(move || {
+                    std::thread::sleep(SHUTDOWN_GRACE);
+                    runtime.shutdown_background();
+                });
+            if let Err(e) = delayed {
+                tracing::debug!(error = %e, "cannot start the AMQP runtime's shutdown thread");
+            }
         }
     }
 }
