@@ -86,7 +86,7 @@ pub use broker::{
     BrokerConfig, BrokerState, BrokerStatus, ConnectionSupervisor, GetBrokerState, GetChannel,
     StopBroker, Subscribe,
 };
-pub use exchange::{TopologyMode, Unroutable};
+pub use exchange::{Topology, TopologyMode, Unroutable};
 pub use relay::{
     Cleanup, GetRelayStats, RABBITMQ_MAX_MESSAGE_BYTES, RelayActor, RelayConfig, RelayStats,
     StopRelay, WakeUp,

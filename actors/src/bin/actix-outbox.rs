@@ -8,6 +8,9 @@
 //! actix-outbox parked discard --all
 //! actix-outbox dlq list welcome_mailer               # dead letters with their reasons
 //! actix-outbox dlq replay welcome_mailer --limit 10  # back to the queue, attempt 1
+//! actix-outbox unroutable replay --key 'order.*'     # once the bindings exist
+//! actix-outbox topology export --listen 'welcome_mailer=user.created,user.*' > defs.json
+//! actix-outbox topology check --listen 'welcome_mailer=user.created,user.*'
 //! actix-outbox ddl --backend sqlite                  # the statements `setup` runs
 //! ```
 //!
@@ -20,8 +23,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use actix_outbox::{BindingKey, DatabaseConfig, Error, Outbox, Parked, TableName, ddl};
-use actix_outbox_actors::admin::{self, QueueStatus, ReplayOptions, TableStatus};
-use actix_outbox_actors::{BrokerConfig, ConnectionSupervisor, StopBroker};
+use actix_outbox_actors::admin::{
+    self, DelayQueueStatus, Progress, QueueStatus, ReplayOptions, TableStatus,
+};
+use actix_outbox_actors::{
+    BrokerConfig, ConnectionSupervisor, Listen, QueueType, StopBroker, Topology, Unroutable,
+    WorkerConfig, worker,
+};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sea_orm::{DatabaseConnection, DbBackend};
 
@@ -30,7 +38,7 @@ use sea_orm::{DatabaseConnection, DbBackend};
 #[command(
     name = "actix-outbox",
     version,
-    about = "Operator commands for an actix-outbox deployment: status, parked rows, dead letters, DDL."
+    about = "Operator commands for an actix-outbox deployment: status, parked rows, dead letters, unroutable messages, topology, DDL."
 )]
 struct Cli {
     /// PostgreSQL or SQLite URL of the application's database.
@@ -59,6 +67,10 @@ enum Command {
         /// A handler queue to report (with its dead-letter queue); repeatable.
         #[arg(long = "queue")]
         queues: Vec<String>,
+        /// The workers' retry delays, whose delay queues are reported (comma-separated;
+        /// default: the worker's, 1s,10s,1m,5m).
+        #[arg(long, value_delimiter = ',')]
+        retry_delays: Option<Vec<String>>,
     },
     /// Rows the relay parked.
     #[command(subcommand)]
@@ -66,6 +78,12 @@ enum Command {
     /// A handler queue's dead letters (`dlq_<queue>`).
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Messages kept in `<exchange>.unroutable`.
+    #[command(subcommand)]
+    Unroutable(UnroutableCommand),
+    /// The exchanges, queues and bindings a worker configuration needs.
+    #[command(subcommand)]
+    Topology(TopologyCommand),
     /// The statements `setup` runs for the table.
     Ddl {
         /// The database backend.
@@ -112,15 +130,87 @@ enum DlqCommand {
         /// Only the message with this id.
         #[arg(long)]
         message_id: Option<String>,
-        /// Drop the deadline, so expired events are handled instead of expiring again.
-        #[arg(long)]
-        reset_deadline: bool,
+        #[command(flatten)]
+        moving: MoveArgs,
     },
     /// Deletes every dead letter of the queue.
     Purge {
         /// The handler queue.
         queue: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum UnroutableCommand {
+    /// Publishes the kept messages to the exchange again, under their own routing keys, once
+    /// bindings for them exist; each copy is confirmed before its original is acked.
+    Replay {
+        /// At most this many.
+        #[arg(long)]
+        limit: Option<u64>,
+        #[command(flatten)]
+        moving: MoveArgs,
+    },
+}
+
+/// What a replay moves, beside its limit.
+#[derive(Debug, Args)]
+struct MoveArgs {
+    /// Only messages whose routing key matches this binding key (`order.*`, `#`).
+    #[arg(long)]
+    key: Option<String>,
+    /// Drop the deadline, so expired events are handled instead of expiring again.
+    #[arg(long)]
+    reset_deadline: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum TopologyCommand {
+    /// Prints the topology as RabbitMQ definitions JSON, for `rabbitmqctl import_definitions`.
+    Export {
+        #[command(flatten)]
+        worker: WorkerArgs,
+        /// The virtual host written into the definitions (default: the AMQP URL's, else `/`).
+        #[arg(long)]
+        vhost: Option<String>,
+    },
+    /// Compares the topology with the live broker; exits with 1 when something is missing or
+    /// different.
+    Check {
+        #[command(flatten)]
+        worker: WorkerArgs,
+    },
+}
+
+/// The worker settings that decide its topology.
+#[derive(Debug, Args)]
+struct WorkerArgs {
+    /// A handler queue and its binding keys, `QUEUE=KEY[,KEY…]`; repeatable.
+    #[arg(long = "listen", value_name = "QUEUE=KEYS", required = true)]
+    listens: Vec<String>,
+    /// Retry delays, comma-separated (default: the worker's, 1s,10s,1m,5m).
+    #[arg(long, value_delimiter = ',')]
+    retry_delays: Option<Vec<String>>,
+    /// Type of the handler, dead-letter and delay queues.
+    #[arg(long, value_enum, default_value_t = QueueKind::Quorum)]
+    queue_type: QueueKind,
+    /// What the exchange does with unroutable messages.
+    #[arg(long, value_enum, default_value_t = UnroutableKind::Keep)]
+    unroutable: UnroutableKind,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum QueueKind {
+    Quorum,
+    Classic,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum UnroutableKind {
+    /// Kept in `<exchange>.unroutable` (an alternate exchange).
+    Keep,
+    /// Dropped by the broker (the relay counts them).
+    Drop,
 }
 
 #[derive(Debug, Args)]
@@ -173,9 +263,35 @@ async fn run(cli: Cli) -> Result<(), Error> {
             result
         }
         Command::Dlq(command) => dlq(&cli, command).await,
-        Command::Status { queues } => {
+        Command::Unroutable(UnroutableCommand::Replay { limit, moving }) => {
+            let options = replay_options(*limit, None, moving)?;
+            let exchange = cli.exchange.as_str();
+            let done = with_broker(amqp_url(&cli)?, |broker| async move {
+                admin::unroutable_replay(&broker, exchange, &options, WAIT).await
+            })
+            .await?;
+            match cli.json {
+                true => println!("{}", serde_json::json!(done)),
+                false => println!(
+                    "{} messages replayed to {exchange}; {} wait in {exchange}.unroutable{}",
+                    done.replayed,
+                    done.waiting_after,
+                    if done.replayed > 0 && u64::from(done.waiting_after) >= done.replayed {
+                        " (still unroutable? bind their keys first)"
+                    } else {
+                        ""
+                    }
+                ),
+            }
+            Ok(())
+        }
+        Command::Topology(command) => topology(&cli, command).await,
+        Command::Status {
+            queues,
+            retry_delays,
+        } => {
             let db = database(&cli).await?;
-            let result = status(&cli, &db, &table, queues).await;
+            let result = status(&cli, &db, &table, queues, retry_delays.as_deref()).await;
             let _ = db.close().await;
             result
         }
@@ -242,11 +358,13 @@ async fn status(
     db: &DatabaseConnection,
     table: &TableName,
     queues: &[String],
+    retry_delays: Option<&[String]>,
 ) -> Result<(), Error> {
     let table_status = admin::table_status(db, table).await?;
-    let (unroutable, queue_status) = match &cli.amqp_url {
-        Some(url) => broker_status(url, &cli.exchange, queues).await?,
-        None if queues.is_empty() => (None, Vec::new()),
+    let delays = worker_config(retry_delays)?.retry_delays()?;
+    let (unroutable, queue_status, delay_status) = match &cli.amqp_url {
+        Some(url) => broker_status(url, &cli.exchange, queues, &delays).await?,
+        None if queues.is_empty() => (None, Vec::new(), Vec::new()),
         None => {
             return Err(Error::InvalidConfig {
                 field: "amqp_url",
@@ -261,9 +379,18 @@ async fn status(
                 "table": table_status,
                 "unroutable": unroutable,
                 "queues": queue_status,
+                "delay_queues": delay_status,
             })
         ),
-        false => print_status(&table_status, unroutable, &cli.exchange, &queue_status),
+        false => {
+            print_status(&table_status, unroutable, &cli.exchange, &queue_status);
+            for d in &delay_status {
+                match d.waiting {
+                    Some(n) => println!("delay queue {}: {n} retries waiting", d.queue),
+                    None => println!("delay queue {}: not declared", d.queue),
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -286,11 +413,8 @@ where
 }
 
 async fn dlq(cli: &Cli, command: &DlqCommand) -> Result<(), Error> {
-    let url = cli.amqp_url.as_deref().ok_or(Error::InvalidConfig {
-        field: "amqp_url",
-        reason: "give --amqp-url or set AMQP_URL".to_owned(),
-    })?;
-    let wait = Duration::from_secs(10);
+    let url = amqp_url(cli)?;
+    let wait = WAIT;
     let json = cli.json;
     with_broker(url, |broker| async move {
         match command {
@@ -316,15 +440,9 @@ async fn dlq(cli: &Cli, command: &DlqCommand) -> Result<(), Error> {
                 queue,
                 limit,
                 message_id,
-                reset_deadline,
+                moving,
             } => {
-                let mut options = ReplayOptions::new().with_reset_deadline(*reset_deadline);
-                if let Some(limit) = limit {
-                    options = options.with_limit(*limit);
-                }
-                if let Some(id) = message_id {
-                    options = options.with_message_id(id.as_str());
-                }
+                let options = replay_options(*limit, message_id.as_deref(), moving)?;
                 let moved = admin::dlq_replay(&broker, queue, &options, wait).await?;
                 match json {
                     true => println!("{}", serde_json::json!({ "replayed": moved })),
@@ -344,15 +462,136 @@ async fn dlq(cli: &Cli, command: &DlqCommand) -> Result<(), Error> {
     .await
 }
 
+/// How long the command waits for a broker channel.
+const WAIT: Duration = Duration::from_secs(10);
+
+fn amqp_url(cli: &Cli) -> Result<&str, Error> {
+    cli.amqp_url.as_deref().ok_or(Error::InvalidConfig {
+        field: "amqp_url",
+        reason: "give --amqp-url or set AMQP_URL".to_owned(),
+    })
+}
+
+/// Replay options, with progress on stderr at most once a second (stdout stays for the
+/// result).
+fn replay_options(
+    limit: Option<u64>,
+    message_id: Option<&str>,
+    moving: &MoveArgs,
+) -> Result<ReplayOptions, Error> {
+    let mut options = ReplayOptions::new().with_reset_deadline(moving.reset_deadline);
+    if let Some(limit) = limit {
+        options = options.with_limit(limit);
+    }
+    if let Some(id) = message_id {
+        options = options.with_message_id(id);
+    }
+    if let Some(key) = &moving.key {
+        options = options.with_key(BindingKey::new(key.as_str())?);
+    }
+    let last = std::sync::Mutex::new(std::time::Instant::now());
+    Ok(options.with_progress(move |p: Progress| {
+        let mut last = last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.elapsed() >= Duration::from_secs(1) {
+            *last = std::time::Instant::now();
+            eprintln!(
+                "… {} moved ({} of {} looked at)",
+                p.moved, p.examined, p.waiting
+            );
+        }
+    }))
+}
+
+/// A worker config from the command's flags (`None`: the worker's default delays).
+fn worker_config(retry_delays: Option<&[String]>) -> Result<WorkerConfig, Error> {
+    let config = WorkerConfig::default();
+    let config = match retry_delays {
+        Some(delays) => config.with_retry_delays(delays.iter().map(String::as_str)),
+        None => config,
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+/// The topology of the worker the flags describe.
+fn worker_topology(cli: &Cli, args: &WorkerArgs) -> Result<Topology, Error> {
+    let config = worker_config(args.retry_delays.as_deref())?
+        .with_exchange(cli.exchange.as_str())
+        .with_queue_type(match args.queue_type {
+            QueueKind::Quorum => QueueType::Quorum,
+            QueueKind::Classic => QueueType::Classic,
+        })
+        .with_unroutable(match args.unroutable {
+            UnroutableKind::Keep => Unroutable::AlternateExchange,
+            UnroutableKind::Drop => Unroutable::Drop,
+        });
+    let mut listens = Vec::new();
+    for spec in &args.listens {
+        let (queue, keys) = spec.split_once('=').ok_or_else(|| Error::InvalidConfig {
+            field: "listen",
+            reason: format!("{spec:?}: write QUEUE=KEY[,KEY…], e.g. welcome_mailer=user.created"),
+        })?;
+        listens.push(Listen::new(keys.split(','))?.with_queue(queue));
+    }
+    worker::topology(&config, &listens)
+}
+
+async fn topology(cli: &Cli, command: &TopologyCommand) -> Result<(), Error> {
+    match command {
+        TopologyCommand::Export { worker, vhost } => {
+            let topology = worker_topology(cli, worker)?;
+            let vhost = match (vhost, &cli.amqp_url) {
+                (Some(v), _) => v.clone(),
+                (None, Some(url)) => url
+                    .parse::<lapin::uri::AMQPUri>()
+                    .map(|u| u.vhost)
+                    .unwrap_or_else(|_| "/".to_owned()),
+                (None, None) => "/".to_owned(),
+            };
+            let definitions = topology.to_definitions(&vhost);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&definitions).expect("JSON values serialize")
+            );
+            Ok(())
+        }
+        TopologyCommand::Check { worker } => {
+            let topology = worker_topology(cli, worker)?;
+            let found = with_broker(amqp_url(cli)?, |broker| async move {
+                admin::topology_check(&broker, &topology, WAIT).await
+            })
+            .await?;
+            for f in &found {
+                match cli.json {
+                    true => println!("{}", serde_json::json!(f)),
+                    false => println!("{:<8} {:<48} {}", f.object, f.name, f.finding),
+                }
+            }
+            let bad = found.iter().filter(|f| !f.finding.is_ok()).count();
+            match bad {
+                0 => Ok(()),
+                n => Err(Error::InvalidConfig {
+                    field: "topology",
+                    reason: format!("{n} objects missing or different on the broker"),
+                }),
+            }
+        }
+    }
+}
+
 /// Unroutable messages and queue counts, over a connection of its own.
 async fn broker_status(
     url: &str,
     exchange: &str,
     queues: &[String],
-) -> Result<(Option<u32>, Vec<QueueStatus>), Error> {
-    let wait = Duration::from_secs(10);
+    delays: &[Duration],
+) -> Result<(Option<u32>, Vec<QueueStatus>, Vec<DelayQueueStatus>), Error> {
+    let wait = WAIT;
     with_broker(url, |broker| async move {
         let unroutable = admin::unroutable_waiting(&broker, exchange, wait).await?;
+        let delay_queues = admin::delay_queues(&broker, exchange, delays, wait).await?;
         let mut found = Vec::new();
         for queue in queues {
             let status = admin::queue_status(&broker, queue, wait)
@@ -363,7 +602,7 @@ async fn broker_status(
                 })?;
             found.push(status);
         }
-        Ok((unroutable, found))
+        Ok((unroutable, found, delay_queues))
     })
     .await
 }

@@ -2,11 +2,13 @@
 //! its unroutable messages.
 
 use actix_outbox::Result;
+use lapin::Channel;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use lapin::{Channel, ExchangeKind};
+use serde_json::{Map, Value};
 
-use super::{TopologyMode, Unroutable, long, refused, unroutable_name};
+use super::topology::{BindingDef, ExchangeDef, QueueDef, Topology};
+use super::{TopologyMode, Unroutable, json_to_amqp, refused};
 
 /// Declares `exchange` — a durable topic exchange — and, with
 /// [`Unroutable::AlternateExchange`], its alternate exchange `<exchange>.unroutable` (fanout)
@@ -26,80 +28,16 @@ pub(crate) async fn declare_exchange(
     unroutable: Unroutable,
     mode: TopologyMode,
 ) -> Result<()> {
+    let topology = Topology::for_exchange(exchange, unroutable);
     match mode {
+        TopologyMode::Declare => topology.apply(channel, mode).await,
+        // Only the exchange itself: the unroutable store is the operator's business then.
         TopologyMode::CheckOnly => {
-            let passive = ExchangeDeclareOptions {
-                passive: true,
-                ..ExchangeDeclareOptions::default()
-            };
-            channel
-                .exchange_declare(
-                    exchange.into(),
-                    ExchangeKind::Topic,
-                    passive,
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(|e| {
-                    refused(
-                        "exchange",
-                        exchange,
-                        format!(
-                            "missing or not accessible (check-only mode: create it first): {e}"
-                        ),
-                    )
-                })
-        }
-        TopologyMode::Declare => {
-            let durable = ExchangeDeclareOptions {
-                durable: true,
-                ..ExchangeDeclareOptions::default()
-            };
-            let mut args = FieldTable::default();
-            if unroutable == Unroutable::AlternateExchange {
-                let ae = unroutable_name(exchange);
-                declare_unroutable_store(channel, &ae).await?;
-                args.insert("alternate-exchange".into(), long(&ae));
-            }
-            channel
-                .exchange_declare(exchange.into(), ExchangeKind::Topic, durable, args)
-                .await
-                .map_err(|e| refused("exchange", exchange, format!("cannot declare it as a topic exchange (does it exist with other arguments?): {e}")))
+            let main = topology.exchanges.iter().find(|e| e.name == exchange);
+            let main = main.expect("for_exchange describes the exchange");
+            declare_exchange_def(channel, main, true).await
         }
     }
-}
-
-/// The fanout exchange and durable queue that keep unroutable messages.
-async fn declare_unroutable_store(channel: &Channel, name: &str) -> Result<()> {
-    let durable = ExchangeDeclareOptions {
-        durable: true,
-        ..ExchangeDeclareOptions::default()
-    };
-    channel
-        .exchange_declare(
-            name.into(),
-            ExchangeKind::Fanout,
-            durable,
-            FieldTable::default(),
-        )
-        .await?;
-    let queue = QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    };
-    channel
-        .queue_declare(name.into(), queue, FieldTable::default())
-        .await?;
-    channel
-        .queue_bind(
-            name.into(),
-            name.into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    Ok(())
 }
 
 /// Messages ready in `queue` and its consumers (a passive declare: creates nothing; a missing
@@ -113,4 +51,87 @@ pub(crate) async fn queue_counts(channel: &Channel, queue: &str) -> Result<(u32,
         .queue_declare(queue.into(), passive, FieldTable::default())
         .await?;
     Ok((queue.message_count(), queue.consumer_count()))
+}
+
+/// Declares (or, with `check`, passively checks) one exchange.
+pub(crate) async fn declare_exchange_def(
+    channel: &Channel,
+    e: &ExchangeDef,
+    check: bool,
+) -> Result<()> {
+    let options = ExchangeDeclareOptions {
+        passive: check,
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    let args = if check {
+        FieldTable::default()
+    } else {
+        table(&e.arguments)
+    };
+    channel
+        .exchange_declare(e.name.as_str().into(), e.kind.kind(), options, args)
+        .await
+        .map_err(|err| declare_refused("exchange", &e.name, check, &err))
+}
+
+/// Declares (or, with `check`, passively checks) one queue.
+pub(crate) async fn declare_queue_def(channel: &Channel, q: &QueueDef, check: bool) -> Result<()> {
+    let options = QueueDeclareOptions {
+        passive: check,
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    let args = if check {
+        FieldTable::default()
+    } else {
+        table(&q.arguments)
+    };
+    channel
+        .queue_declare(q.name.as_str().into(), options, args)
+        .await
+        .map(drop)
+        .map_err(|err| declare_refused("queue", &q.name, check, &err))
+}
+
+pub(crate) async fn bind(channel: &Channel, b: &BindingDef) -> Result<()> {
+    channel
+        .queue_bind(
+            b.destination.as_str().into(),
+            b.source.as_str().into(),
+            b.routing_key.as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| {
+            refused(
+                "binding",
+                &format!("{} <- {}", b.destination, b.source),
+                format!("cannot bind with key {:?}: {e}", b.routing_key),
+            )
+        })
+}
+
+fn table(arguments: &Map<String, Value>) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (k, v) in arguments {
+        table.insert(k.as_str().into(), json_to_amqp(v));
+    }
+    table
+}
+
+/// A declaration the broker refused, with what to do about it.
+fn declare_refused(
+    object: &'static str,
+    name: &str,
+    check: bool,
+    e: &lapin::Error,
+) -> actix_outbox::Error {
+    let reason = if check {
+        format!("missing or not accessible (check-only mode: create it first): {e}")
+    } else {
+        format!("cannot declare it (does it exist with other arguments?): {e}")
+    };
+    refused(object, name, reason)
 }

@@ -18,15 +18,18 @@ mod answer;
 mod declare;
 mod fields;
 mod names;
+mod topology;
 
 use std::time::Duration;
 
 use actix_outbox::Error;
 
 pub(crate) use answer::{Answer, Completed, ReturnKey, resolve};
-pub(crate) use declare::{declare_exchange, queue_counts};
+pub(crate) use declare::{declare_exchange, declare_exchange_def, declare_queue_def, queue_counts};
 pub(crate) use fields::{json_to_amqp, long, table_len, table_to_json};
 pub(crate) use names::{MAX_NAME_LEN, check_exchange_name, check_queue_name};
+pub(crate) use topology::QueueLayout;
+pub use topology::{BindingDef, DLQ_DELIVERY_LIMIT, ExchangeDef, ExchangeType, QueueDef, Topology};
 
 /// What happens to messages whose routing key matches no binding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -223,6 +223,15 @@ impl WorkerConfig {
         self
     }
 
+    /// The retry delays, parsed.
+    ///
+    /// # Errors
+    ///
+    /// As [`WorkerConfig::validate`] for the delays.
+    pub fn retry_delays(&self) -> Result<Vec<Duration>> {
+        resolve_delays(&self.retry_delays)
+    }
+
     /// The exchange the worker consumes from.
     #[must_use]
     pub fn exchange(&self) -> &str {

@@ -128,6 +128,11 @@ impl Listen {
         &self.keys
     }
 
+    /// Whether the queue was named (`with_queue`) rather than left to the handler's type.
+    pub(crate) fn has_queue(&self) -> bool {
+        self.queue.is_some()
+    }
+
     /// Merges this listener with the worker's settings into what a consumer runs on.
     pub(crate) fn resolve(&self, config: &WorkerConfig, type_name: &str) -> Result<ConsumerSpec> {
         let queue = match &self.queue {

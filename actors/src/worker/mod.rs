@@ -43,6 +43,38 @@ pub use config::{QueueType, WorkerConfig};
 pub(crate) use envelope::{DeliveryMeta, copy_properties};
 pub use handler::{HandlerSource, IntoHandler};
 pub use listen::Listen;
+
+use crate::exchange::Topology;
+
+/// What a worker with `config` and these listeners declares, without a broker connection
+/// or handlers (for `actix-outbox topology export`); as [`Worker::topology`].
+///
+/// # Errors
+///
+/// [`Error::InvalidConfig`] for a listener without a queue name (field `queue`: the name
+/// would come from the handler's type), a repeated queue name, or settings
+/// [`Worker::listen`] refuses; as [`WorkerConfig::validate`] for the config.
+pub fn topology(config: &WorkerConfig, listens: &[Listen]) -> Result<Topology> {
+    config.validate()?;
+    let mut specs: Vec<ConsumerSpec> = Vec::new();
+    for listen in listens {
+        if !listen.has_queue() {
+            return Err(Error::InvalidConfig {
+                field: "queue",
+                reason: "name each listener's queue (`Listen::with_queue`): without a handler there is no type to name it after".to_owned(),
+            });
+        }
+        let spec = listen.resolve(config, "")?;
+        if specs.iter().any(|s| s.queue == spec.queue) {
+            return Err(Error::InvalidConfig {
+                field: "queue",
+                reason: format!("queue {:?} is given twice", spec.queue),
+            });
+        }
+        specs.push(spec);
+    }
+    Ok(link::topology_of(&specs))
+}
 pub use retry::RetryDelay;
 pub use stats::ConsumerStats;
 
@@ -187,6 +219,15 @@ impl Worker {
         self.queues.iter().map(String::as_str)
     }
 
+    /// The exchanges, queues and bindings this worker declares when it starts (as a fresh
+    /// broker would get them): give [`Topology::to_definitions`] to
+    /// `rabbitmqctl import_definitions` to provision a broker for a worker in
+    /// [`TopologyMode::CheckOnly`](crate::TopologyMode::CheckOnly).
+    #[must_use]
+    pub fn topology(&self) -> Topology {
+        link::topology_of(self.registrations.iter().map(|r| r.spec()))
+    }
+
     /// Starts one consumer per queue (call inside an actix System): each gets a channel,
     /// declares or checks its topology and starts consuming. Resolves once all consume.
     ///
@@ -325,6 +366,8 @@ struct ConsumerHandle {
 
 /// A registration whose payload type is known only inside.
 trait Registration {
+    fn spec(&self) -> &ConsumerSpec;
+
     fn start(
         self: Box<Self>,
         supervisor: Addr<ConnectionSupervisor>,
@@ -338,6 +381,10 @@ struct Typed<T: Send + 'static> {
 }
 
 impl<T: DeserializeOwned + Send + 'static> Registration for Typed<T> {
+    fn spec(&self) -> &ConsumerSpec {
+        &self.spec
+    }
+
     fn start(
         self: Box<Self>,
         supervisor: Addr<ConnectionSupervisor>,

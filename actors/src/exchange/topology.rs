@@ -1,0 +1,411 @@
+//! The broker objects actix-outbox needs, as data: one [`Topology`] is what the relay and the
+//! consumers declare (or check), what `actix-outbox topology export` prints as RabbitMQ
+//! definitions, and what `topology check` compares with a live broker. Declaring and
+//! exporting read the same description, so they cannot drift apart.
+
+use std::time::Duration;
+
+use actix_outbox::{BindingKey, Result};
+use lapin::{Channel, ExchangeKind};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use super::declare::{bind, declare_exchange_def, declare_queue_def};
+use super::{
+    TopologyMode, Unroutable, dead_letter_exchange, dead_letter_queue, delay_name, unroutable_name,
+};
+
+/// The delivery limit given to quorum dead-letter queues: high enough never to be reached.
+///
+/// RabbitMQ 4 gives a quorum queue declared without one a limit of 20 deliveries, after
+/// which a message is dropped when the queue has no dead-letter exchange — as dead-letter
+/// queues have not. Listing or replaying dead letters hands them out and gives some back,
+/// which counts, so without an explicit limit an operator's `dlq list` could drop them.
+pub const DLQ_DELIVERY_LIMIT: i64 = 1_000_000_000;
+
+/// Kind of an [`ExchangeDef`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum ExchangeType {
+    /// Routes by topic pattern (the outbox exchange).
+    Topic,
+    /// Routes to every bound queue (the unroutable store, the delay exchanges).
+    Fanout,
+    /// Routes by exact key (the dead-letter exchange).
+    Direct,
+}
+
+impl ExchangeType {
+    /// The name RabbitMQ gives this kind.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExchangeType::Topic => "topic",
+            ExchangeType::Fanout => "fanout",
+            ExchangeType::Direct => "direct",
+        }
+    }
+
+    pub(crate) fn kind(self) -> ExchangeKind {
+        match self {
+            ExchangeType::Topic => ExchangeKind::Topic,
+            ExchangeType::Fanout => ExchangeKind::Fanout,
+            ExchangeType::Direct => ExchangeKind::Direct,
+        }
+    }
+}
+
+/// A durable exchange.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct ExchangeDef {
+    /// Its name.
+    pub name: String,
+    /// Its kind.
+    #[serde(rename = "type")]
+    pub kind: ExchangeType,
+    /// Declaration arguments (`alternate-exchange`).
+    pub arguments: Map<String, Value>,
+}
+
+/// A durable queue.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct QueueDef {
+    /// Its name.
+    pub name: String,
+    /// Declaration arguments (`x-queue-type`, dead-lettering, TTL, …).
+    pub arguments: Map<String, Value>,
+}
+
+/// A queue bound to an exchange.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct BindingDef {
+    /// The exchange.
+    pub source: String,
+    /// The queue.
+    pub destination: String,
+    /// The binding key.
+    pub routing_key: String,
+}
+
+/// What one handler queue needs, beside the exchange.
+#[derive(Debug, Clone)]
+pub(crate) struct QueueLayout<'a> {
+    /// The topic exchange.
+    pub(crate) exchange: &'a str,
+    /// The handler queue.
+    pub(crate) queue: &'a str,
+    /// Its binding keys.
+    pub(crate) keys: &'a [BindingKey],
+    /// `x-queue-type` of the queue, its dead-letter queue and delay queues.
+    pub(crate) queue_type: &'static str,
+    /// Retry delays (one delay exchange and queue each).
+    pub(crate) delays: &'a [Duration],
+    /// The handler queue was declared by an earlier version, without at-least-once
+    /// dead-lettering: declare it as it is.
+    pub(crate) legacy_queue: bool,
+    /// The dead-letter queue was declared by an earlier version, without a delivery limit.
+    pub(crate) legacy_dlq: bool,
+}
+
+/// Exchanges, queues and bindings, each once, in declaration order.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct Topology {
+    /// The exchanges.
+    pub exchanges: Vec<ExchangeDef>,
+    /// The queues.
+    pub queues: Vec<QueueDef>,
+    /// The bindings.
+    pub bindings: Vec<BindingDef>,
+}
+
+impl Topology {
+    /// What the relay needs: the durable topic `exchange` and, with
+    /// [`Unroutable::AlternateExchange`], its alternate exchange `<exchange>.unroutable`
+    /// (fanout) bound to a durable classic queue of the same name.
+    #[must_use]
+    pub fn for_exchange(exchange: &str, unroutable: Unroutable) -> Self {
+        let mut topology = Self::default();
+        let mut arguments = Map::new();
+        if unroutable == Unroutable::AlternateExchange {
+            let ae = unroutable_name(exchange);
+            topology.exchange(&ae, ExchangeType::Fanout, Map::new());
+            topology.queue(&ae, Map::new());
+            topology.bind(&ae, &ae, "");
+            arguments.insert("alternate-exchange".into(), ae.into());
+        }
+        topology.exchange(exchange, ExchangeType::Topic, arguments);
+        topology
+    }
+
+    /// Adds what one handler queue needs (the table in [`crate::worker`]'s link module).
+    pub(crate) fn add_queue(&mut self, layout: &QueueLayout<'_>) {
+        let quorum = layout.queue_type == "quorum";
+        let typed = || {
+            let mut args = Map::new();
+            args.insert("x-queue-type".into(), layout.queue_type.into());
+            args
+        };
+        let at_least_once = |args: &mut Map<String, Value>| {
+            if quorum {
+                args.insert("x-dead-letter-strategy".into(), "at-least-once".into());
+                args.insert("x-overflow".into(), "reject-publish".into());
+            }
+        };
+        let dlx = dead_letter_exchange(layout.exchange);
+        let dlq = dead_letter_queue(layout.queue);
+        self.exchange(&dlx, ExchangeType::Direct, Map::new());
+        let mut dlq_args = typed();
+        if quorum && !layout.legacy_dlq {
+            dlq_args.insert("x-delivery-limit".into(), DLQ_DELIVERY_LIMIT.into());
+        }
+        self.queue(&dlq, dlq_args);
+        let mut main = typed();
+        main.insert("x-dead-letter-exchange".into(), dlx.as_str().into());
+        main.insert("x-dead-letter-routing-key".into(), dlq.as_str().into());
+        if !layout.legacy_queue {
+            at_least_once(&mut main);
+        }
+        self.queue(layout.queue, main);
+        let mut delays = layout.delays.to_vec();
+        delays.sort();
+        delays.dedup();
+        for delay in delays {
+            // TTL = the delay; dead-lettered to the default exchange under the copy's own
+            // routing key (the queue's name), so only that queue sees the retry.
+            let name = delay_name(layout.exchange, delay);
+            let mut args = typed();
+            let ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+            args.insert("x-message-ttl".into(), ms.into());
+            args.insert("x-dead-letter-exchange".into(), "".into());
+            at_least_once(&mut args);
+            self.exchange(&name, ExchangeType::Fanout, Map::new());
+            self.queue(&name, args);
+            self.bind(&name, &name, "");
+        }
+        self.bind(&dlx, &dlq, &dlq);
+        for key in layout.keys {
+            self.bind(layout.exchange, layout.queue, key.as_str());
+        }
+    }
+
+    /// Adds everything of `other` this topology lacks.
+    pub fn merge(&mut self, other: Topology) {
+        for e in other.exchanges {
+            self.exchange(&e.name, e.kind, e.arguments);
+        }
+        for q in other.queues {
+            self.queue(&q.name, q.arguments);
+        }
+        for b in other.bindings {
+            self.bind(&b.source, &b.destination, &b.routing_key);
+        }
+    }
+
+    fn exchange(&mut self, name: &str, kind: ExchangeType, arguments: Map<String, Value>) {
+        if !self.exchanges.iter().any(|e| e.name == name) {
+            self.exchanges.push(ExchangeDef {
+                name: name.to_owned(),
+                kind,
+                arguments,
+            });
+        }
+    }
+
+    fn queue(&mut self, name: &str, arguments: Map<String, Value>) {
+        if !self.queues.iter().any(|q| q.name == name) {
+            self.queues.push(QueueDef {
+                name: name.to_owned(),
+                arguments,
+            });
+        }
+    }
+
+    fn bind(&mut self, source: &str, destination: &str, key: &str) {
+        let binding = BindingDef {
+            source: source.to_owned(),
+            destination: destination.to_owned(),
+            routing_key: key.to_owned(),
+        };
+        if !self.bindings.contains(&binding) {
+            self.bindings.push(binding);
+        }
+    }
+
+    /// The topology as a RabbitMQ definitions document for virtual host `vhost`, as
+    /// `rabbitmqctl import_definitions` and the management API's `POST /api/definitions`
+    /// take it. Users, permissions and the virtual host itself are left to the operator.
+    #[must_use]
+    pub fn to_definitions(&self, vhost: &str) -> Value {
+        let exchanges: Vec<Value> = self
+            .exchanges
+            .iter()
+            .map(|e| {
+                json!({
+                    "name": e.name, "vhost": vhost, "type": e.kind.as_str(), "durable": true,
+                    "auto_delete": false, "internal": false, "arguments": e.arguments,
+                })
+            })
+            .collect();
+        let queues: Vec<Value> = self
+            .queues
+            .iter()
+            .map(|q| {
+                json!({
+                    "name": q.name, "vhost": vhost, "durable": true, "auto_delete": false,
+                    "arguments": q.arguments,
+                })
+            })
+            .collect();
+        let bindings: Vec<Value> = self
+            .bindings
+            .iter()
+            .map(|b| {
+                json!({
+                    "source": b.source, "vhost": vhost, "destination": b.destination,
+                    "destination_type": "queue", "routing_key": b.routing_key, "arguments": {},
+                })
+            })
+            .collect();
+        json!({ "exchanges": exchanges, "queues": queues, "bindings": bindings })
+    }
+
+    /// Declares everything on `channel` ([`TopologyMode::Declare`]), or only checks that
+    /// each exchange and queue exists ([`TopologyMode::CheckOnly`]: passive declares, no
+    /// bindings, which AMQP cannot check).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BrokerRefused`](actix_outbox::Error::BrokerRefused) naming the first object
+    /// that is missing (check-only mode) or exists with other arguments. The broker closes
+    /// the channel after such an error.
+    pub async fn apply(&self, channel: &Channel, mode: TopologyMode) -> Result<()> {
+        let check = mode == TopologyMode::CheckOnly;
+        for e in &self.exchanges {
+            declare_exchange_def(channel, e, check).await?;
+        }
+        for q in &self.queues {
+            declare_queue_def(channel, q, check).await?;
+        }
+        if !check {
+            for b in &self.bindings {
+                bind(channel, b).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout<'a>(keys: &'a [BindingKey], delays: &'a [Duration], quorum: bool) -> QueueLayout<'a> {
+        QueueLayout {
+            exchange: "outbox",
+            queue: "mailer",
+            keys,
+            queue_type: if quorum { "quorum" } else { "classic" },
+            delays,
+            legacy_queue: false,
+            legacy_dlq: false,
+        }
+    }
+
+    #[test]
+    fn a_queue_brings_its_dead_letter_and_delay_objects() {
+        let keys = [BindingKey::new("user.*").expect("key")];
+        let delays = [
+            Duration::from_secs(10),
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        ];
+        let mut t = Topology::for_exchange("outbox", Unroutable::AlternateExchange);
+        t.add_queue(&layout(&keys, &delays, true));
+        let names: Vec<&str> = t.exchanges.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "outbox.unroutable",
+                "outbox",
+                "outbox.dlx",
+                "outbox.retry.1000ms",
+                "outbox.retry.10000ms"
+            ]
+        );
+        let queue = |n: &str| &t.queues.iter().find(|q| q.name == n).expect(n).arguments;
+        assert_eq!(queue("mailer")["x-dead-letter-routing-key"], "dlq_mailer");
+        assert_eq!(queue("mailer")["x-dead-letter-strategy"], "at-least-once");
+        assert_eq!(queue("dlq_mailer")["x-delivery-limit"], DLQ_DELIVERY_LIMIT);
+        assert_eq!(queue("outbox.retry.1000ms")["x-message-ttl"], 1000);
+        assert_eq!(queue("outbox.retry.1000ms")["x-dead-letter-exchange"], "");
+        assert!(!queue("outbox.retry.1000ms").contains_key("x-dead-letter-routing-key"));
+        assert!(t.bindings.contains(&BindingDef {
+            source: "outbox".into(),
+            destination: "mailer".into(),
+            routing_key: "user.*".into()
+        }));
+        assert_eq!(
+            t.exchanges[1].arguments["alternate-exchange"],
+            "outbox.unroutable"
+        );
+    }
+
+    #[test]
+    fn classic_and_legacy_queues_have_no_quorum_arguments() {
+        let mut t = Topology::default();
+        t.add_queue(&layout(&[], &[Duration::from_millis(250)], false));
+        for q in &t.queues {
+            assert_eq!(q.arguments["x-queue-type"], "classic");
+            assert!(
+                !q.arguments.contains_key("x-dead-letter-strategy"),
+                "{}",
+                q.name
+            );
+            assert!(!q.arguments.contains_key("x-delivery-limit"), "{}", q.name);
+        }
+        let mut legacy = layout(&[], &[], true);
+        legacy.legacy_queue = true;
+        legacy.legacy_dlq = true;
+        let mut t = Topology::default();
+        t.add_queue(&legacy);
+        assert!(
+            !t.queues
+                .iter()
+                .any(|q| q.arguments.contains_key("x-dead-letter-strategy")
+                    || q.arguments.contains_key("x-delivery-limit"))
+        );
+    }
+
+    #[test]
+    fn merging_keeps_each_object_once_and_definitions_carry_the_vhost() {
+        let keys = [BindingKey::new("#").expect("key")];
+        let mut t = Topology::for_exchange("outbox", Unroutable::Drop);
+        t.add_queue(&layout(&keys, &[], true));
+        let copy = t.clone();
+        t.merge(copy.clone());
+        assert_eq!(t, copy);
+        let defs = t.to_definitions("orders");
+        assert_eq!(defs["exchanges"][0]["name"], "outbox");
+        assert_eq!(defs["exchanges"][0]["type"], "topic");
+        assert!(
+            defs["exchanges"][0]["arguments"]
+                .as_object()
+                .expect("map")
+                .is_empty()
+        );
+        assert!(
+            defs["queues"]
+                .as_array()
+                .expect("queues")
+                .iter()
+                .all(|q| q["vhost"] == "orders")
+        );
+        assert_eq!(defs["bindings"][1]["routing_key"], "#");
+        assert_eq!(defs["bindings"][1]["destination_type"], "queue");
+    }
+}
