@@ -4,7 +4,7 @@
 #![cfg(feature = "cli")]
 #![allow(missing_docs)]
 
-use std::process::{Command, Output};
+mod support;
 
 use actix_outbox::{Outbox, TableName, ddl};
 use lapin::options::{BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions};
@@ -12,49 +12,7 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use sea_orm::{ConnectionTrait, Database, DbBackend};
 use serde_json::Value;
-
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: the CLI tests need the services (run scripts/test, or scripts/services and export its URLs)")
-    })
-}
-
-fn unique(prefix: &str) -> String {
-    let id = uuid::Uuid::now_v7().simple().to_string();
-    format!("{prefix}_{}", &id[id.len() - 12..])
-}
-
-/// Runs the command with `args` (and the services' URLs in its environment).
-fn cli(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_actix-outbox"))
-        .args(args)
-        .env("DATABASE_URL", env("DATABASE_URL"))
-        .env("AMQP_URL", env("AMQP_URL"))
-        .output()
-        .expect("run actix-outbox")
-}
-
-fn stdout_json(out: &Output) -> Value {
-    assert!(
-        out.status.success(),
-        "exit {}: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
-}
-
-/// A failure: exit code `code`, one line on stderr, no panic, no password.
-fn assert_fails(out: &Output, code: i32, needle: &str) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(code), "{stderr}");
-    assert!(stderr.contains(needle), "{needle:?} not in {stderr:?}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    assert!(!stderr.contains("secretpw"), "a password in {stderr:?}");
-    if code == 1 {
-        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr:?}");
-    }
-}
+use support::{assert_fails, cli, cli_async, env, stdout_json, unique};
 
 #[test]
 fn ddl_prints_what_setup_runs() {
@@ -207,16 +165,6 @@ impl actix::Handler<actix_outbox::Event<Value>> for Picky {
         self.seen.lock().expect("lock").push(seen);
         Ok(())
     }
-}
-
-/// Runs the command off the actix thread, so the worker keeps running meanwhile.
-async fn cli_async(args: Vec<String>) -> Output {
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        cli(&args)
-    })
-    .await
-    .expect("blocking task")
 }
 
 /// After a Reject, `dlq list` shows the dead letters, `dlq replay --limit` moves some back

@@ -45,7 +45,9 @@ impl std::fmt::Display for Finding {
             Finding::Missing(why) => write!(f, "MISSING: {why}"),
             Finding::Differs(why) => write!(f, "DIFFERENT: {why}"),
             Finding::Exists(why) => write!(f, "exists (arguments not compared: {why})"),
-            Finding::Unchecked => f.write_str("not checkable over AMQP (rabbitmqctl list_bindings)"),
+            Finding::Unchecked => {
+                f.write_str("not checkable over AMQP (rabbitmqctl list_bindings)")
+            }
         }
     }
 }
