@@ -81,6 +81,8 @@ mod duration;
 mod error;
 mod event;
 pub mod headers;
+#[cfg(feature = "migration")]
+pub mod migration;
 #[cfg(feature = "otel")]
 pub mod otel;
 mod outbox;
