@@ -90,10 +90,7 @@ pub async fn queue_status(
     wait: Duration,
 ) -> Result<QueueStatus> {
     let (ready, consumers) = broker::queue_counts(broker, wait, queue).await?;
-    let dead_letters = broker::queue_counts(broker, wait, &dead_letter_queue(queue))
-        .await
-        .ok()
-        .map(|(n, _)| n);
+    let dead_letters = waiting_in(broker, &dead_letter_queue(queue), wait).await?;
     Ok(QueueStatus {
         queue: queue.to_owned(),
         ready,
@@ -133,11 +130,7 @@ pub async fn delay_queues(
     delays.dedup();
     for delay in delays {
         let queue = delay_name(exchange, delay);
-        let waiting = match broker::queue_counts(broker, wait, &queue).await {
-            Ok((n, _)) => Some(n),
-            Err(Error::Amqp(_)) => None,
-            Err(e) => return Err(e),
-        };
+        let waiting = waiting_in(broker, &queue, wait).await?;
         found.push(DelayQueueStatus {
             queue,
             delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
@@ -158,7 +151,16 @@ pub async fn unroutable_waiting(
     exchange: &str,
     wait: Duration,
 ) -> Result<Option<u32>> {
-    match broker::queue_counts(broker, wait, &unroutable_name(exchange)).await {
+    waiting_in(broker, &unroutable_name(exchange), wait).await
+}
+
+/// Messages ready in `queue`, `None` when it does not exist (the broker answers 404).
+async fn waiting_in(
+    broker: &Addr<ConnectionSupervisor>,
+    queue: &str,
+    wait: Duration,
+) -> Result<Option<u32>> {
+    match broker::queue_counts(broker, wait, queue).await {
         Ok((n, _)) => Ok(Some(n)),
         Err(Error::Amqp(_)) => Ok(None),
         Err(e) => Err(e),
