@@ -68,6 +68,43 @@ async fn relay_reports_the_unroutable_queue_depth() {
     t.cleanup().await;
 }
 
+/// An unroutable store declared by an earlier version (a classic queue; the store is now a
+/// quorum queue, and RabbitMQ refuses to redeclare a queue as another type) is used as it is:
+/// the relay starts without a failed batch and keeps the unroutable messages there.
+#[actix_rt::test]
+async fn a_classic_store_of_an_earlier_version_is_kept() {
+    let t = TestDb::postgres().await;
+    setup(&t.db).await.expect("setup");
+    let broker = TestBroker::new().await;
+    let store = format!("{}.unroutable", broker.exchange);
+    let durable = lapin::options::QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    broker
+        .channel
+        .queue_declare(
+            store.as_str().into(),
+            durable,
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .expect("declare the store the old way");
+    for i in 0..3 {
+        actix_outbox::emit(&t.db, "nobody.listens", &i)
+            .await
+            .expect("emit");
+    }
+    let relay = TestRelay::start(&t.db, &broker.url, config(&broker.exchange));
+    t.wait_outbox_empty("the rows sent", Duration::from_secs(15))
+        .await;
+    assert_eq!(broker.depth(&store).await, 3, "kept in the classic store");
+    let stats = relay.stop().await;
+    assert_eq!((stats.published, stats.errors), (3, 0), "{stats:?}");
+    broker.cleanup().await;
+    t.cleanup().await;
+}
+
 /// Fire-and-forget mode: the broker returns the message, the relay counts it as dropped and
 /// deletes the row; routable messages are unaffected.
 #[actix_rt::test]

@@ -97,8 +97,8 @@ async fn a_retry_copy_survives_its_queue_missing_at_expiry() {
 }
 
 /// A queue that exists with the arguments of an earlier version (dead-letter exchange and
-/// key, no at-least-once strategy), and its dead-letter queue without a delivery limit, are
-/// used as they are: the worker starts and handles.
+/// key, no at-least-once strategy), its dead-letter queue without a delivery limit and the
+/// exchange's classic unroutable store are used as they are: the worker starts and handles.
 #[actix_rt::test]
 async fn a_queue_of_an_earlier_version_keeps_working() {
     let mut env = WorkerEnv::new().await;
@@ -130,6 +130,12 @@ async fn a_queue_of_an_earlier_version_keeps_working() {
         .queue_declare(format!("dlq_{queue}").as_str().into(), durable, old_dlq)
         .await
         .expect("declare the dead-letter queue the old way");
+    let store = format!("{}.unroutable", env.broker.exchange);
+    env.broker
+        .channel
+        .queue_declare(store.as_str().into(), durable, FieldTable::default())
+        .await
+        .expect("declare the unroutable store the old way (classic)");
     let log = Arc::new(Log::default());
     let running = Worker::new(env.supervisor.clone(), env.config())
         .expect("config")

@@ -152,6 +152,7 @@ pub async fn both_backends() -> [TestDb; 2] {
 pub use process::wait_for;
 
 pub mod broker;
+pub mod cluster;
 pub mod faults;
 pub mod process;
 pub mod relay;

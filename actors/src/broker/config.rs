@@ -9,7 +9,13 @@ use crate::backoff::Backoff;
 
 /// How to reach RabbitMQ and how to behave when the connection is lost.
 ///
-/// `Debug` shows the URL with its password masked; logs only ever print that form.
+/// A cluster is given as several URLs, one per node (comma-separated in one string, as in
+/// `AMQP_URL=amqp://…@rabbit1/%2f,amqp://…@rabbit2/%2f`, or through
+/// [`with_urls`](Self::with_urls)). The supervisor connects to the first; when a connection
+/// attempt fails or the connection is lost, the next attempt goes to the next node, round
+/// robin, so a process follows the cluster when one node goes away.
+///
+/// `Debug` shows the URLs with their passwords masked; logs only ever print that form.
 ///
 /// # Examples
 ///
@@ -25,8 +31,9 @@ use crate::backoff::Backoff;
 /// ```
 #[derive(Clone)]
 pub struct BrokerConfig {
-    /// The AMQP URL with credentials (`amqp://` or `amqps://`).
-    url: String,
+    /// The AMQP URLs with credentials (`amqp://` or `amqps://`), one per cluster node; never
+    /// empty.
+    urls: Vec<String>,
     /// Reconnect delays: from `min`, doubling, capped at `max`, with jitter.
     reconnect: Backoff,
     /// Shown in the RabbitMQ management UI.
@@ -37,31 +44,46 @@ pub struct BrokerConfig {
 
 impl BrokerConfig {
     /// A config for the broker at `url` (`amqp://user:password@host:port/vhost`, the vhost
-    /// URL-encoded: `%2f` is `/`; `amqps://` for TLS).
+    /// URL-encoded: `%2f` is `/`; `amqps://` for TLS). Several URLs separated by commas are
+    /// the nodes of one cluster.
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] when `url` does not parse as an AMQP URL.
+    /// [`Error::InvalidConfig`] when `url` (or one of the URLs) does not parse as an AMQP URL.
     pub fn new(url: impl Into<String>) -> Result<Self> {
         let url = url.into();
-        if let Err(reason) = url.parse::<lapin::uri::AMQPUri>() {
-            // lapin's message may quote the whole URL: show it redacted there too.
-            let shown = actix_outbox::__private::redact_unparsed(&url);
-            let reason = reason.replace(&url, &shown);
+        Self::with_urls(url.split(',').map(str::trim))
+    }
+
+    /// A config for the nodes of one cluster, tried in this order.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] when no URL is given or one does not parse as an AMQP URL.
+    pub fn with_urls<I>(urls: I) -> Result<Self>
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        let urls: Vec<String> = urls.into_iter().map(Into::into).collect();
+        if urls.iter().all(|u| u.is_empty()) {
             return Err(Error::InvalidConfig {
                 field: "amqp_url",
-                reason: format!("{shown:?} is not an AMQP URL: {reason}"),
+                reason: "no AMQP URL given".to_owned(),
             });
         }
+        for url in &urls {
+            check_url(url)?;
+        }
         Ok(Self {
-            url,
+            urls,
             reconnect: Backoff::new(Duration::from_millis(100), Duration::from_secs(30)),
             connection_name: "actix-outbox".to_owned(),
             connect_timeout: Duration::from_secs(10),
         })
     }
 
-    /// Reads `AMQP_URL`, falling back to `amqp://outbox:outbox@127.0.0.1:5672/%2f` (the URL
+    /// Reads `AMQP_URL` (one URL, or a cluster's comma-separated), falling back to `amqp://outbox:outbox@127.0.0.1:5672/%2f` (the URL
     /// of `scripts/services` and `docker-compose.yml`).
     ///
     /// # Errors
@@ -107,14 +129,22 @@ impl BrokerConfig {
         actix_outbox::__private::require_positive("connect_timeout", self.connect_timeout)
     }
 
-    /// The URL with its password masked.
+    /// The URL (the URLs, comma-separated) with passwords masked.
     #[must_use]
     pub fn redacted_url(&self) -> String {
-        redact_url(&self.url)
+        let shown: Vec<String> = self.urls.iter().map(|u| redact_url(u)).collect();
+        shown.join(",")
     }
 
-    pub(crate) fn url(&self) -> &str {
-        &self.url
+    /// How many URLs (cluster nodes) there are.
+    #[must_use]
+    pub fn node_count(&self) -> usize {
+        self.urls.len()
+    }
+
+    /// URL number `node` (modulo their count).
+    pub(crate) fn url(&self, node: usize) -> &str {
+        &self.urls[node % self.urls.len()]
     }
 
     pub(crate) fn reconnect(&self) -> Backoff {
@@ -127,6 +157,22 @@ impl BrokerConfig {
 
     pub(crate) fn connect_timeout(&self) -> Duration {
         self.connect_timeout
+    }
+}
+
+/// `url` as an AMQP URL, or an error that shows it redacted.
+fn check_url(url: &str) -> Result<()> {
+    match url.parse::<lapin::uri::AMQPUri>() {
+        Ok(_) => Ok(()),
+        Err(reason) => {
+            // lapin's message may quote the whole URL: show it redacted there too.
+            let shown = actix_outbox::__private::redact_unparsed(url);
+            let reason = reason.replace(url, &shown);
+            Err(Error::InvalidConfig {
+                field: "amqp_url",
+                reason: format!("{shown:?} is not an AMQP URL: {reason}"),
+            })
+        }
     }
 }
 
@@ -165,6 +211,25 @@ mod tests {
         assert!(!err.to_string().contains("hunter2"), "{err}");
         let err = BrokerConfig::new("amqp://u:hun/ter2@host:notaport").expect_err("bad port");
         assert!(!err.to_string().contains("hun/ter2"), "{err}");
+    }
+
+    #[test]
+    fn several_urls_are_the_nodes_of_a_cluster() {
+        let config = BrokerConfig::new(
+            "amqp://u:hunter2@rabbit1:5672/%2f, amqp://u:hunter2@rabbit2:5672/%2f",
+        )
+        .expect("two URLs");
+        assert_eq!(config.node_count(), 2);
+        assert_eq!(config.url(1), "amqp://u:hunter2@rabbit2:5672/%2f");
+        assert_eq!(config.url(2), config.url(0), "round robin");
+        let shown = config.redacted_url();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert_eq!(shown.matches(',').count(), 1, "{shown}");
+        let err =
+            BrokerConfig::new("amqp://rabbit1,http://u:hunter2@rabbit2").expect_err("one bad");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        assert!(BrokerConfig::new("").is_err(), "no URL at all");
+        assert!(BrokerConfig::with_urls(Vec::<String>::new()).is_err());
     }
 
     #[test]

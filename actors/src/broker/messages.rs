@@ -43,6 +43,7 @@ pub struct GetBrokerState;
 
 /// A snapshot of the connection state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BrokerState {
     /// A connection is up.
     pub connected: bool,
@@ -53,6 +54,9 @@ pub struct BrokerState {
     /// The largest frame the current connection negotiated, in bytes (0 when not
     /// connected). A message's properties must fit in one frame.
     pub frame_max: u32,
+    /// Which of the configured URLs (cluster nodes) the current or next connection uses,
+    /// counted from 0.
+    pub node: usize,
 }
 
 /// Closes the connection (bounded by 5 s) and refuses further channel requests. Send it after

@@ -61,6 +61,8 @@ pub struct ConnectionSupervisor {
     connecting: bool,
     /// Failed attempts since the last success (drives the backoff).
     failed_attempts: u32,
+    /// Index of the URL (cluster node) of the current or next connection.
+    node: usize,
     /// Channel requests waiting for a connection.
     waiters: Vec<oneshot::Sender<Arc<Connection>>>,
     /// Who hears about [`BrokerStatus`] changes.
@@ -99,6 +101,7 @@ impl ConnectionSupervisor {
             generation: 0,
             connecting: false,
             failed_attempts: 0,
+            node: 0,
             waiters: Vec::new(),
             subscribers: Vec::new(),
             shut_down: false,
@@ -205,6 +208,7 @@ impl Handler<GetBrokerState> for ConnectionSupervisor {
                 .is_some_and(|c| c.status().connected()),
             generation: self.generation,
             failed_attempts: self.failed_attempts,
+            node: self.node,
             frame_max: self
                 .connection
                 .as_ref()
@@ -251,8 +255,10 @@ impl Handler<ConnectAttempt> for ConnectionSupervisor {
                     .reconnect()
                     .delay_with_jitter(self.failed_attempts);
                 self.failed_attempts = self.failed_attempts.saturating_add(1);
+                let failed = self.node_url();
+                self.next_node();
                 warn!(
-                    url = %self.config.redacted_url(),
+                    url = %failed,
                     error = %e,
                     attempt = self.failed_attempts,
                     retry_in = ?delay,
@@ -275,8 +281,10 @@ impl Handler<ConnectionLost> for ConnectionSupervisor {
         if msg.generation != self.generation || self.connection.is_none() || self.shut_down {
             return; // a stale report about a connection already replaced
         }
-        warn!(generation = msg.generation, reason = %msg.reason, "broker connection lost");
+        warn!(generation = msg.generation, reason = %msg.reason, url = %self.node_url(), "broker connection lost");
         self.connection = None;
+        // The node may be the one that went away: the next attempt goes to the next one.
+        self.next_node();
         self.broadcast(BrokerStatus::Lost {
             generation: msg.generation,
             reason: msg.reason,
@@ -296,12 +304,12 @@ impl ConnectionSupervisor {
         };
         self.connecting = true;
         let handle = runtime.handle().clone();
-        let url = self.config.url().to_owned();
+        let url = self.config.url(self.node).to_owned();
         let timeout = self.config.connect_timeout();
         let props = ConnectionProperties::default()
             .with_connection_name(self.config.connection_name().into());
         let addr = ctx.address();
-        debug!(url = %self.config.redacted_url(), "connecting to broker");
+        debug!(url = %self.node_url(), "connecting to broker");
         runtime.spawn(async move {
             let lapin_rt = async_rs::Runtime::tokio_with_handle(handle);
             let attempt = Connection::connect_with_runtime(&url, props, lapin_rt);
@@ -326,7 +334,12 @@ impl ConnectionSupervisor {
         if let Some(runtime) = self.runtime.get() {
             runtime.spawn(async move {
                 while let Some(event) = events.next().await {
-                    if let lapin::Event::Error(e) = event {
+                    // lapin reports a channel closed by the broker (a 404 on a passive
+                    // declare, a 406 on a mismatched one) here too; that channel's owner
+                    // sees it, and the connection and its other channels live on.
+                    if let lapin::Event::Error(e) = event
+                        && !e.is_amqp_soft_error()
+                    {
                         addr.do_send(ConnectionLost {
                             generation,
                             reason: e.to_string(),
@@ -341,8 +354,18 @@ impl ConnectionSupervisor {
             let _ = waiter.send(conn.clone());
         }
         self.connection = Some(conn);
-        info!(url = %self.config.redacted_url(), generation, "broker connected");
+        info!(url = %self.node_url(), generation, "broker connected");
         self.broadcast(BrokerStatus::Connected { generation });
+    }
+
+    /// The URL of the current (or next) node, redacted.
+    fn node_url(&self) -> String {
+        actix_outbox::redact_url(self.config.url(self.node))
+    }
+
+    /// Moves to the next URL, round robin (a no-op with one).
+    fn next_node(&mut self) {
+        self.node = (self.node + 1) % self.config.node_count();
     }
 
     fn broadcast(&mut self, status: BrokerStatus) {

@@ -12,8 +12,12 @@ use super::{TopologyMode, Unroutable, json_to_amqp, refused};
 
 /// Declares `exchange` — a durable topic exchange — and, with
 /// [`Unroutable::AlternateExchange`], its alternate exchange `<exchange>.unroutable` (fanout)
-/// bound to a durable queue of the same name. In check-only mode it declares nothing and
-/// passively checks that the exchange exists.
+/// bound to a durable quorum queue of the same name. In check-only mode it declares nothing
+/// and passively checks that the exchange exists.
+///
+/// A store that exists as a classic queue (earlier versions) is refused with
+/// PRECONDITION_FAILED once: [`note_legacy_store`](super::note_legacy_store) remembers it,
+/// and the caller's next attempt declares it as it is.
 ///
 /// Relays and workers declare the exchange with the same arguments (RabbitMQ refuses a
 /// redeclaration with different ones), so both go through this function.

@@ -90,6 +90,44 @@ pub(crate) fn bounded_reason(reason: &str) -> std::borrow::Cow<'_, str> {
     .into()
 }
 
+/// Unroutable stores found declared by an earlier version (a classic queue, which RabbitMQ
+/// refuses to redeclare as quorum): this process declares them as they are from then on.
+static LEGACY_STORES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Whether `exchange`'s unroutable store is a classic queue of an earlier version.
+pub(crate) fn is_legacy_store(exchange: &str) -> bool {
+    let stores = LEGACY_STORES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    stores.iter().any(|e| e == exchange)
+}
+
+/// When `e` is RabbitMQ refusing to redeclare `exchange`'s unroutable store with other
+/// arguments, remembers it as a legacy store (warning once, with the upgrade steps) and
+/// returns true: the caller declares again on a new channel.
+pub(crate) fn note_legacy_store(e: &Error, exchange: &str) -> bool {
+    let store = unroutable_name(exchange);
+    let mismatch = matches!(e, Error::BrokerRefused { object: "queue", name, reason }
+        if *name == store && reason.contains("PRECONDITION_FAILED"));
+    if !mismatch {
+        return false;
+    }
+    let mut stores = LEGACY_STORES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !stores.iter().any(|x| x == exchange) {
+        stores.push(exchange.to_owned());
+        tracing::warn!(
+            queue = %store,
+            "unroutable store {store} is a classic queue (declared by an earlier version); using \
+             it as it is. On a cluster it lives on one node only: to make it a replicated quorum \
+             queue, stop the relays, replay what it holds (actix-outbox unroutable replay), \
+             delete it, and start them again"
+        );
+    }
+    true
+}
+
 /// The alternate exchange and queue for unroutable messages: `<exchange>.unroutable`.
 pub(crate) fn unroutable_name(exchange: &str) -> String {
     format!("{exchange}.unroutable")

@@ -126,15 +126,30 @@ pub struct Topology {
 impl Topology {
     /// What the relay needs: the durable topic `exchange` and, with
     /// [`Unroutable::AlternateExchange`], its alternate exchange `<exchange>.unroutable`
-    /// (fanout) bound to a durable classic queue of the same name.
+    /// (fanout) bound to a durable quorum queue of the same name (replicated: on a cluster,
+    /// unroutable messages survive the loss of a node, and so does the declaration).
     #[must_use]
     pub fn for_exchange(exchange: &str, unroutable: Unroutable) -> Self {
+        Self::for_exchange_with(exchange, unroutable, super::is_legacy_store(exchange))
+    }
+
+    /// As [`for_exchange`](Self::for_exchange); with `legacy_store`, the unroutable queue is
+    /// declared as earlier versions did (classic, no arguments).
+    pub(crate) fn for_exchange_with(
+        exchange: &str,
+        unroutable: Unroutable,
+        legacy_store: bool,
+    ) -> Self {
         let mut topology = Self::default();
         let mut arguments = Map::new();
         if unroutable == Unroutable::AlternateExchange {
             let ae = unroutable_name(exchange);
+            let mut store = Map::new();
+            if !legacy_store {
+                store.insert("x-queue-type".into(), "quorum".into());
+            }
             topology.exchange(&ae, ExchangeType::Fanout, Map::new());
-            topology.queue(&ae, Map::new());
+            topology.queue(&ae, store);
             topology.bind(&ae, &ae, "");
             arguments.insert("alternate-exchange".into(), ae.into());
         }
@@ -324,7 +339,7 @@ mod tests {
             Duration::from_secs(1),
             Duration::from_secs(1),
         ];
-        let mut t = Topology::for_exchange("outbox", Unroutable::AlternateExchange);
+        let mut t = Topology::for_exchange_with("outbox", Unroutable::AlternateExchange, false);
         t.add_queue(&layout(&keys, &delays, true));
         let names: Vec<&str> = t.exchanges.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(

@@ -358,14 +358,22 @@ pub(crate) async fn open_channel(
     supervisor: &Addr<ConnectionSupervisor>,
     config: &RelayConfig,
 ) -> Result<Publisher> {
-    let channel = broker::channel(supervisor, config.confirm_timeout).await?;
-    exchange::declare_exchange(
-        &channel,
-        config.exchange(),
-        config.unroutable,
-        config.topology,
-    )
-    .await?;
+    let declare = || async {
+        let channel = broker::channel(supervisor, config.confirm_timeout).await?;
+        let declared = exchange::declare_exchange(
+            &channel,
+            config.exchange(),
+            config.unroutable,
+            config.topology,
+        )
+        .await;
+        declared.map(|()| channel)
+    };
+    let channel = match declare().await {
+        // An unroutable store of an earlier version: noted, and declared as it is.
+        Err(e) if exchange::note_legacy_store(&e, config.exchange()) => declare().await?,
+        other => other?,
+    };
     let frame_max = supervisor.send(GetBrokerState).await?.frame_max;
     Ok(Publisher { channel, frame_max })
 }

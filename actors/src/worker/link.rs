@@ -46,6 +46,7 @@ use super::listen::{ConsumerSpec, SharedSpec};
 use crate::broker::{self, ConnectionSupervisor};
 use crate::exchange::{
     DLQ_DELIVERY_LIMIT, QueueLayout, Topology, dead_letter_queue, declare_exchange,
+    note_legacy_store,
 };
 
 /// Gets a channel (bounded by the channel timeout) and starts consuming `spec`'s queue on it.
@@ -90,6 +91,8 @@ pub(crate) async fn open_link(
                  rabbitmqctl set_policy outbox-dlq-limit '^dlq_' '{{\"delivery-limit\":{DLQ_DELIVERY_LIMIT}}}' \
                  --apply-to quorum_queues"
             );
+        } else if !legacy.store && note_legacy_store(&e, &spec.exchange) {
+            legacy.store = true;
         } else {
             return Err(e);
         }
@@ -103,6 +106,8 @@ struct Legacy {
     queue: bool,
     /// The dead-letter queue lacks its delivery limit.
     dlq: bool,
+    /// The exchange's unroutable store is a classic queue.
+    store: bool,
 }
 
 /// Whether `e` is RabbitMQ refusing to redeclare `queue` with other arguments.
@@ -215,7 +220,11 @@ fn layout(spec: &ConsumerSpec, legacy: Legacy) -> QueueLayout<'_> {
 pub(crate) fn topology_of<'a>(specs: impl IntoIterator<Item = &'a ConsumerSpec>) -> Topology {
     let mut topology = Topology::default();
     for spec in specs {
-        topology.merge(Topology::for_exchange(&spec.exchange, spec.unroutable));
+        topology.merge(Topology::for_exchange_with(
+            &spec.exchange,
+            spec.unroutable,
+            false,
+        ));
         topology.add_queue(&layout(spec, Legacy::default()));
     }
     topology

@@ -1,0 +1,213 @@
+//! The outbox on a three-node RabbitMQ cluster with quorum queues (three replicas): a node
+//! goes away under the relay or under a consumer's queue, and every event is still handled.
+//!
+//! These tests need the cluster of `scripts/cluster up` (its URLs in `AMQP_CLUSTER_URLS`) as
+//! well as PostgreSQL, so they are `#[ignore]`d in the single-node suite; `scripts/test` runs
+//! them after it: `cargo test --all-features --test cluster_faults -- --ignored`. Each prints
+//! one `cluster:` line with what the fault cost (duplicates, longest stall), the figures of
+//! docs/production.md.
+#![cfg(feature = "service-tests")]
+#![allow(missing_docs)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_outbox::{Outbox, OutboxEvent};
+use actix_outbox_actors::lapin::{Connection, ConnectionProperties};
+use actix_outbox_actors::{
+    BrokerConfig, ConnectionSupervisor, GetBrokerState, Listen, RunningWorker, StopBroker,
+    TopologyMode, Worker, WorkerConfig,
+};
+use common::cluster::{NodeDown, await_count_measuring_stall, cluster_urls, leader_of, urls_from};
+use common::relay::{TestRelay, config};
+use common::worker::{Log, scripted};
+use common::{TestDb, unique, wait_for};
+use serde_json::Value;
+
+const EVENTS: usize = 3000;
+
+/// Emits `n` events, 500 per transaction.
+async fn emit(db: &sea_orm::DatabaseConnection, n: usize) {
+    let outbox = Outbox::default();
+    outbox.setup(db).await.expect("setup");
+    for start in (0..n).step_by(500) {
+        let events = (start..n.min(start + 500))
+            .map(|i| OutboxEvent::json("cluster.event", &i).expect("event"));
+        outbox.emit_many(db, events).await.expect("emit");
+    }
+}
+
+/// Logs to the test's output when `RUST_LOG` asks (`--nocapture` shows them).
+fn logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+fn supervisor(urls: &str) -> actix::Addr<ConnectionSupervisor> {
+    let config = BrokerConfig::new(urls)
+        .expect("urls")
+        .with_reconnect(Duration::from_millis(50), Duration::from_secs(1));
+    ConnectionSupervisor::start_supervised(config).expect("supervisor")
+}
+
+fn worker_config(exchange: &str) -> WorkerConfig {
+    WorkerConfig::default()
+        .with_exchange(exchange)
+        .with_retry_delays(["1s"])
+        .with_prefetch(50)
+}
+
+fn distinct(log: &Log) -> usize {
+    log.all().iter().map(|s| s.id).collect::<HashSet<_>>().len()
+}
+
+async fn stop_all(
+    running: RunningWorker,
+    broker: actix::Addr<ConnectionSupervisor>,
+    relay: TestRelay,
+) {
+    let _ = relay.stop().await;
+    running.stop().await;
+    let _ = broker.send(StopBroker).await;
+}
+
+/// The node the relay publishes through stops while it drains 3,000 rows: the relay's
+/// supervisor moves to the next node, the rows still in the table go out from there, and every
+/// event is handled (at least once).
+#[actix_rt::test]
+#[ignore = "needs the three-node cluster of scripts/cluster (scripts/test runs it)"]
+async fn the_relay_follows_the_cluster_when_its_node_stops_mid_drain() {
+    logs();
+    let _ = cluster_urls();
+    let t = TestDb::postgres().await;
+    let (exchange, queue) = (unique("cl_ex"), unique("cl_q"));
+    let log = Arc::new(Log::default());
+    // The worker starts on node 2, the relay on node 1: only the relay loses its node.
+    let worker_broker = supervisor(&urls_from(1));
+    let running = Worker::new(worker_broker.clone(), worker_config(&exchange))
+        .expect("config")
+        .listen(
+            Listen::new(["#"]).expect("key").with_queue(queue.as_str()),
+            scripted::<Value, _>(&log, |_| Ok(())),
+        )
+        .expect("listen")
+        .start()
+        .await
+        .expect("worker");
+    emit(&t.db, EVENTS).await;
+    let relay = TestRelay::start(&t.db, &urls_from(0), config(&exchange));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while relay.stats().await.published < 500 {
+        assert!(Instant::now() < deadline, "500 published within 60 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let down = NodeDown::stop(0);
+    let stall = await_count_measuring_stall(
+        "every event handled after the relay's node stopped",
+        EVENTS,
+        Duration::from_secs(120),
+        || distinct(&log),
+    )
+    .await;
+    t.wait_outbox_empty("the table drained", Duration::from_secs(30))
+        .await;
+    let state = relay.broker.send(GetBrokerState).await.expect("supervisor");
+    assert_ne!(state.node, 0, "the relay moved to another node");
+    assert!(state.connected && state.generation >= 2, "{state:?}");
+    down.start();
+    let duplicates = log.count() - EVENTS;
+    assert!(
+        duplicates <= 1000,
+        "at most one batch in flight sent twice: {duplicates}"
+    );
+    eprintln!(
+        "cluster: relay node stopped mid-drain: {EVENTS} of {EVENTS} handled, {duplicates} duplicates, longest stall {:.2} s",
+        stall.as_secs_f64()
+    );
+    stop_all(running, worker_broker, relay).await;
+    t.cleanup().await;
+}
+
+/// The node leading a consumer's quorum queue — and holding the consumer's connection —
+/// stops while 3,000 messages wait in the queue: a new leader is elected among the two
+/// replicas left, the worker reconnects to another node, and every message is handled; the
+/// unacked ones are delivered again (at least once).
+#[actix_rt::test]
+#[ignore = "needs the three-node cluster of scripts/cluster (scripts/test runs it)"]
+async fn the_consumer_follows_its_queue_when_the_leader_stops_mid_consume() {
+    logs();
+    let urls = cluster_urls();
+    let t = TestDb::postgres().await;
+    let (exchange, queue) = (unique("cl_ex"), unique("cl_q"));
+    let log = Arc::new(Log::default());
+    let listen = || Listen::new(["#"]).expect("key").with_queue(queue.as_str());
+    // Declare the queue first (on node 1), fill it through the relay, then find its leader.
+    let topology = actix_outbox_actors::worker::topology(&worker_config(&exchange), &[listen()])
+        .expect("topology");
+    let conn = Connection::connect(&urls[0], ConnectionProperties::default())
+        .await
+        .expect("amqp");
+    let channel = conn.create_channel().await.expect("channel");
+    topology
+        .apply(&channel, TopologyMode::Declare)
+        .await
+        .expect("declare the topology");
+    emit(&t.db, EVENTS).await;
+    let relay = TestRelay::start(&t.db, &urls_from(0), config(&exchange));
+    t.wait_outbox_empty("the relay sent everything", Duration::from_secs(60))
+        .await;
+    let leader = leader_of(&queue);
+
+    // A slow handler (2 ms each), so the consume is well under way when the leader goes.
+    let broker = supervisor(&urls_from(leader));
+    let running = Worker::new(broker.clone(), worker_config(&exchange))
+        .expect("config")
+        .listen(
+            listen(),
+            scripted::<Value, _>(&log, |_| {
+                std::thread::sleep(Duration::from_millis(2));
+                Ok(())
+            }),
+        )
+        .expect("listen")
+        .start()
+        .await
+        .expect("worker");
+    assert_eq!(
+        broker.send(GetBrokerState).await.expect("state").node,
+        0,
+        "on the leader"
+    );
+    wait_for("500 handled", Duration::from_secs(60), || async {
+        (log.count() >= 500).then_some(())
+    })
+    .await;
+    let down = NodeDown::stop(leader);
+    let stall = await_count_measuring_stall(
+        "every message handled after the leader stopped",
+        EVENTS,
+        Duration::from_secs(120),
+        || distinct(&log),
+    )
+    .await;
+    let new_leader = leader_of(&queue);
+    assert_ne!(new_leader, leader, "a new leader");
+    down.start();
+    let duplicates = log.count() - EVENTS;
+    assert!(
+        duplicates <= 50,
+        "at most the prefetch delivered twice: {duplicates}"
+    );
+    eprintln!(
+        "cluster: queue leader stopped mid-consume: {EVENTS} of {EVENTS} handled, {duplicates} duplicates, longest stall {:.2} s",
+        stall.as_secs_f64()
+    );
+    let _ = conn.close(200, "done".into()).await;
+    stop_all(running, broker, relay).await;
+    t.cleanup().await;
+}
