@@ -91,9 +91,9 @@ impl Drop for NodeDown {
     }
 }
 
-/// The node (0-based) leading quorum queue `queue`.
-pub fn leader_of(queue: &str) -> usize {
-    let listing = ctl(0, &["list_queues", "name", "leader"]);
+/// The node (0-based) leading quorum queue `queue`, as node `ask` (a running one) sees it.
+pub fn leader_of(queue: &str, ask: usize) -> usize {
+    let listing = ctl(ask, &["list_queues", "name", "leader"]);
     let leader = listing
         .lines()
         .filter_map(|l| l.split_once('\t'))
