@@ -21,7 +21,10 @@ use actix_outbox_actors::{
     BrokerConfig, ConnectionSupervisor, GetBrokerState, Listen, RunningWorker, StopBroker,
     TopologyMode, Worker, WorkerConfig,
 };
-use common::cluster::{NodeDown, await_count_measuring_stall, cluster_urls, leader_of, urls_from};
+use common::cluster::{
+    NodeDown, StallWatch, await_count_measuring_stall, cluster_urls, ctl, leader_of, node_name,
+    urls_from,
+};
 use common::relay::{TestRelay, config};
 use common::worker::{Log, scripted};
 use common::{TestDb, unique, wait_for};
@@ -218,6 +221,191 @@ async fn the_consumer_follows_its_queue_when_the_leader_stops_mid_consume() {
         stall.as_secs_f64()
     );
     let _ = conn.close(200, "done".into()).await;
+    stop_all(running, broker, relay).await;
+    t.cleanup().await;
+}
+
+/// Declares what `listen` on `exchange` needs through node 1 (so leaders can be looked up
+/// before any worker runs); returns the connection, to close at the end.
+async fn declare(exchange: &str, listen: Listen, delays: &[&str]) -> Connection {
+    let config = worker_config(exchange).with_retry_delays(delays.iter().copied());
+    let topology = actix_outbox_actors::worker::topology(&config, &[listen]).expect("topology");
+    let conn = Connection::connect(&cluster_urls()[0], ConnectionProperties::default())
+        .await
+        .expect("amqp");
+    let channel = conn.create_channel().await.expect("channel");
+    topology
+        .apply(&channel, TopologyMode::Declare)
+        .await
+        .expect("declare the topology");
+    conn
+}
+
+/// Every event fails its first attempt and waits 3 s in the delay queue; the node leading
+/// that delay queue — and holding the worker's connection — stops while they wait. The
+/// retries survive on the other replicas (quorum delay queues dead-letter at least once) and
+/// every event is handled at its second attempt.
+#[actix_rt::test]
+#[ignore = "needs the three-node cluster of scripts/cluster (scripts/test runs it)"]
+async fn retries_waiting_in_a_delay_queue_survive_a_node_stop() {
+    const N: usize = 500;
+    logs();
+    let t = TestDb::postgres().await;
+    let (exchange, queue) = (unique("cl_ex"), unique("cl_q"));
+    let delay_queue = format!("{exchange}.retry.3000ms");
+    let listen = || Listen::new(["#"]).expect("key").with_queue(queue.as_str());
+    let conn = declare(&exchange, listen(), &["3s"]).await;
+    let leader = leader_of(&delay_queue, 0);
+    let log = Arc::new(Log::default());
+    let broker = supervisor(&urls_from(leader));
+    let running = Worker::new(
+        broker.clone(),
+        worker_config(&exchange).with_retry_delays(["3s"]),
+    )
+    .expect("config")
+    .listen(
+        listen(),
+        scripted::<Value, _>(&log, |event| match event.attempt() {
+            1 => Err(actix_outbox::HandlerError::retry("first attempt fails")),
+            _ => Ok(()),
+        }),
+    )
+    .expect("listen")
+    .start()
+    .await
+    .expect("worker");
+    emit(&t.db, N).await;
+    let relay = TestRelay::start(&t.db, &urls_from(0), config(&exchange));
+    wait_for(
+        "every event retried once",
+        Duration::from_secs(30),
+        || async {
+            let stats = running.queue_stats(&queue).await?;
+            (stats.retried == N as u64).then_some(())
+        },
+    )
+    .await;
+    let down = NodeDown::stop(leader);
+    let second = || {
+        let all = log.all();
+        all.iter()
+            .filter(|s| s.attempt == 2)
+            .map(|s| s.id)
+            .collect::<HashSet<_>>()
+            .len()
+    };
+    let stall = await_count_measuring_stall(
+        "every retry handled after the delay queue's leader stopped",
+        N,
+        Duration::from_secs(120),
+        second,
+    )
+    .await;
+    down.start();
+    let firsts = log.all().iter().filter(|s| s.attempt == 1).count();
+    let duplicates = log.count() - firsts - N;
+    eprintln!(
+        "cluster: delay queue leader stopped with {N} retries waiting: {N} of {N} handled at attempt 2, {duplicates} duplicate second attempts, longest stall {:.2} s",
+        stall.as_secs_f64()
+    );
+    let _ = conn.close(200, "done".into()).await;
+    stop_all(running, broker, relay).await;
+    t.cleanup().await;
+}
+
+/// All three nodes restarted one after the other while the application emits 500 events a
+/// second: each node is stopped only once the others hold a quorum of every queue without it
+/// (`rabbitmq-queues check_if_node_is_quorum_critical`), as an operator's rolling upgrade
+/// would. Every event emitted is handled.
+#[actix_rt::test]
+#[ignore = "needs the three-node cluster of scripts/cluster (scripts/test runs it)"]
+async fn a_rolling_restart_under_steady_load_loses_nothing() {
+    logs();
+    let t = TestDb::postgres().await;
+    Outbox::default().setup(&t.db).await.expect("setup");
+    let (exchange, queue) = (unique("cl_ex"), unique("cl_q"));
+    let log = Arc::new(Log::default());
+    let broker = supervisor(&urls_from(1));
+    let running = Worker::new(broker.clone(), worker_config(&exchange))
+        .expect("config")
+        .listen(
+            Listen::new(["#"]).expect("key").with_queue(queue.as_str()),
+            scripted::<Value, _>(&log, |_| Ok(())),
+        )
+        .expect("listen")
+        .start()
+        .await
+        .expect("worker");
+    let relay = TestRelay::start(&t.db, &urls_from(0), config(&exchange));
+
+    // 50 events every 100 ms, each batch in one transaction.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let emitter = {
+        let (db, stop) = (t.db.clone(), stop.clone());
+        actix_rt::spawn(async move {
+            let mut emitted = 0usize;
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                tick.tick().await;
+                let events =
+                    (0..50).map(|i| OutboxEvent::json("cluster.steady", &i).expect("event"));
+                Outbox::default()
+                    .emit_many(&db, events)
+                    .await
+                    .expect("emit");
+                emitted += 50;
+            }
+            emitted
+        })
+    };
+    let started = Instant::now();
+    let mut stalls = Vec::new();
+    for node in 0..3 {
+        wait_for(
+            "a quorum without the node",
+            Duration::from_secs(60),
+            || async move {
+                let safe = std::process::Command::new("timeout")
+                    .args(["60", "rabbitmq-queues", "-q", "-n", &node_name(node)])
+                    .arg("check_if_node_is_quorum_critical")
+                    .output()
+                    .is_ok_and(|o| o.status.success());
+                safe.then_some(())
+            },
+        )
+        .await;
+        let watch = {
+            let log = log.clone();
+            StallWatch::start(move || log.count())
+        };
+        let down = NodeDown::stop(node);
+        tokio::time::sleep(Duration::from_secs(3)).await; // the outage itself
+        down.start();
+        stalls.push(watch.finish().await);
+    }
+    let rolled = started.elapsed();
+    let stall = stalls.iter().max().copied().unwrap_or_default();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let emitted = emitter.await.expect("emitter");
+    wait_for(
+        "every event emitted during the rolling restart handled",
+        Duration::from_secs(120),
+        || async { (distinct(&log) >= emitted).then_some(()) },
+    )
+    .await;
+    t.wait_outbox_empty("the table drained", Duration::from_secs(30))
+        .await;
+    let duplicates = log.count() - emitted;
+    eprintln!(
+        "cluster: rolling restart of 3 nodes in {:.1} s under 500 events/s: {emitted} of {emitted} handled, {duplicates} duplicates, longest stall {:.2} s (per node {:?})",
+        rolled.as_secs_f64(),
+        stall.as_secs_f64(),
+        stalls
+            .iter()
+            .map(|d| format!("{:.2}", d.as_secs_f64()))
+            .collect::<Vec<_>>()
+    );
+    let _ = ctl(0, &["list_queues", "name"]); // the cluster answers again
     stop_all(running, broker, relay).await;
     t.cleanup().await;
 }

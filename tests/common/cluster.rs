@@ -129,3 +129,36 @@ pub async fn await_count_measuring_stall(
     }
     stall
 }
+
+/// Samples a growing count every 20 ms in the background and keeps the longest time it did
+/// not move (for a run whose load never pauses, that is the longest stall).
+pub struct StallWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: actix_rt::task::JoinHandle<Duration>,
+}
+
+impl StallWatch {
+    pub fn start(count: impl Fn() -> usize + 'static) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = actix_rt::spawn(async move {
+            let (mut last, mut since, mut stall) = (count(), Instant::now(), Duration::ZERO);
+            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let now = count();
+                if now != last {
+                    (last, since) = (now, Instant::now());
+                }
+                stall = stall.max(since.elapsed());
+            }
+            stall
+        });
+        Self { stop, task }
+    }
+
+    /// The longest stall seen so far; stops watching.
+    pub async fn finish(self) -> Duration {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.task.await.expect("stall watch")
+    }
+}
