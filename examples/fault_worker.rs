@@ -32,6 +32,7 @@
 //! | `FAULT_DB_POOL` | database connections [8] |
 //! | `FAULT_QUEUE_TYPE` | `quorum` or `classic` [`quorum`] |
 //! | `FAULT_MAX_REDELIVERIES` | deliveries unsettled before a message is dead-lettered [20] |
+//! | `FAULT_INBOX` | an inbox table: the `done` record is written only the first time, in one transaction with the inbox entry (exactly-once effects) [none] |
 //!
 //! The record table has the columns `message_id uuid, routing_key text, attempt int,
 //! phase text ('start' | 'done'), worker text, emitted_at timestamptz (from the payload's
@@ -41,7 +42,9 @@
 //! on the first attempt (the consumer replaces the actor and retries), `"panic": "always"`
 //! on every attempt (dead-lettered once the retry tiers are used up), `"panic": "abort"`
 //! aborts the whole process on every delivery (dead-lettered at the redelivery limit, the
-//! test restarting the process after each death). Payloads that are not
+//! test restarting the process after each death); `"crash": "after_commit"` (with
+//! `FAULT_INBOX`) aborts the process right after the first delivery's transaction commits,
+//! before the ack: the window the inbox exists for. Payloads that are not
 //! JSON never reach the handler: the consumer dead-letters them as undecodable.
 
 use std::sync::Arc;
@@ -49,7 +52,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use actix_outbox::{
-    DatabaseConfig, Error, Event, HandlerError, HandlerResult, TableName, redact_url,
+    DatabaseConfig, Error, Event, HandlerError, HandlerResult, Inbox, TableName, redact_url,
 };
 use actix_outbox_actors::{
     BrokerConfig, ConnectionSupervisor, Listen, QueueType, RetryDelay, StopBroker, Worker,
@@ -83,6 +86,7 @@ struct Settings {
     pool: u32,
     queue_type: QueueType,
     max_redeliveries: u32,
+    inbox: Option<Inbox>,
 }
 
 impl Settings {
@@ -119,6 +123,10 @@ impl Settings {
                 }
             },
             max_redeliveries: parse("FAULT_MAX_REDELIVERIES", "20")?,
+            inbox: std::env::var("FAULT_INBOX")
+                .ok()
+                .map(|t| TableName::new(t).map(Inbox::new))
+                .transpose()?,
         })
     }
 }
@@ -198,15 +206,43 @@ struct Recorder {
     db: DatabaseConnection,
     insert: String,
     worker: String,
+    inbox: Option<Inbox>,
 }
 
 impl Recorder {
-    fn new(db: DatabaseConnection, table: &TableName, worker: String) -> Self {
+    fn new(
+        db: DatabaseConnection,
+        table: &TableName,
+        worker: String,
+        inbox: Option<Inbox>,
+    ) -> Self {
         let insert = format!(
             "INSERT INTO {table} (message_id, routing_key, attempt, phase, worker, emitted_at) \
              VALUES ($1, $2, $3, $4, $5, $6)"
         );
-        Self { db, insert, worker }
+        Self {
+            db,
+            insert,
+            worker,
+            inbox,
+        }
+    }
+
+    /// With an inbox: the `done` record only the first time, in one transaction with the
+    /// inbox entry. Returns whether this was the first time.
+    async fn record_once(
+        &self,
+        inbox: &Inbox,
+        event: &Event<Value>,
+        statement: Statement,
+    ) -> Result<bool, Error> {
+        let txn = self.db.begin().await?;
+        let first = inbox.first_time(&txn, event).await?;
+        if first {
+            txn.execute_raw(statement).await?;
+        }
+        txn.commit().await?;
+        Ok(first)
     }
 
     /// Inserts one record (autocommit). While the database is away it retries with backoff
@@ -232,8 +268,28 @@ impl Recorder {
         let started = Instant::now();
         let mut pause = Duration::from_millis(50);
         loop {
-            match self.db.execute_raw(statement.clone()).await {
-                Ok(_) => return Ok(()),
+            let done = match (&self.inbox, phase) {
+                (Some(inbox), Phase::Done) => {
+                    self.record_once(inbox, event, statement.clone()).await
+                }
+                _ => self
+                    .db
+                    .execute_raw(statement.clone())
+                    .await
+                    .map(|_| true)
+                    .map_err(Error::from),
+            };
+            match done {
+                Ok(first) => {
+                    if first && event.payload()["crash"].as_str() == Some("after_commit") {
+                        eprintln!(
+                            "fault_worker: injected abort after the commit of {}",
+                            event.message_id()
+                        );
+                        std::process::abort();
+                    }
+                    return Ok(());
+                }
                 Err(e) if started.elapsed() < DB_PATIENCE => {
                     warn!(error = %e, retry_in = ?pause, "cannot record the event yet");
                     // Backoff while the database is away, not synchronisation.
@@ -351,6 +407,9 @@ async fn main() -> Result<(), Error> {
         .connect()
         .await?;
     create_seen_table(&db, &s.seen_table).await?;
+    if let Some(inbox) = &s.inbox {
+        inbox.setup(&db).await?;
+    }
 
     let broker_config = BrokerConfig::new(s.amqp_url.as_str())?
         .with_reconnect(Duration::from_millis(50), Duration::from_secs(2))
@@ -368,6 +427,7 @@ async fn main() -> Result<(), Error> {
         db.clone(),
         &s.seen_table,
         s.worker_name.clone(),
+        s.inbox.clone(),
     ));
     let (delay, record_starts) = (s.delay, s.record_starts);
     let running = Worker::new(broker.clone(), config)?

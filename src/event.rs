@@ -51,6 +51,8 @@ pub struct Event<T> {
     deadline: Option<DateTime<Utc>>,
     /// User headers (our `x-outbox-*` headers removed).
     headers: Map<String, Value>,
+    /// The queue it was consumed from (`""` for an event built by hand).
+    queue: String,
 }
 
 impl<T: 'static> actix::Message for Event<T> {
@@ -72,6 +74,7 @@ impl<T> Event<T> {
             correlation_id: None,
             deadline: None,
             headers: Map::new(),
+            queue: String::new(),
         }
     }
 
@@ -143,6 +146,19 @@ impl<T> Event<T> {
         self
     }
 
+    /// Sets the queue the event came from (the consumer does; for tests of handlers).
+    #[must_use]
+    pub fn with_queue(mut self, queue: impl Into<String>) -> Self {
+        self.queue = queue.into();
+        self
+    }
+
+    /// The queue the event was consumed from: the handler's own queue, which keys its
+    /// [`Inbox`](crate::Inbox) entries. Empty for an event built with [`Event::new`].
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
     /// The decoded payload.
     pub fn payload(&self) -> &T {
         &self.payload
@@ -196,6 +212,7 @@ impl<T> Event<T> {
             correlation_id: self.correlation_id,
             deadline: self.deadline,
             headers: self.headers,
+            queue: self.queue,
         }
     }
 }

@@ -81,6 +81,7 @@ mod duration;
 mod error;
 mod event;
 pub mod headers;
+pub mod inbox;
 #[cfg(feature = "migration")]
 pub mod migration;
 #[cfg(feature = "otel")]
@@ -106,6 +107,7 @@ pub use database::DatabaseConfig;
 pub use duration::parse_duration;
 pub use error::{Error, Result};
 pub use event::Event;
+pub use inbox::{Inbox, InboxCleanup};
 pub use outbox::{Outbox, emit, emit_event, emit_many, setup};
 pub use outbox_event::{MAX_TRACKING_IDS, OutboxEvent};
 pub use outcome::{HandlerError, HandlerResult};

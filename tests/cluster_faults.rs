@@ -72,14 +72,35 @@ fn distinct(log: &Log) -> usize {
     log.all().iter().map(|s| s.id).collect::<HashSet<_>>().len()
 }
 
+/// Stops relay, worker and connection, then checks that nothing was left behind: the queue
+/// and its dead-letter queue hold no message (a copy still there would be handled again, or
+/// be an event that failed).
 async fn stop_all(
     running: RunningWorker,
     broker: actix::Addr<ConnectionSupervisor>,
     relay: TestRelay,
+    queue: &str,
 ) {
     let _ = relay.stop().await;
     running.stop().await;
     let _ = broker.send(StopBroker).await;
+    let conn = Connection::connect(&cluster_urls()[0], ConnectionProperties::default())
+        .await
+        .expect("amqp");
+    for q in [queue.to_owned(), format!("dlq_{queue}")] {
+        let channel = conn.create_channel().await.expect("channel");
+        let passive = actix_outbox_actors::lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let left = channel
+            .queue_declare(q.as_str().into(), passive, Default::default())
+            .await
+            .expect("the queue exists")
+            .message_count();
+        assert_eq!(left, 0, "{q} is empty after the run");
+    }
+    let _ = conn.close(200, "done".into()).await;
 }
 
 /// The node the relay publishes through stops while it drains 3,000 rows: the relay's
@@ -142,7 +163,7 @@ async fn the_relay_follows_the_cluster_when_its_node_stops_mid_drain() {
         "cluster: relay node stopped mid-drain: {EVENTS} of {EVENTS} handled, {duplicates} duplicates, longest stall {:.2} s",
         stall.as_secs_f64()
     );
-    stop_all(running, worker_broker, relay).await;
+    stop_all(running, worker_broker, relay, &queue).await;
     t.cleanup().await;
 }
 
@@ -221,7 +242,7 @@ async fn the_consumer_follows_its_queue_when_the_leader_stops_mid_consume() {
         stall.as_secs_f64()
     );
     let _ = conn.close(200, "done".into()).await;
-    stop_all(running, broker, relay).await;
+    stop_all(running, broker, relay, &queue).await;
     t.cleanup().await;
 }
 
@@ -309,7 +330,7 @@ async fn retries_waiting_in_a_delay_queue_survive_a_node_stop() {
         stall.as_secs_f64()
     );
     let _ = conn.close(200, "done".into()).await;
-    stop_all(running, broker, relay).await;
+    stop_all(running, broker, relay, &queue).await;
     t.cleanup().await;
 }
 
@@ -406,6 +427,6 @@ async fn a_rolling_restart_under_steady_load_loses_nothing() {
             .collect::<Vec<_>>()
     );
     let _ = ctl(0, &["list_queues", "name"]); // the cluster answers again
-    stop_all(running, broker, relay).await;
+    stop_all(running, broker, relay, &queue).await;
     t.cleanup().await;
 }

@@ -64,7 +64,8 @@ async fn the_migration_creates_and_drops_the_table_without_losing_events() {
         );
         if backend == DbBackend::Postgres {
             assert_eq!(
-                t.int("SELECT count(*) FROM pg_trigger WHERE tgname = 'outbox_notify'")
+                t.int("SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid \
+                 WHERE t.tgname = 'outbox_notify' AND c.relnamespace = current_schema()::regnamespace")
                     .await,
                 1
             );

@@ -194,7 +194,7 @@ where
         Err(reason) => return Outcome::Undecodable(reason),
     };
     job.sends.borrow_mut().begin();
-    let sent = job.handler.send(meta.into_event(payload));
+    let sent = job.handler.send(meta.into_event(payload, &job.spec.queue));
     let answer = tokio::time::timeout(job.spec.handler_timeout, sent).await;
     let mut sends = job.sends.borrow_mut();
     let outcome = match answer {

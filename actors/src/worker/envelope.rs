@@ -117,8 +117,9 @@ impl DeliveryMeta {
     }
 
     /// The event handed to the handler.
-    pub(crate) fn into_event<T>(self, payload: T) -> Event<T> {
+    pub(crate) fn into_event<T>(self, payload: T, queue: &str) -> Event<T> {
         Event::new(self.routing_key, payload)
+            .with_queue(queue)
             .with_message_id(self.message_id)
             .with_attempt(self.attempt)
             .with_tracking_ids(self.tracking_ids)

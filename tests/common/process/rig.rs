@@ -38,6 +38,8 @@ pub struct WorkerOptions {
     pub queue_type: &'static str,
     /// Unsettled deliveries before a message is dead-lettered.
     pub max_redeliveries: u32,
+    /// An inbox table (`FAULT_INBOX`): each event's `done` record written once.
+    pub inbox: Option<String>,
 }
 
 impl Default for WorkerOptions {
@@ -50,11 +52,18 @@ impl Default for WorkerOptions {
             record_starts: false,
             queue_type: "quorum",
             max_redeliveries: 20,
+            inbox: None,
         }
     }
 }
 
 impl WorkerOptions {
+    #[must_use]
+    pub fn with_inbox(mut self, table: impl Into<String>) -> Self {
+        self.inbox = Some(table.into());
+        self
+    }
+
     #[must_use]
     pub fn with_queue_type(mut self, queue_type: &'static str) -> Self {
         self.queue_type = queue_type;
@@ -172,6 +181,7 @@ impl FaultRig {
             env("OUTBOX_BATCH_SIZE", &batch_size.to_string()),
             env("RUST_LOG", "info,sqlx=warn"),
         ];
+
         vars.extend(extra.iter().map(|(k, v)| env(k, v)));
         let name = format!("relay{}", self.relays.len());
         let mut relay = ChildProcess::start(&name, &self.relay_bin, vars, &self.log_dir);
@@ -188,7 +198,7 @@ impl FaultRig {
             .collect();
         self.delays_ms
             .extend(options.retry_delays_ms.iter().copied());
-        let env = vec![
+        let mut env = vec![
             env("DATABASE_URL", &self.services.database_url),
             env("AMQP_URL", &self.services.amqp_url),
             env("OUTBOX_EXCHANGE", &self.names.exchange),
@@ -209,6 +219,9 @@ impl FaultRig {
             ),
             env("RUST_LOG", "info,sqlx=warn"),
         ];
+        if let Some(inbox) = &options.inbox {
+            env.push(("FAULT_INBOX".to_owned(), inbox.clone()));
+        }
         let name = format!("worker{}", self.workers.len());
         let mut worker = ChildProcess::start(&name, &self.worker_bin, env, &self.log_dir);
         worker
