@@ -167,20 +167,20 @@ async fn unroutable_messages_are_replayed_once_bound() {
         all.extend(extra.iter().map(|s| (*s).to_owned()));
         cli_async(all)
     };
+    // The copies come straight back (nothing bound for them); the store's count settles
+    // shortly after (a quorum queue counts a message given back asynchronously).
     let early = stdout_json(&replay(&["--key", "b.*"]).await);
-    assert_eq!(
-        (early["replayed"].as_u64(), early["waiting_after"].as_u64()),
-        (Some(3), Some(4)),
-        "{early}"
-    );
+    assert_eq!(early["replayed"].as_u64(), Some(3), "{early}");
+    await_depth(&channel, &store, 4).await;
 
     let b = start_worker(&supervisor, &exchange, &qb, "b.*", &seen).await;
     let done = stdout_json(&replay(&["--key", "b.*"]).await);
-    assert_eq!(
-        (done["replayed"].as_u64(), done["waiting_after"].as_u64()),
-        (Some(3), Some(1)),
+    assert_eq!(done["replayed"].as_u64(), Some(3), "{done}");
+    assert!(
+        done["waiting_after"].as_u64().is_some_and(|n| n <= 1),
         "{done}"
     );
+    await_depth(&channel, &store, 1).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     while seen.lock().expect("lock").len() < 3 {
         assert!(Instant::now() < deadline, "3 events handled within 20 s");

@@ -19,9 +19,10 @@ pub struct UnroutableReplay {
     /// Messages published to the exchange again (each confirmed before its original was
     /// acked).
     pub replayed: u64,
-    /// Messages in `<exchange>.unroutable` afterwards. Replayed messages whose key still
-    /// matches no binding are routed back there by the alternate exchange, so a figure close
-    /// to `replayed` means the bindings are still missing.
+    /// Messages in `<exchange>.unroutable` right afterwards. Replayed messages whose key
+    /// still matches no binding are routed back there by the alternate exchange, so a figure
+    /// close to `replayed` means the bindings are still missing. A snapshot: on a quorum
+    /// store, messages given back (not selected) may show in the count a moment later.
     pub waiting_after: u32,
 }
 
