@@ -68,6 +68,26 @@ fn worker_config(exchange: &str) -> WorkerConfig {
         .with_prefetch(50)
 }
 
+/// Starts a worker on `broker` whose one handler records into `log`, then does `behave`.
+async fn start_worker<F>(
+    broker: &actix::Addr<ConnectionSupervisor>,
+    config: WorkerConfig,
+    listen: Listen,
+    log: &Arc<Log>,
+    behave: F,
+) -> RunningWorker
+where
+    F: Fn(&actix_outbox::Event<Value>) -> actix_outbox::HandlerResult + Send + Sync + 'static,
+{
+    Worker::new(broker.clone(), config)
+        .expect("config")
+        .listen(listen, scripted::<Value, _>(log, behave))
+        .expect("listen")
+        .start()
+        .await
+        .expect("worker")
+}
+
 fn distinct(log: &Log) -> usize {
     log.all().iter().map(|s| s.id).collect::<HashSet<_>>().len()
 }
@@ -116,16 +136,14 @@ async fn the_relay_follows_the_cluster_when_its_node_stops_mid_drain() {
     let log = Arc::new(Log::default());
     // The worker starts on node 2, the relay on node 1: only the relay loses its node.
     let worker_broker = supervisor(&urls_from(1));
-    let running = Worker::new(worker_broker.clone(), worker_config(&exchange))
-        .expect("config")
-        .listen(
-            Listen::new(["#"]).expect("key").with_queue(queue.as_str()),
-            scripted::<Value, _>(&log, |_| Ok(())),
-        )
-        .expect("listen")
-        .start()
-        .await
-        .expect("worker");
+    let running = start_worker(
+        &worker_broker,
+        worker_config(&exchange),
+        Listen::new(["#"]).expect("key").with_queue(queue.as_str()),
+        &log,
+        |_| Ok(()),
+    )
+    .await;
     emit(&t.db, EVENTS).await;
     let relay = TestRelay::start(&t.db, &urls_from(0), config(&exchange));
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -199,19 +217,11 @@ async fn the_consumer_follows_its_queue_when_the_leader_stops_mid_consume() {
 
     // A slow handler (2 ms each), so the consume is well under way when the leader goes.
     let broker = supervisor(&urls_from(leader));
-    let running = Worker::new(broker.clone(), worker_config(&exchange))
-        .expect("config")
-        .listen(
-            listen(),
-            scripted::<Value, _>(&log, |_| {
-                std::thread::sleep(Duration::from_millis(2));
-                Ok(())
-            }),
-        )
-        .expect("listen")
-        .start()
-        .await
-        .expect("worker");
+    let running = start_worker(&broker, worker_config(&exchange), listen(), &log, |_| {
+        std::thread::sleep(Duration::from_millis(2));
+        Ok(())
+    })
+    .await;
     assert_eq!(
         broker.send(GetBrokerState).await.expect("state").node,
         0,
@@ -279,22 +289,17 @@ async fn retries_waiting_in_a_delay_queue_survive_a_node_stop() {
     let leader = leader_of(&delay_queue, 0);
     let log = Arc::new(Log::default());
     let broker = supervisor(&urls_from(leader));
-    let running = Worker::new(
-        broker.clone(),
+    let running = start_worker(
+        &broker,
         worker_config(&exchange).with_retry_delays(["3s"]),
-    )
-    .expect("config")
-    .listen(
         listen(),
-        scripted::<Value, _>(&log, |event| match event.attempt() {
+        &log,
+        |event| match event.attempt() {
             1 => Err(actix_outbox::HandlerError::retry("first attempt fails")),
             _ => Ok(()),
-        }),
+        },
     )
-    .expect("listen")
-    .start()
-    .await
-    .expect("worker");
+    .await;
     emit(&t.db, N).await;
     let relay = TestRelay::start(&t.db, &urls_from(0), config(&exchange));
     wait_for(
@@ -347,16 +352,14 @@ async fn a_rolling_restart_under_steady_load_loses_nothing() {
     let (exchange, queue) = (unique("cl_ex"), unique("cl_q"));
     let log = Arc::new(Log::default());
     let broker = supervisor(&urls_from(1));
-    let running = Worker::new(broker.clone(), worker_config(&exchange))
-        .expect("config")
-        .listen(
-            Listen::new(["#"]).expect("key").with_queue(queue.as_str()),
-            scripted::<Value, _>(&log, |_| Ok(())),
-        )
-        .expect("listen")
-        .start()
-        .await
-        .expect("worker");
+    let running = start_worker(
+        &broker,
+        worker_config(&exchange),
+        Listen::new(["#"]).expect("key").with_queue(queue.as_str()),
+        &log,
+        |_| Ok(()),
+    )
+    .await;
     let relay = TestRelay::start(&t.db, &urls_from(0), config(&exchange));
 
     // 50 events every 100 ms, each batch in one transaction.
