@@ -53,6 +53,8 @@ pub struct Event<T> {
     headers: Map<String, Value>,
     /// The queue it was consumed from (`""` for an event built by hand).
     queue: String,
+    /// The ordering key it was emitted with.
+    ordering_key: Option<String>,
 }
 
 impl<T: 'static> actix::Message for Event<T> {
@@ -75,6 +77,7 @@ impl<T> Event<T> {
             deadline: None,
             headers: Map::new(),
             queue: String::new(),
+            ordering_key: None,
         }
     }
 
@@ -153,6 +156,19 @@ impl<T> Event<T> {
         self
     }
 
+    /// Sets the ordering key (the consumer does, from the `x-outbox-ordering-key` header).
+    #[must_use]
+    pub fn with_ordering_key(mut self, key: Option<String>) -> Self {
+        self.ordering_key = key;
+        self
+    }
+
+    /// The ordering key the event was emitted with
+    /// ([`OutboxEvent::with_ordering_key`](crate::OutboxEvent::with_ordering_key)), if any.
+    pub fn ordering_key(&self) -> Option<&str> {
+        self.ordering_key.as_deref()
+    }
+
     /// The queue the event was consumed from: the handler's own queue, which keys its
     /// [`Inbox`](crate::Inbox) entries. Empty for an event built with [`Event::new`].
     pub fn queue(&self) -> &str {
@@ -213,6 +229,7 @@ impl<T> Event<T> {
             deadline: self.deadline,
             headers: self.headers,
             queue: self.queue,
+            ordering_key: self.ordering_key,
         }
     }
 }

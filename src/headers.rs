@@ -12,6 +12,9 @@ pub const TRACKING_IDS: &str = "x-outbox-tracking-ids";
 /// relay publishes it as the AMQP `correlation_id` property (not as a header). Absent, the
 /// correlation id is the first id of the tracking chain: the event that started it.
 pub const CORRELATION_ID: &str = "x-outbox-correlation-id";
+/// The event's ordering key (see `OutboxEvent::with_ordering_key`): the consistent-hash
+/// exchange of an ordered listener partitions on it.
+pub const ORDERING_KEY: &str = "x-outbox-ordering-key";
 /// The absolute deadline (RFC 3339) after which the event is dead-lettered, not handled.
 pub const DEADLINE: &str = "x-outbox-deadline";
 /// The delivery attempt of this copy: 1 for the first delivery, 2 after one retry, …

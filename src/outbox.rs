@@ -194,7 +194,7 @@ const ROWS_PER_ARRAY_STATEMENT: usize = 10_000;
 #[cfg(feature = "postgres")]
 const BYTES_PER_ARRAY_STATEMENT: usize = 32 << 20;
 
-/// One `INSERT … SELECT … FROM unnest(…)` for many events on PostgreSQL: nine array
+/// One `INSERT … SELECT … FROM unnest(…)` for many events on PostgreSQL: eleven array
 /// parameters whatever the row count, sent in binary, parsed once. It is several times faster
 /// than multi-row `VALUES` lists, whose SQL text and parameter count grow with the rows.
 ///
@@ -217,6 +217,7 @@ fn unnest_insert(
     let mut headers = Vec::with_capacity(n);
     let (mut has_eta, mut etas) = (Vec::with_capacity(n), Vec::with_capacity(n));
     let (mut has_expiry, mut expiries) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut has_key, mut keys) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for event in events {
         headers.push(event.headers_json());
         message_ids.push(event.message_id);
@@ -227,13 +228,17 @@ fn unnest_insert(
         etas.push(event.eta.unwrap_or(now));
         has_expiry.push(event.expires_at.is_some());
         expiries.push(event.expires_at.unwrap_or(now));
+        has_key.push(event.ordering_key.is_some());
+        keys.push(event.ordering_key.unwrap_or_default());
     }
     let sql = format!(
-        "INSERT INTO {table} (message_id, routing_key, payload, content_type, headers, send_after, expires_at) \
-         SELECT m, r, p, c, h, CASE WHEN he THEN e ELSE now() END, CASE WHEN hx THEN x END \
+        "INSERT INTO {table} (message_id, routing_key, payload, content_type, headers, send_after, expires_at, ordering_key) \
+         SELECT m, r, p, c, h, CASE WHEN he THEN e ELSE now() END, CASE WHEN hx THEN x END, \
+                CASE WHEN hk THEN k END \
          FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::text[], $5::jsonb[], \
-                     $6::bool[], $7::timestamptz[], $8::bool[], $9::timestamptz[]) \
-              WITH ORDINALITY AS u(m, r, p, c, h, he, e, hx, x, n) \
+                     $6::bool[], $7::timestamptz[], $8::bool[], $9::timestamptz[], \
+                     $10::bool[], $11::text[]) \
+              WITH ORDINALITY AS u(m, r, p, c, h, he, e, hx, x, hk, k, n) \
          ORDER BY n"
     );
     let values: Vec<Value> = vec![
@@ -246,6 +251,8 @@ fn unnest_insert(
         etas.into(),
         has_expiry.into(),
         expiries.into(),
+        has_key.into(),
+        keys.into(),
     ];
     sea_orm::Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
 }
@@ -280,6 +287,7 @@ fn active_model(event: OutboxEvent, backend: DbBackend, now: DateTime<Utc>) -> A
         last_error: NotSet,
         sent_at: NotSet,
         parked_at: NotSet,
+        ordering_key: Set(event.ordering_key),
     }
 }
 

@@ -56,6 +56,8 @@ pub struct OutboxEvent {
     pub(crate) eta: Option<DateTime<Utc>>,
     /// Absolute deadline; past it the event is dead-lettered instead of handled.
     pub(crate) expires_at: Option<DateTime<Utc>>,
+    /// Events of one key are published (and, by an ordered listener, handled) in emit order.
+    pub(crate) ordering_key: Option<String>,
 }
 
 impl OutboxEvent {
@@ -105,6 +107,7 @@ impl OutboxEvent {
             correlation_id: None,
             eta: None,
             expires_at: None,
+            ordering_key: None,
         }
     }
 
@@ -158,6 +161,44 @@ impl OutboxEvent {
         self.with_expires_at(Utc::now() + to_chrono(ttl))
     }
 
+    /// Orders this event after every earlier event of the same `key` (an aggregate id such as
+    /// `"order-42"`): the relay never publishes an event of a key while an older event of that
+    /// key is unsent — in flight in another batch or another relay, waiting for a retry after
+    /// a refused publish, delayed by an eta, or parked — and an ordered listener
+    /// ([`Listen::ordered`](../actix_outbox_actors/struct.Listen.html#method.ordered)) hands
+    /// the events of one key to its handler one at a time, in that order. Events of different
+    /// keys, and events without a key, are not held back by each other.
+    ///
+    /// "Earlier" is the order of the rows' ids, which is commit order for transactions that
+    /// serialise on the aggregate (as transactions changing one aggregate do, by locking its
+    /// row). Two transactions emitting for one key without any such lock have no defined
+    /// order between them.
+    ///
+    /// The key travels as the `x-outbox-ordering-key` header ([`Event::ordering_key`]). It
+    /// must be 1 to 255 bytes; [`validate`](Self::validate) checks it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use actix_outbox::OutboxEvent;
+    ///
+    /// let shipped = OutboxEvent::json("order.shipped", &serde_json::json!({"order": 42}))?
+    ///     .with_ordering_key("order-42");
+    /// assert_eq!(shipped.ordering_key(), Some("order-42"));
+    /// # Ok::<(), actix_outbox::Error>(())
+    /// ```
+    #[must_use]
+    pub fn with_ordering_key(mut self, key: impl Into<String>) -> Self {
+        self.ordering_key = Some(key.into());
+        self
+    }
+
+    /// The ordering key, if the event has one.
+    #[must_use]
+    pub fn ordering_key(&self) -> Option<&str> {
+        self.ordering_key.as_deref()
+    }
+
     /// Adds a user header that travels with the message. The name and value are checked by
     /// [`validate`](Self::validate), which every emit runs.
     #[must_use]
@@ -172,7 +213,7 @@ impl OutboxEvent {
     /// # Errors
     ///
     /// [`Error::InvalidConfig`] when the content type or the correlation id is longer than
-    /// 255 bytes, or a header
+    /// 255 bytes, the ordering key is empty or longer than 255 bytes, or a header
     /// name is empty, longer than 128 bytes, or reserved (`x-outbox-*`, or a name RabbitMQ
     /// sets such as `x-death`), or an object inside a header value has a field name longer
     /// than 255 bytes.
@@ -180,6 +221,18 @@ impl OutboxEvent {
         headers::check_content_type(&self.content_type)?;
         if let Some(id) = &self.correlation_id {
             headers::check_correlation_id(id)?;
+        }
+        if let Some(key) = &self.ordering_key
+            && (key.is_empty() || key.len() > crate::schema::MAX_ORDERING_KEY)
+        {
+            return Err(Error::InvalidConfig {
+                field: "ordering_key",
+                reason: format!(
+                    "an ordering key must be 1 to {} bytes, not {}",
+                    crate::schema::MAX_ORDERING_KEY,
+                    key.len()
+                ),
+            });
         }
         for (name, value) in &self.headers {
             headers::check_user_header(name)?;
@@ -276,6 +329,9 @@ impl OutboxEvent {
         if let Some(id) = &self.correlation_id {
             map.insert(headers::CORRELATION_ID.to_owned(), Value::from(id.as_str()));
         }
+        if let Some(key) = &self.ordering_key {
+            map.insert(headers::ORDERING_KEY.to_owned(), Value::from(key.as_str()));
+        }
         #[cfg(feature = "otel")]
         crate::otel::inject_current(&mut map);
         Value::Object(map)
@@ -358,6 +414,24 @@ mod tests {
         assert_eq!(chain[MAX_TRACKING_IDS - 2], "199", "the most recent cause");
         assert_eq!(chain[1], "138");
         assert_eq!(chain[MAX_TRACKING_IDS - 1], event.message_id().to_string());
+    }
+
+    #[test]
+    fn ordering_keys_travel_as_a_header_and_are_checked() {
+        let event = OutboxEvent::json("order.shipped", &1)
+            .expect("valid")
+            .with_ordering_key("order-42");
+        event.validate().expect("a short key");
+        assert_eq!(event.headers_json()[headers::ORDERING_KEY], "order-42");
+        for bad in [String::new(), "k".repeat(256)] {
+            let err = event.clone().with_ordering_key(bad).validate();
+            assert!(
+                matches!(err, Err(Error::InvalidConfig { field: "ordering_key", .. })),
+                "{err:?}"
+            );
+        }
+        let plain = OutboxEvent::json("a", &1).expect("valid");
+        assert!(plain.headers_json().get(headers::ORDERING_KEY).is_none());
     }
 
     #[test]

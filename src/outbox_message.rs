@@ -18,6 +18,7 @@
 //! | `last_error` | why the last publish attempt failed |
 //! | `sent_at` | when the broker confirmed it (keep-mode only; otherwise the row is deleted) |
 //! | `parked_at` | when the relay gave up after too many failed attempts |
+//! | `ordering_key` | events of one key are published in `id` order, never overtaking (see `OutboxEvent::with_ordering_key`) |
 #![allow(missing_docs)]
 
 use sea_orm::entity::prelude::*;
@@ -40,6 +41,7 @@ pub struct Model {
     pub last_error: Option<String>,
     pub sent_at: Option<DateTimeUtc>,
     pub parked_at: Option<DateTimeUtc>,
+    pub ordering_key: Option<String>,
 }
 
 /// The outbox table has no relations.

@@ -12,7 +12,15 @@ use crate::table_name::TableName;
 
 /// Every column `setup` creates, in entity order. A table lacking one of them is rejected.
 pub const COLUMNS: &str = "id, message_id, routing_key, payload, content_type, headers, \
-    created_at, send_after, expires_at, attempts, last_error, sent_at, parked_at";
+    created_at, send_after, expires_at, attempts, last_error, sent_at, parked_at, ordering_key";
+
+/// The columns of a table made before ordering keys existed: `setup` adds `ordering_key` to
+/// such a table in place.
+const COLUMNS_BEFORE_ORDERING: &str = "id, message_id, routing_key, payload, content_type, \
+    headers, created_at, send_after, expires_at, attempts, last_error, sent_at, parked_at";
+
+/// The longest ordering key, in bytes (the column is `VARCHAR(255)`).
+pub(crate) const MAX_ORDERING_KEY: usize = 255;
 
 /// The DDL `setup` runs for `table` on `backend`, one statement per item.
 ///
@@ -56,7 +64,8 @@ fn postgres_ddl(t: &str) -> Vec<String> {
     attempts     INTEGER NOT NULL DEFAULT 0,
     last_error   TEXT,
     sent_at      TIMESTAMPTZ,
-    parked_at    TIMESTAMPTZ
+    parked_at    TIMESTAMPTZ,
+    ordering_key VARCHAR(255)
 )"
         ),
         format!(
@@ -69,6 +78,10 @@ fn postgres_ddl(t: &str) -> Vec<String> {
         format!(
             "CREATE INDEX IF NOT EXISTS {t}_parked_idx ON {t} (parked_at) \
              WHERE parked_at IS NOT NULL"
+        ),
+        format!(
+            "CREATE INDEX IF NOT EXISTS {t}_key_idx ON {t} (ordering_key, id) \
+             WHERE sent_at IS NULL AND ordering_key IS NOT NULL"
         ),
         format!(
             "CREATE OR REPLACE FUNCTION {t}_notify() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -134,7 +147,8 @@ fn sqlite_ddl(t: &str) -> Vec<String> {
     attempts     INTEGER NOT NULL DEFAULT 0,
     last_error   TEXT,
     sent_at      TEXT,
-    parked_at    TEXT
+    parked_at    TEXT,
+    ordering_key TEXT
 )"
         ),
         format!(
@@ -147,6 +161,10 @@ fn sqlite_ddl(t: &str) -> Vec<String> {
         format!(
             "CREATE INDEX IF NOT EXISTS {t}_parked_idx ON {t} (parked_at) \
              WHERE parked_at IS NOT NULL"
+        ),
+        format!(
+            "CREATE INDEX IF NOT EXISTS {t}_key_idx ON {t} (ordering_key, id) \
+             WHERE sent_at IS NULL AND ordering_key IS NOT NULL"
         ),
     ]
 }
@@ -163,9 +181,12 @@ where
     let backend = db.get_database_backend();
     let statements = ddl(backend, table)?;
     let state = inspect(db, table).await?;
+    let upgrade = state.table_exists && !state.has_ordering_key;
     if state.table_exists {
-        // A foreign table of the same name must be reported as such, not as a failing index.
-        check_columns(db, table).await?;
+        // A foreign table of the same name must be reported as such, not as a failing index
+        // (nor altered): a table of an earlier version has every column but the newest.
+        let columns = if upgrade { COLUMNS_BEFORE_ORDERING } else { COLUMNS };
+        check_columns(db, table, columns).await?;
     }
     if state.complete {
         debug!(table = %table, "outbox table already set up");
@@ -176,19 +197,39 @@ where
         let lock = format!("SELECT pg_advisory_xact_lock(hashtext('actix_outbox_setup:{table}'))");
         txn.execute_unprepared(&lock).await?;
     }
+    if upgrade {
+        // A table of a version before ordering keys: the column is added in place (nullable,
+        // no default: a catalog change only, however many rows the table holds).
+        txn.execute_unprepared(&add_ordering_key(backend, table))
+            .await?;
+        info!(table = %table, "outbox table upgraded: column ordering_key added");
+    }
     for sql in &statements {
         txn.execute_unprepared(sql).await?;
     }
     txn.commit().await?;
     info!(table = %table, backend = ?backend, "outbox table ready");
-    check_columns(db, table).await
+    check_columns(db, table, COLUMNS).await
+}
+
+/// The statement that adds `ordering_key` to a table of an earlier version. On PostgreSQL
+/// it tolerates a concurrent `setup` that added it first.
+pub(crate) fn add_ordering_key(backend: DbBackend, table: &TableName) -> String {
+    match backend {
+        DbBackend::Postgres => {
+            format!("ALTER TABLE {table} ADD COLUMN IF NOT EXISTS ordering_key VARCHAR(255)")
+        }
+        _ => format!("ALTER TABLE {table} ADD COLUMN ordering_key TEXT"),
+    }
 }
 
 /// What of the outbox schema exists already.
 struct SchemaState {
     /// A table of that name exists (ours or not).
     table_exists: bool,
-    /// The table, its three indexes and (on PostgreSQL) the trigger, with this version's function,
+    /// The table has the `ordering_key` column (false for a table of an earlier version).
+    has_ordering_key: bool,
+    /// The table, its four indexes and (on PostgreSQL) the trigger, with this version's function,
     /// exist.
     complete: bool,
 }
@@ -203,19 +244,26 @@ async fn inspect<C: ConnectionTrait>(db: &C, table: &TableName) -> Result<Schema
                      AND to_regclass('{t}_due_idx') IS NOT NULL
                      AND to_regclass('{t}_sent_idx') IS NOT NULL
                      AND to_regclass('{t}_parked_idx') IS NOT NULL
+                     AND to_regclass('{t}_key_idx') IS NOT NULL
                      AND EXISTS (SELECT 1 FROM pg_trigger
                                  WHERE tgname = '{t}_notify' AND tgrelid = to_regclass('{t}'))
                      AND EXISTS (SELECT 1 FROM pg_proc
                                  WHERE oid = to_regproc('{t}_notify')
                                    AND position('{NOTIFY_MARKER}' in prosrc) > 0))
-                    AS complete"
+                    AS complete,
+                    EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('{t}')
+                            AND attname = 'ordering_key' AND NOT attisdropped)
+                    AS has_ordering_key"
         ),
         _ => format!(
             "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '{t}')
                     AS table_exists,
                     (SELECT count(*) FROM sqlite_master
-                     WHERE name IN ('{t}', '{t}_due_idx', '{t}_sent_idx', '{t}_parked_idx')) = 4
-                    AS complete"
+                     WHERE name IN ('{t}', '{t}_due_idx', '{t}_sent_idx', '{t}_parked_idx',
+                                    '{t}_key_idx')) = 5
+                    AS complete,
+                    EXISTS (SELECT 1 FROM pragma_table_info('{t}') WHERE name = 'ordering_key')
+                    AS has_ordering_key"
         ),
     };
     let row = db
@@ -228,19 +276,20 @@ async fn inspect<C: ConnectionTrait>(db: &C, table: &TableName) -> Result<Schema
     Ok(SchemaState {
         table_exists: row.try_get::<bool>("", "table_exists")?,
         complete: row.try_get::<bool>("", "complete")?,
+        has_ordering_key: row.try_get::<bool>("", "has_ordering_key")?,
     })
 }
 
 /// Selects every expected column from the table, so a table made by an older or foreign
 /// definition fails here with a clear error rather than later in the relay.
-async fn check_columns<C: ConnectionTrait>(db: &C, table: &TableName) -> Result<()> {
-    let sql = format!("SELECT {COLUMNS} FROM {table} WHERE 1 = 0");
+async fn check_columns<C: ConnectionTrait>(db: &C, table: &TableName, columns: &str) -> Result<()> {
+    let sql = format!("SELECT {columns} FROM {table} WHERE 1 = 0");
     let backend = db.get_database_backend();
     match db.query_all_raw(Statement::from_string(backend, sql)).await {
         Ok(_) => Ok(()),
         Err(e) => Err(Error::SchemaMismatch {
             table: table.to_string(),
-            detail: format!("expected columns {COLUMNS}: {e}"),
+            detail: format!("expected columns {columns}: {e}"),
         }),
     }
 }

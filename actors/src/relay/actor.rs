@@ -274,7 +274,11 @@ impl RelayActor {
         if self.state == State::Stopping {
             return self.stop_when_idle(ctx);
         }
-        let full = report.claimed >= self.probe.limit(self.config.batch_size) as usize;
+        // Rows held back for their ordering key filled the claim too: look again soon, but not
+        // at once when nothing could be published (they wait for another batch to end).
+        let full = report.claimed > 0
+            && report.claimed + report.held_back
+                >= self.probe.limit(self.config.batch_size) as usize;
         if full || self.wake_again {
             // Fill every free slot: a full batch means more is waiting.
             for _ in self.running..self.probe.slots(self.concurrency) {

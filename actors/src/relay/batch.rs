@@ -3,6 +3,7 @@
 //! The actor only sequences batches; everything that touches the database and the broker
 //! for one batch is here, and what each row's answer means is decided in `fate`.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::task::Poll;
 use std::time::Duration;
@@ -22,6 +23,7 @@ use tracing::{Instrument, debug, info_span, warn};
 use super::config::{Cleanup, RelayConfig};
 use super::envelope;
 use super::fate::{self, BatchReport, Fate};
+use super::ordering::{self, Rounds};
 use super::sql::RelaySql;
 use super::stages::{Stage, StageTimer, due_lag};
 use crate::broker::{self, ConnectionSupervisor, GetBrokerState};
@@ -54,24 +56,26 @@ pub(crate) async fn run_batch(
                 txn.execute_unprepared(&RelaySql::lease(config.claim_lease()))
                     .await?;
                 t.lap(Stage::Begin);
-                let rows = claim(&txn, sql, limit).await?;
+                let (rows, held) = claim(&txn, sql, limit).await?;
                 t.lap(Stage::Claim);
                 let lag = due_lag(&rows);
-                let published = publish(publisher, config, &rows, &mut t).await;
-                let report = settle(&txn, config, sql, &rows, published).await?;
+                let published = publish_in_order(publisher, config, &rows, &mut t).await;
+                let mut report = settle(&txn, config, sql, &rows, published).await?;
+                report.held_back += held;
                 t.lap(Stage::Settle);
                 txn.commit().await?;
                 t.lap(Stage::Commit);
                 (report, lag)
             }
             _ => {
-                let rows = claim(db, sql, limit).await?;
+                let (rows, held) = claim(db, sql, limit).await?;
                 t.lap(Stage::Claim);
                 let lag = due_lag(&rows);
-                let published = publish(publisher, config, &rows, &mut t).await;
+                let published = publish_in_order(publisher, config, &rows, &mut t).await;
                 let txn = db.begin().await?;
                 t.lap(Stage::Begin);
-                let report = settle(&txn, config, sql, &rows, published).await?;
+                let mut report = settle(&txn, config, sql, &rows, published).await?;
+                report.held_back += held;
                 t.lap(Stage::Settle);
                 txn.commit().await?;
                 t.lap(Stage::Commit);
@@ -90,6 +94,7 @@ pub(crate) async fn run_batch(
                 sent = report.sent,
                 refused = report.refused,
                 released = report.released,
+                held_back = report.held_back,
                 due_lag_us = lag,
                 begin_us = us(Stage::Begin),
                 claim_us = us(Stage::Claim),
@@ -107,9 +112,65 @@ pub(crate) async fn run_batch(
     .await
 }
 
-async fn claim<C: ConnectionTrait>(db: &C, sql: &RelaySql, limit: u32) -> Result<Vec<Model>> {
+/// Claims up to `limit` due rows, and holds back those whose ordering key has an older row
+/// elsewhere: returns the rows to publish, in the order to publish them, and how many were
+/// held back.
+async fn claim<C: ConnectionTrait>(
+    db: &C,
+    sql: &RelaySql,
+    limit: u32,
+) -> Result<(Vec<Model>, usize)> {
     let stmt = sql.claim(limit, Utc::now());
-    Ok(Entity::find().from_raw_sql(stmt).all(db).await?)
+    let rows = Entity::find().from_raw_sql(stmt).all(db).await?;
+    ordering::hold_back(db, sql, rows).await
+}
+
+/// Publishes `rows` round by round (see `ordering`): the rows of one ordering key one at a
+/// time, each after the previous one's confirm; all other rows at once, as [`publish`] does.
+async fn publish_in_order(
+    publisher: &Publisher,
+    config: &RelayConfig,
+    rows: &[Model],
+    timer: &mut StageTimer,
+) -> PublishedBatch {
+    let rounds = Rounds::of(rows);
+    if rounds.len() <= 1 {
+        return publish(publisher, config, rows, timer).await;
+    }
+    let mut all = PublishedBatch {
+        fates: vec![Fate::Unknown; rows.len()],
+        channel_error: None,
+        broke: false,
+    };
+    let mut stopped: HashSet<&str> = HashSet::new();
+    for round in rounds {
+        let (go, held): (Vec<usize>, Vec<usize>) = round
+            .into_iter()
+            .partition(|&i| rows[i].ordering_key.as_deref().is_none_or(|k| !stopped.contains(k)));
+        for i in held {
+            all.fates[i] = Fate::HeldBack;
+        }
+        if go.is_empty() {
+            continue;
+        }
+        let batch: Vec<Model> = go.iter().map(|&i| rows[i].clone()).collect();
+        let published = publish(publisher, config, &batch, timer).await;
+        for (&i, fate) in go.iter().zip(published.fates) {
+            if !matches!(fate, Fate::Sent | Fate::DroppedUnroutable)
+                && let Some(key) = rows[i].ordering_key.as_deref()
+            {
+                stopped.insert(key);
+            }
+            all.fates[i] = fate;
+        }
+        all.broke |= published.broke;
+        if let Some(why) = published.channel_error {
+            // The channel cannot be trusted any more: the rest stay unknown (released).
+            all.channel_error = Some(why);
+            break;
+        }
+    }
+    all
 }
 
 /// The outcome of publishing a batch: one fate per row, plus a channel error if any.

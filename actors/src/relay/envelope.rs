@@ -38,6 +38,10 @@ pub(crate) fn properties(row: &Model, now: DateTime<Utc>) -> BasicProperties {
         });
     }
     headers.insert(h::ROUTING_KEY.into(), long(&row.routing_key));
+    if let Some(key) = &row.ordering_key {
+        // The column is the source of truth (the headers column has a copy).
+        headers.insert(h::ORDERING_KEY.into(), long(key));
+    }
     let mut props = BasicProperties::default()
         .with_message_id(row.message_id.to_string().into())
         .with_content_type(row.content_type.as_str().into())
@@ -153,6 +157,7 @@ mod tests {
             last_error: None,
             sent_at: None,
             parked_at: None,
+            ordering_key: None,
         }
     }
 

@@ -37,6 +37,10 @@ pub(crate) enum Fate {
     /// Unknown (channel broke, confirm timed out, never published): the row is released
     /// untouched and goes out again later.
     Unknown,
+    /// Not published because an older row of its ordering key in the same batch was not
+    /// confirmed (see `ordering`): released untouched, and blocked by that row until it is
+    /// sent.
+    HeldBack,
 }
 
 impl Fate {
@@ -77,6 +81,9 @@ pub(crate) struct BatchReport {
     pub(crate) expired: usize,
     /// Rows released untouched (their fate is unknown).
     pub(crate) released: usize,
+    /// Rows with an ordering key claimed but not published, because an older row of their
+    /// key was elsewhere or was not confirmed (released untouched; not in `claimed`).
+    pub(crate) held_back: usize,
     /// Why the channel can no longer be used, if it broke or timed out during the batch.
     pub(crate) channel_error: Option<String>,
     /// The channel failed (rather than timing out) with publishes in flight.
@@ -211,8 +218,10 @@ pub(crate) fn plan(
                 });
             }
             Fate::Unknown => r.released += 1,
+            Fate::HeldBack => r.held_back += 1,
         }
     }
+    plan.report.claimed -= plan.report.held_back;
     plan
 }
 
@@ -269,6 +278,7 @@ mod tests {
             last_error: None,
             sent_at: None,
             parked_at: None,
+            ordering_key: None,
         }
     }
 

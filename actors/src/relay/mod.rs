@@ -17,6 +17,7 @@ mod fate;
 mod file_lock;
 mod housekeeping;
 mod notify;
+mod ordering;
 mod sql;
 mod stages;
 mod trace;

@@ -39,25 +39,63 @@ impl RelaySql {
     /// Up to `limit` due rows, oldest due first. On PostgreSQL the rows are locked with
     /// `SKIP LOCKED`, so concurrent relays claim disjoint batches; the partial due index
     /// makes this a range scan whatever the backlog.
+    ///
+    /// A row with an ordering key is left out while an older unsent row of its key cannot go
+    /// in the same batch: parked, or not due yet (an eta, a refused publish's backoff). Older
+    /// rows that are due but locked by another batch cannot be seen here; `key_runs` finds
+    /// them after the claim.
     pub(crate) fn claim(&self, limit: u32, now: DateTime<Utc>) -> Statement {
         let t = &self.table;
         let due = "sent_at IS NULL AND parked_at IS NULL";
+        let (now_sql, bound) = match self.backend {
+            DbBackend::Postgres => ("now()", None),
+            _ => ("?1", Some(Value::from(now))),
+        };
+        let older_blocked = format!(
+            "(ordering_key IS NULL OR NOT EXISTS (SELECT 1 FROM {t} p \
+             WHERE p.ordering_key = o.ordering_key AND p.id < o.id AND p.sent_at IS NULL \
+             AND (p.parked_at IS NOT NULL OR p.send_after > {now_sql})))"
+        );
+        let lock = match self.backend {
+            DbBackend::Postgres => " FOR UPDATE SKIP LOCKED",
+            _ => "",
+        };
+        let sql = format!(
+            "SELECT {COLUMNS} FROM {t} o WHERE {due} AND send_after <= {now_sql} \
+             AND {older_blocked} ORDER BY send_after, id LIMIT {limit}{lock}"
+        );
+        match bound {
+            None => Statement::from_string(self.backend, sql),
+            Some(now) => Statement::from_sql_and_values(self.backend, sql, [now]),
+        }
+    }
+
+    /// The unsent rows (`id`, `ordering_key`) of the given keys up to id `max_id`, in id
+    /// order, locked or not: what a batch's rows of those keys must be a prefix of.
+    pub(crate) fn key_runs(&self, keys: &[&str], max_id: i64) -> Statement {
+        let t = &self.table;
         match self.backend {
-            DbBackend::Postgres => Statement::from_string(
+            DbBackend::Postgres => Statement::from_sql_and_values(
                 self.backend,
                 format!(
-                    "SELECT {COLUMNS} FROM {t} WHERE {due} AND send_after <= now() \
-                     ORDER BY send_after, id LIMIT {limit} FOR UPDATE SKIP LOCKED"
+                    "SELECT id, ordering_key FROM {t} WHERE sent_at IS NULL \
+                     AND ordering_key = ANY($1) AND id <= {max_id} ORDER BY id"
                 ),
+                [Value::from(
+                    keys.iter().map(|k| (*k).to_owned()).collect::<Vec<String>>(),
+                )],
             ),
-            _ => Statement::from_sql_and_values(
-                self.backend,
-                format!(
-                    "SELECT {COLUMNS} FROM {t} WHERE {due} AND send_after <= ? \
-                     ORDER BY send_after, id LIMIT {limit}"
-                ),
-                [Value::from(now)],
-            ),
+            _ => {
+                let marks = vec!["?"; keys.len()].join(", ");
+                Statement::from_sql_and_values(
+                    self.backend,
+                    format!(
+                        "SELECT id, ordering_key FROM {t} WHERE sent_at IS NULL \
+                         AND ordering_key IN ({marks}) AND id <= {max_id} ORDER BY id"
+                    ),
+                    keys.iter().map(|k| Value::from((*k).to_owned())),
+                )
+            }
         }
     }
 
@@ -236,7 +274,11 @@ mod tests {
     #[test]
     fn postgres_claim_skips_locked_rows_in_due_order() {
         let s = sql(DbBackend::Postgres).claim(500, Utc::now()).to_string();
-        assert!(s.contains("FROM app_outbox WHERE sent_at IS NULL AND parked_at IS NULL"));
+        assert!(s.contains("FROM app_outbox o WHERE sent_at IS NULL AND parked_at IS NULL"));
+        assert!(
+            s.contains("p.ordering_key = o.ordering_key AND p.id < o.id AND p.sent_at IS NULL"),
+            "an older unsent row of the key is looked for: {s}"
+        );
         assert!(s.contains("send_after <= now()"), "database clock: {s}");
         assert!(
             s.ends_with("ORDER BY send_after, id LIMIT 500 FOR UPDATE SKIP LOCKED"),
@@ -247,9 +289,19 @@ mod tests {
     #[test]
     fn sqlite_claim_binds_the_time_and_locks_nothing() {
         let stmt = sql(DbBackend::Sqlite).claim(10, Utc::now());
-        assert!(stmt.sql.contains("send_after <= ?"));
+        assert!(stmt.sql.contains("send_after <= ?1"));
+        assert!(stmt.sql.contains("p.send_after > ?1"), "{}", stmt.sql);
         assert!(!stmt.sql.contains("FOR UPDATE"));
         assert_eq!(stmt.values.map(|v| v.0.len()), Some(1));
+    }
+
+    #[test]
+    fn key_runs_bind_every_key() {
+        let pg = sql(DbBackend::Postgres).key_runs(&["a", "b"], 41);
+        assert!(pg.sql.contains("ordering_key = ANY($1) AND id <= 41"), "{}", pg.sql);
+        assert_eq!(pg.values.map(|v| v.0.len()), Some(1), "one array");
+        let lite = sql(DbBackend::Sqlite).key_runs(&["a", "b", "c"], 7);
+        assert!(lite.sql.contains("ordering_key IN (?, ?, ?) AND id <= 7"), "{}", lite.sql);
     }
 
     #[test]

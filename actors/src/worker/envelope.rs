@@ -52,6 +52,8 @@ pub(crate) struct DeliveryMeta {
     pub(crate) tracking_ids: Vec<String>,
     /// The AMQP `correlation_id`, when set.
     pub(crate) correlation_id: Option<String>,
+    /// `x-outbox-ordering-key`, when set.
+    pub(crate) ordering_key: Option<String>,
     /// All headers as JSON (ours and the broker's removed).
     pub(crate) user_headers: Map<String, Value>,
 }
@@ -107,6 +109,7 @@ impl DeliveryMeta {
             deadline,
             tracking_ids,
             correlation_id: props.correlation_id().as_ref().map(|c| c.to_string()),
+            ordering_key: get(h::ORDERING_KEY).and_then(as_text),
             user_headers,
         }
     }
@@ -126,6 +129,7 @@ impl DeliveryMeta {
             .with_correlation_id(self.correlation_id)
             .with_deadline(self.deadline)
             .with_headers(self.user_headers)
+            .with_ordering_key(self.ordering_key)
     }
 }
 
