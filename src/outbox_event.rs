@@ -426,7 +426,13 @@ mod tests {
         for bad in [String::new(), "k".repeat(256)] {
             let err = event.clone().with_ordering_key(bad).validate();
             assert!(
-                matches!(err, Err(Error::InvalidConfig { field: "ordering_key", .. })),
+                matches!(
+                    err,
+                    Err(Error::InvalidConfig {
+                        field: "ordering_key",
+                        ..
+                    })
+                ),
                 "{err:?}"
             );
         }

@@ -185,7 +185,11 @@ where
     if state.table_exists {
         // A foreign table of the same name must be reported as such, not as a failing index
         // (nor altered): a table of an earlier version has every column but the newest.
-        let columns = if upgrade { COLUMNS_BEFORE_ORDERING } else { COLUMNS };
+        let columns = if upgrade {
+            COLUMNS_BEFORE_ORDERING
+        } else {
+            COLUMNS
+        };
         check_columns(db, table, columns).await?;
     }
     if state.complete {

@@ -55,10 +55,20 @@ async fn every_emit_path_stores_the_ordering_key() {
             .with_ordering_key("");
         let err = emit_many(&t.db, [bad]).await.expect_err("an empty key");
         assert!(
-            matches!(err, Error::InvalidConfig { field: "ordering_key", .. }),
+            matches!(
+                err,
+                Error::InvalidConfig {
+                    field: "ordering_key",
+                    ..
+                }
+            ),
             "{err}"
         );
-        assert_eq!(t.int("SELECT count(*) FROM outbox").await, 6, "nothing written");
+        assert_eq!(
+            t.int("SELECT count(*) FROM outbox").await,
+            6,
+            "nothing written"
+        );
         t.cleanup().await;
     }
 }
@@ -71,15 +81,16 @@ async fn setup_adds_the_column_to_a_table_of_the_earlier_layout() {
     for t in both_backends().await {
         let postgres = t.db.get_database_backend() == sea_orm::DbBackend::Postgres;
         // The earlier DDL: today's minus the column and its index.
-        let earlier: Vec<String> = actix_outbox::ddl(t.db.get_database_backend(), &Default::default())
-            .expect("ddl")
-            .into_iter()
-            .filter(|s| !s.contains("_key_idx"))
-            .map(|s| {
-                s.replace(",\n    ordering_key VARCHAR(255)", "")
-                    .replace(",\n    ordering_key TEXT", "")
-            })
-            .collect();
+        let earlier: Vec<String> =
+            actix_outbox::ddl(t.db.get_database_backend(), &Default::default())
+                .expect("ddl")
+                .into_iter()
+                .filter(|s| !s.contains("_key_idx"))
+                .map(|s| {
+                    s.replace(",\n    ordering_key VARCHAR(255)", "")
+                        .replace(",\n    ordering_key TEXT", "")
+                })
+                .collect();
         assert!(!earlier[0].contains("ordering_key"), "{}", earlier[0]);
         for sql in &earlier {
             t.db.execute_unprepared(sql).await.expect("earlier DDL");
@@ -87,7 +98,11 @@ async fn setup_adds_the_column_to_a_table_of_the_earlier_layout() {
         let (id, body, now) = if postgres {
             ("gen_random_uuid()", "'\\x7b7d'", "now()")
         } else {
-            ("x'000102030405060708090a0b0c0d0e0f'", "x'7b7d'", "'2026-01-01T00:00:00.000000Z'")
+            (
+                "x'000102030405060708090a0b0c0d0e0f'",
+                "x'7b7d'",
+                "'2026-01-01T00:00:00.000000Z'",
+            )
         };
         t.db.execute_unprepared(&format!(
             "INSERT INTO outbox (message_id, routing_key, payload, content_type, created_at, send_after) \
@@ -112,7 +127,9 @@ async fn setup_adds_the_column_to_a_table_of_the_earlier_layout() {
         let keyed = OutboxEvent::json("order.placed", &1)
             .expect("event")
             .with_ordering_key("order-7");
-        emit_event(&t.db, keyed).await.expect("emit into the upgraded table");
+        emit_event(&t.db, keyed)
+            .await
+            .expect("emit into the upgraded table");
 
         t.db.execute_unprepared("CREATE TABLE foreign_events (id BIGINT, note TEXT)")
             .await

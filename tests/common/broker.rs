@@ -19,7 +19,7 @@ use super::{require_env, unique};
 pub struct TestBroker {
     pub url: String,
     pub exchange: String,
-    conn: Connection,
+    pub conn: Connection,
     pub channel: Channel,
     queues: Vec<String>,
 }

@@ -144,9 +144,12 @@ async fn publish_in_order(
     };
     let mut stopped: HashSet<&str> = HashSet::new();
     for round in rounds {
-        let (go, held): (Vec<usize>, Vec<usize>) = round
-            .into_iter()
-            .partition(|&i| rows[i].ordering_key.as_deref().is_none_or(|k| !stopped.contains(k)));
+        let (go, held): (Vec<usize>, Vec<usize>) = round.into_iter().partition(|&i| {
+            rows[i]
+                .ordering_key
+                .as_deref()
+                .is_none_or(|k| !stopped.contains(k))
+        });
         for i in held {
             all.fates[i] = Fate::HeldBack;
         }

@@ -72,6 +72,10 @@ pub struct RelayStats {
     /// Rows released unconfirmed after a broker failure (they go out again: possible
     /// duplicates).
     pub released: u64,
+    /// Rows with an ordering key claimed but left for a later batch, because an older row
+    /// of their key was in another batch or was not confirmed (see
+    /// [`OutboxEvent::with_ordering_key`](actix_outbox::OutboxEvent::with_ordering_key)).
+    pub held_back: u64,
     /// Batches that failed on a database or broker error.
     pub errors: u64,
     /// Sent rows purged (keep mode).
@@ -108,6 +112,7 @@ impl RelayStats {
         self.parked += r.parked as u64;
         self.expired += r.expired as u64;
         self.released += r.released as u64;
+        self.held_back += r.held_back as u64;
         self.errors += u64::from(r.channel_error.is_some());
     }
 }

@@ -39,7 +39,10 @@ pub(crate) async fn hold_back<C: ConnectionTrait>(
     sql: &RelaySql,
     rows: Vec<Model>,
 ) -> Result<(Vec<Model>, usize)> {
-    let keys: HashSet<&str> = rows.iter().filter_map(|r| r.ordering_key.as_deref()).collect();
+    let keys: HashSet<&str> = rows
+        .iter()
+        .filter_map(|r| r.ordering_key.as_deref())
+        .collect();
     if keys.is_empty() {
         return Ok((rows, 0));
     }
@@ -121,7 +124,9 @@ impl Rounds {
         ];
         let mut rank: HashMap<&str, usize> = HashMap::new();
         for i in keyed {
-            let n = rank.entry(rows[i].ordering_key.as_deref().unwrap_or_default()).or_insert(0);
+            let n = rank
+                .entry(rows[i].ordering_key.as_deref().unwrap_or_default())
+                .or_insert(0);
             if rounds.len() <= *n {
                 rounds.push(Vec::new());
             }

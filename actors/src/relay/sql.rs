@@ -82,7 +82,9 @@ impl RelaySql {
                      AND ordering_key = ANY($1) AND id <= {max_id} ORDER BY id"
                 ),
                 [Value::from(
-                    keys.iter().map(|k| (*k).to_owned()).collect::<Vec<String>>(),
+                    keys.iter()
+                        .map(|k| (*k).to_owned())
+                        .collect::<Vec<String>>(),
                 )],
             ),
             _ => {
@@ -298,10 +300,18 @@ mod tests {
     #[test]
     fn key_runs_bind_every_key() {
         let pg = sql(DbBackend::Postgres).key_runs(&["a", "b"], 41);
-        assert!(pg.sql.contains("ordering_key = ANY($1) AND id <= 41"), "{}", pg.sql);
+        assert!(
+            pg.sql.contains("ordering_key = ANY($1) AND id <= 41"),
+            "{}",
+            pg.sql
+        );
         assert_eq!(pg.values.map(|v| v.0.len()), Some(1), "one array");
         let lite = sql(DbBackend::Sqlite).key_runs(&["a", "b", "c"], 7);
-        assert!(lite.sql.contains("ordering_key IN (?, ?, ?) AND id <= 7"), "{}", lite.sql);
+        assert!(
+            lite.sql.contains("ordering_key IN (?, ?, ?) AND id <= 7"),
+            "{}",
+            lite.sql
+        );
     }
 
     #[test]
