@@ -3,7 +3,9 @@
 
 use actix_outbox::Result;
 use lapin::Channel;
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::types::FieldTable;
 use serde_json::{Map, Value};
 
@@ -99,6 +101,24 @@ pub(crate) async fn declare_queue_def(channel: &Channel, q: &QueueDef, check: bo
 }
 
 pub(crate) async fn bind(channel: &Channel, b: &BindingDef) -> Result<()> {
+    if b.to_exchange {
+        return channel
+            .exchange_bind(
+                b.destination.as_str().into(),
+                b.source.as_str().into(),
+                b.routing_key.as_str().into(),
+                ExchangeBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| {
+                refused(
+                    "binding",
+                    &format!("{} <- {}", b.destination, b.source),
+                    format!("cannot bind exchange with key {:?}: {e}", b.routing_key),
+                )
+            });
+    }
     channel
         .queue_bind(
             b.destination.as_str().into(),

@@ -143,6 +143,17 @@ pub(crate) fn dead_letter_queue(queue: &str) -> String {
     format!("dlq_{queue}")
 }
 
+/// Partition `n` of ordered listener `queue`: `<queue>.p<n>`.
+pub(crate) fn partition_queue(queue: &str, n: u16) -> String {
+    format!("{queue}.p{n}")
+}
+
+/// The consistent-hash exchange of ordered listener `queue` on `exchange`:
+/// `<exchange>.ordered.<queue>`.
+pub(crate) fn partition_exchange(exchange: &str, queue: &str) -> String {
+    format!("{exchange}.ordered.{queue}")
+}
+
 /// The delay exchange and queue for `delay` on `exchange`: `<exchange>.retry.<ms>ms`.
 ///
 /// Versioned by its name: the `<exchange>.delay.<ms>ms` queues of earlier versions were

@@ -12,7 +12,8 @@ use serde_json::{Map, Value, json};
 
 use super::declare::{bind, declare_exchange_def, declare_queue_def};
 use super::{
-    TopologyMode, Unroutable, dead_letter_exchange, dead_letter_queue, delay_name, unroutable_name,
+    TopologyMode, Unroutable, dead_letter_exchange, dead_letter_queue, delay_name,
+    partition_exchange, partition_queue, unroutable_name,
 };
 
 /// The delivery limit given to quorum dead-letter queues: high enough never to be reached.
@@ -34,6 +35,9 @@ pub enum ExchangeType {
     Fanout,
     /// Routes by exact key (the dead-letter exchange).
     Direct,
+    /// Routes each message to one bound queue by a hash of its ordering key (the partitions
+    /// of an ordered listener; RabbitMQ's `rabbitmq_consistent_hash_exchange` plugin).
+    ConsistentHash,
 }
 
 impl ExchangeType {
@@ -44,6 +48,7 @@ impl ExchangeType {
             ExchangeType::Topic => "topic",
             ExchangeType::Fanout => "fanout",
             ExchangeType::Direct => "direct",
+            ExchangeType::ConsistentHash => "x-consistent-hash",
         }
     }
 
@@ -52,6 +57,7 @@ impl ExchangeType {
             ExchangeType::Topic => ExchangeKind::Topic,
             ExchangeType::Fanout => ExchangeKind::Fanout,
             ExchangeType::Direct => ExchangeKind::Direct,
+            ExchangeType::ConsistentHash => ExchangeKind::Custom(self.as_str().to_owned()),
         }
     }
 }
@@ -79,16 +85,18 @@ pub struct QueueDef {
     pub arguments: Map<String, Value>,
 }
 
-/// A queue bound to an exchange.
+/// A queue (or exchange) bound to an exchange.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct BindingDef {
     /// The exchange.
     pub source: String,
-    /// The queue.
+    /// The queue, or with `to_exchange` the exchange, messages go on to.
     pub destination: String,
     /// The binding key.
     pub routing_key: String,
+    /// The destination is an exchange (an ordered listener's consistent-hash exchange).
+    pub to_exchange: bool,
 }
 
 /// What one handler queue needs, beside the exchange.
@@ -109,6 +117,8 @@ pub(crate) struct QueueLayout<'a> {
     pub(crate) legacy_queue: bool,
     /// The dead-letter queue was declared by an earlier version, without a delivery limit.
     pub(crate) legacy_dlq: bool,
+    /// Ordered listener: the number of partition queues (0: one plain queue).
+    pub(crate) partitions: u16,
 }
 
 /// Exchanges, queues and bindings, each once, in declaration order.
@@ -185,6 +195,11 @@ impl Topology {
         if !layout.legacy_queue {
             at_least_once(&mut main);
         }
+        if layout.partitions > 0 {
+            self.add_partitions(layout, main);
+            self.bind(&dlx, &dlq, &dlq);
+            return;
+        }
         self.queue(layout.queue, main);
         let mut delays = layout.delays.to_vec();
         delays.sort();
@@ -208,6 +223,26 @@ impl Topology {
         }
     }
 
+    /// An ordered listener's queues: the consistent-hash exchange bound to the topic exchange
+    /// with the listener's keys, and one single-active-consumer queue per partition bound to
+    /// it with weight 1. Retries happen in place (no delay queues): a retry of one event
+    /// holds back the later events of its partition.
+    fn add_partitions(&mut self, layout: &QueueLayout<'_>, mut queue_args: Map<String, Value>) {
+        let hash = partition_exchange(layout.exchange, layout.queue);
+        let mut args = Map::new();
+        args.insert("hash-header".into(), actix_outbox::headers::ORDERING_KEY.into());
+        self.exchange(&hash, ExchangeType::ConsistentHash, args);
+        queue_args.insert("x-single-active-consumer".into(), true.into());
+        for n in 0..layout.partitions {
+            let partition = partition_queue(layout.queue, n);
+            self.queue(&partition, queue_args.clone());
+            self.bind(&hash, &partition, "1");
+        }
+        for key in layout.keys {
+            self.bind_exchange(layout.exchange, &hash, key.as_str());
+        }
+    }
+
     /// Adds everything of `other` this topology lacks.
     pub fn merge(&mut self, other: Topology) {
         for e in other.exchanges {
@@ -217,7 +252,7 @@ impl Topology {
             self.queue(&q.name, q.arguments);
         }
         for b in other.bindings {
-            self.bind(&b.source, &b.destination, &b.routing_key);
+            self.add_binding(&b.source, &b.destination, &b.routing_key, b.to_exchange);
         }
     }
 
@@ -241,10 +276,19 @@ impl Topology {
     }
 
     fn bind(&mut self, source: &str, destination: &str, key: &str) {
+        self.add_binding(source, destination, key, false);
+    }
+
+    fn bind_exchange(&mut self, source: &str, destination: &str, key: &str) {
+        self.add_binding(source, destination, key, true);
+    }
+
+    fn add_binding(&mut self, source: &str, destination: &str, key: &str, to_exchange: bool) {
         let binding = BindingDef {
             source: source.to_owned(),
             destination: destination.to_owned(),
             routing_key: key.to_owned(),
+            to_exchange,
         };
         if !self.bindings.contains(&binding) {
             self.bindings.push(binding);
@@ -282,7 +326,8 @@ impl Topology {
             .map(|b| {
                 json!({
                     "source": b.source, "vhost": vhost, "destination": b.destination,
-                    "destination_type": "queue", "routing_key": b.routing_key, "arguments": {},
+                    "destination_type": if b.to_exchange { "exchange" } else { "queue" },
+                    "routing_key": b.routing_key, "arguments": {},
                 })
             })
             .collect();
@@ -328,6 +373,7 @@ mod tests {
             delays,
             legacy_queue: false,
             legacy_dlq: false,
+            partitions: 0,
         }
     }
 

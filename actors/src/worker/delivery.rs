@@ -113,11 +113,30 @@ where
     }
     let started = Instant::now();
     async move {
-        let (attempt, deadline) = (meta.attempt, meta.deadline);
+        let deadline = meta.deadline;
         let routing_key = meta.routing_key.clone();
-        let (outcome, handler_time) = handle(&job, &delivery, meta).await;
-        let fate = decide(&outcome, attempt, &job.spec.policy);
-        let fate = expire_if_past(fate, deadline, Utc::now());
+        let mut meta = meta;
+        let (outcome, handler_time, fate, attempt) = loop {
+            let attempt = meta.attempt;
+            let (outcome, handler_time) = handle(&job, &delivery, meta.clone()).await;
+            let fate = decide(&outcome, attempt, &job.spec.policy);
+            let fate = expire_if_past(fate, deadline, Utc::now());
+            match fate {
+                // Ordered listener: a failure is retried in place, unacked, so that nothing
+                // of its partition passes it (see `Listen::ordered`).
+                Fate::Retry { delay } if job.spec.partitions > 0 => {
+                    if !matches!(outcome, Outcome::Failed(_)) {
+                        // A dead or stuck handler actor: back to the head of the queue for
+                        // the consumer to restart it (bounded by the redelivery limit).
+                        break (outcome, handler_time, Fate::Requeue, attempt);
+                    }
+                    debug!(?delay, attempt, "retrying in place (ordered listener)");
+                    tokio::time::sleep(delay).await;
+                    meta.attempt = attempt.saturating_add(1);
+                }
+                fate => break (outcome, handler_time, fate, attempt),
+            }
+        };
         let copy = CopyFacts {
             routing_key: &routing_key,
             attempt,

@@ -42,7 +42,7 @@ pub struct HandlerSource<T: Send + 'static> {
 
 enum Kind<T: Send + 'static> {
     /// Starts a new handler actor.
-    Factory(Box<dyn Fn() -> Recipient<Event<T>>>),
+    Factory(std::rc::Rc<dyn Fn() -> Recipient<Event<T>>>),
     /// A running actor that cannot be replaced.
     Fixed(Recipient<Event<T>>),
 }
@@ -53,6 +53,21 @@ impl<T: Send + 'static> fmt::Debug for HandlerSource<T> {
             .field("type_name", &self.type_name)
             .field("restartable", &matches!(self.kind, Kind::Factory(_)))
             .finish()
+    }
+}
+
+/// A copy for another consumer of the same handler (the partitions of an ordered listener):
+/// a factory starts an actor per consumer, a fixed address is shared.
+impl<T: Send + 'static> Clone for HandlerSource<T> {
+    fn clone(&self) -> Self {
+        let kind = match &self.kind {
+            Kind::Factory(factory) => Kind::Factory(factory.clone()),
+            Kind::Fixed(recipient) => Kind::Fixed(recipient.clone()),
+        };
+        Self {
+            kind,
+            type_name: self.type_name,
+        }
     }
 }
 
@@ -71,7 +86,7 @@ where
 {
     fn into_handler(self) -> HandlerSource<T> {
         HandlerSource {
-            kind: Kind::Factory(Box::new(move || self().start().recipient())),
+            kind: Kind::Factory(std::rc::Rc::new(move || self().start().recipient())),
             type_name: std::any::type_name::<A>(),
         }
     }
@@ -105,7 +120,7 @@ impl<T: Send + 'static> IntoHandler<T, Recipient<Event<T>>> for Recipient<Event<
 /// death already dealt with from a new one.
 pub(crate) struct HandlerSlot<T: Send + 'static> {
     /// The factory, when restartable.
-    factory: Option<Box<dyn Fn() -> Recipient<Event<T>>>>,
+    factory: Option<std::rc::Rc<dyn Fn() -> Recipient<Event<T>>>>,
     /// Where events go now.
     current: Recipient<Event<T>>,
     /// Bumped on every restart.

@@ -123,7 +123,7 @@ async fn set_up(channel: &Channel, spec: &ConsumerSpec, legacy: Legacy) -> Resul
     declare_consumer_topology(channel, spec, legacy).await?;
     let consumer = channel
         .basic_consume(
-            spec.queue.as_str().into(),
+            spec.consume.as_str().into(),
             "".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
@@ -213,6 +213,7 @@ fn layout(spec: &ConsumerSpec, legacy: Legacy) -> QueueLayout<'_> {
         delays: &spec.policy.delays,
         legacy_queue: legacy.queue,
         legacy_dlq: legacy.dlq,
+        partitions: spec.partitions,
     }
 }
 

@@ -44,6 +44,8 @@ pub struct Listen {
     retry_delays: Option<Vec<RetryDelay>>,
     /// Per-queue handler timeout, else the worker's.
     handler_timeout: Option<Duration>,
+    /// Ordered listener: the number of partition queues.
+    partitions: Option<u16>,
 }
 
 impl Listen {
@@ -76,6 +78,7 @@ impl Listen {
             retry_on_error: None,
             retry_delays: None,
             handler_timeout: None,
+            partitions: None,
         })
     }
 
@@ -122,6 +125,39 @@ impl Listen {
         self
     }
 
+    /// Hands the events of one ordering key
+    /// ([`OutboxEvent::with_ordering_key`](actix_outbox::OutboxEvent::with_ordering_key)) to the
+    /// handler one at a time, in emit order, while events of different keys are handled in
+    /// parallel across `partitions` queues.
+    ///
+    /// The queue becomes `partitions` quorum queues `<queue>.p0` … behind a consistent-hash
+    /// exchange `<exchange>.ordered.<queue>` that the topic exchange feeds with the binding
+    /// keys and that hashes the `x-outbox-ordering-key` header, so one key always lands in
+    /// the same partition. Each partition has `x-single-active-consumer`: however many
+    /// worker processes run this listener, one consumer at a time gets a partition's
+    /// messages, and another takes over when it goes. Within a partition the consumer takes
+    /// one message at a time (prefetch 1).
+    ///
+    /// **Retries hold the partition.** A failed event is retried in place, after the same
+    /// delays as elsewhere, without being acked, so no later event of its key can pass it —
+    /// nor any other event of its partition: a partition stalls for as long as one of its
+    /// events is retried. More partitions spread that cost. An event that runs out of retries
+    /// is dead-lettered to `dlq_<queue>` (one for all partitions), and the next event of its
+    /// key then goes on: replaying it later delivers it out of order.
+    ///
+    /// Needs RabbitMQ's `rabbitmq_consistent_hash_exchange` plugin (shipped with RabbitMQ,
+    /// `rabbitmq-plugins enable rabbitmq_consistent_hash_exchange`) and quorum queues.
+    /// Events without an ordering key all hash alike and share one partition: give every
+    /// event an ordered listener takes a key. The number of partitions is part of the
+    /// topology: changing it moves keys between partitions, so drain the queues first.
+    ///
+    /// `partitions` must be 1 to 64; checked when the handler is registered.
+    #[must_use]
+    pub fn ordered(mut self, partitions: u16) -> Self {
+        self.partitions = Some(partitions);
+        self
+    }
+
     /// The binding keys.
     #[must_use]
     pub fn keys(&self) -> &[BindingKey] {
@@ -140,8 +176,13 @@ impl Listen {
             None => queue_name_for(type_name),
         };
         check_queue_name(&queue)?;
-        let prefetch = self.prefetch.unwrap_or(config.prefetch);
+        let mut prefetch = self.prefetch.unwrap_or(config.prefetch);
         check_prefetch(prefetch)?;
+        let partitions = self.partitions.unwrap_or(0);
+        if let Some(n) = self.partitions {
+            check_partitions(n, config, &queue)?;
+            prefetch = 1; // one message of a partition at a time
+        }
         if let Some(timeout) = self.handler_timeout {
             actix_outbox::__private::require_positive("handler_timeout", timeout)?;
         }
@@ -167,6 +208,8 @@ impl Listen {
             handler_timeout: self.handler_timeout.unwrap_or(config.handler_timeout),
             max_redeliveries: config.max_redeliveries,
             reconnect: config.reconnect,
+            consume: queue.clone(),
+            partitions,
             queue,
         })
     }
@@ -176,8 +219,13 @@ impl Listen {
 /// config.
 #[derive(Debug, Clone)]
 pub(crate) struct ConsumerSpec {
-    /// The queue consumed (also the retry copies' routing key).
+    /// The listener's queue: its dead-letter queue's name, the handler header, the inbox key,
+    /// and (unordered) the retry copies' routing key.
     pub(crate) queue: String,
+    /// The queue this consumer takes deliveries from: `queue`, or one partition of it.
+    pub(crate) consume: String,
+    /// Ordered listener: its number of partitions (0: unordered).
+    pub(crate) partitions: u16,
     /// The handler actor's type, for logs and the `x-outbox-handler` header.
     pub(crate) handler: String,
     /// The topic patterns the queue is bound with.
@@ -206,6 +254,34 @@ pub(crate) struct ConsumerSpec {
     pub(crate) max_redeliveries: u32,
     /// Pause between attempts to consume again.
     pub(crate) reconnect: Backoff,
+}
+
+/// Checks an ordered listener's settings: 1 to 64 partitions, quorum queues, and names that
+/// fit in AMQP's 255 bytes.
+fn check_partitions(n: u16, config: &WorkerConfig, queue: &str) -> Result<()> {
+    let bad = |reason: String| Error::InvalidConfig {
+        field: "partitions",
+        reason,
+    };
+    if !(1..=64).contains(&n) {
+        return Err(bad(format!(
+            "an ordered listener needs 1 to 64 partitions, not {n}"
+        )));
+    }
+    if config.queue_type != QueueType::Quorum {
+        return Err(bad(
+            "ordered listeners need quorum queues (a classic queue's redelivery bookkeeping \
+             publishes messages back to its tail, out of order)"
+                .to_owned(),
+        ));
+    }
+    let exchange = crate::exchange::partition_exchange(&config.exchange, queue);
+    if exchange.len() > 255 {
+        return Err(bad(format!(
+            "the partition exchange name {exchange:?} would be longer than 255 bytes: use a shorter queue or exchange name"
+        )));
+    }
+    Ok(())
 }
 
 /// Shared, read-only spec.
@@ -294,6 +370,35 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn ordered_listeners_are_checked() {
+        let config = WorkerConfig::default().with_prefetch(50);
+        let spec = Listen::new(["order.*"])
+            .expect("keys")
+            .ordered(4)
+            .resolve(&config, "app::Shipping")
+            .expect("valid");
+        assert_eq!((spec.partitions, spec.prefetch), (4, 1));
+        for n in [0, 65] {
+            let err = Listen::new(["x"])
+                .expect("keys")
+                .ordered(n)
+                .resolve(&config, "A")
+                .expect_err("out of range");
+            assert!(
+                matches!(err, Error::InvalidConfig { field: "partitions", .. }),
+                "{err}"
+            );
+        }
+        let classic = WorkerConfig::default().with_queue_type(QueueType::Classic);
+        let err = Listen::new(["x"])
+            .expect("keys")
+            .ordered(2)
+            .resolve(&classic, "A")
+            .expect_err("classic");
+        assert!(err.to_string().contains("quorum"), "{err}");
     }
 
     #[test]

@@ -248,13 +248,13 @@ impl Worker {
             consumers: Vec::new(),
         };
         for registration in self.registrations {
-            let (ready, started) = oneshot::channel();
-            let consumer = registration.start(self.supervisor.clone(), ready);
-            match started.await.unwrap_or(Err(Error::Shutdown)) {
-                Ok(()) => running.consumers.push(consumer),
-                Err(e) => {
-                    running.stop().await;
-                    return Err(e);
+            for (consumer, started) in registration.start(self.supervisor.clone()) {
+                match started.await.unwrap_or(Err(Error::Shutdown)) {
+                    Ok(()) => running.consumers.push(consumer),
+                    Err(e) => {
+                        running.stop().await;
+                        return Err(e);
+                    }
                 }
             }
         }
@@ -368,12 +368,13 @@ struct ConsumerHandle {
 trait Registration {
     fn spec(&self) -> &ConsumerSpec;
 
-    fn start(
-        self: Box<Self>,
-        supervisor: Addr<ConnectionSupervisor>,
-        ready: oneshot::Sender<Result<()>>,
-    ) -> ConsumerHandle;
+    /// Starts the consumer (one per partition of an ordered listener); each handle comes with
+    /// the news of its first attempt to consume.
+    fn start(self: Box<Self>, supervisor: Addr<ConnectionSupervisor>) -> Vec<Started>;
 }
+
+/// A started consumer, and whether its first attempt to consume worked.
+type Started = (ConsumerHandle, oneshot::Receiver<Result<()>>);
 
 struct Typed<T: Send + 'static> {
     spec: ConsumerSpec,
@@ -385,18 +386,31 @@ impl<T: DeserializeOwned + Send + 'static> Registration for Typed<T> {
         &self.spec
     }
 
-    fn start(
-        self: Box<Self>,
-        supervisor: Addr<ConnectionSupervisor>,
-        ready: oneshot::Sender<Result<()>>,
-    ) -> ConsumerHandle {
-        let queue = self.spec.queue.clone();
-        let actor = ConsumerActor::new(Arc::new(self.spec), supervisor, self.source, ready);
-        let addr = actor.start();
-        ConsumerHandle {
-            queue,
-            stop: addr.clone().recipient(),
-            stats: addr.recipient(),
-        }
+    fn start(self: Box<Self>, supervisor: Addr<ConnectionSupervisor>) -> Vec<Started> {
+        let specs: Vec<ConsumerSpec> = match self.spec.partitions {
+            0 => vec![self.spec],
+            n => (0..n)
+                .map(|i| ConsumerSpec {
+                    consume: crate::exchange::partition_queue(&self.spec.queue, i),
+                    ..self.spec.clone()
+                })
+                .collect(),
+        };
+        specs
+            .into_iter()
+            .map(|spec| {
+                let (ready, started) = oneshot::channel();
+                let queue = spec.consume.clone();
+                let source = self.source.clone();
+                let actor = ConsumerActor::new(Arc::new(spec), supervisor.clone(), source, ready);
+                let addr = actor.start();
+                let handle = ConsumerHandle {
+                    queue,
+                    stop: addr.clone().recipient(),
+                    stats: addr.recipient(),
+                };
+                (handle, started)
+            })
+            .collect()
     }
 }

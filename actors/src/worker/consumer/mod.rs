@@ -127,7 +127,7 @@ impl<T: DeserializeOwned + Send + 'static> ConsumerActor<T> {
         source: HandlerSource<T>,
         ready: oneshot::Sender<Result<()>>,
     ) -> Self {
-        let metrics = ConsumerMetrics::new(&spec.queue);
+        let metrics = ConsumerMetrics::new(&spec.consume);
         Self {
             metrics,
             spec,
