@@ -57,7 +57,8 @@ impl Handler<Event<Step>> for Recorder {
             attempt: event.attempt(),
             ordering_key: event.ordering_key().map(str::to_owned),
         });
-        if (step.key.as_str(), step.seq) == (self.fail.0.as_str(), self.fail.1) && event.attempt() < 3
+        if (step.key.as_str(), step.seq) == (self.fail.0.as_str(), self.fail.1)
+            && event.attempt() < 3
         {
             return Err(HandlerError::failed("not yet"));
         }
@@ -84,7 +85,10 @@ async fn one_keys_events_are_handled_in_order_and_a_retry_holds_it_back() {
     let running = Worker::new(env.supervisor.clone(), env.config())
         .expect("worker")
         .listen::<Step, _>(
-            Listen::new(["order.*"]).expect("keys").with_queue(&queue).ordered(4),
+            Listen::new(["order.*"])
+                .expect("keys")
+                .with_queue(&queue)
+                .ordered(4),
             factory,
         )
         .expect("listen")
@@ -102,7 +106,10 @@ async fn one_keys_events_are_handled_in_order_and_a_retry_holds_it_back() {
         let q = channel
             .queue_declare(
                 partition.as_str().into(),
-                QueueDeclareOptions { passive: true, ..Default::default() },
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
                 FieldTable::default(),
             )
             .await
@@ -114,9 +121,15 @@ async fn one_keys_events_are_handled_in_order_and_a_retry_holds_it_back() {
     for seq in 1..=PER_KEY {
         let events = (0..KEYS).map(|k| {
             let key = format!("k{k}");
-            OutboxEvent::json("order.changed", &Step { key: key.clone(), seq })
-                .expect("event")
-                .with_ordering_key(key)
+            OutboxEvent::json(
+                "order.changed",
+                &Step {
+                    key: key.clone(),
+                    seq,
+                },
+            )
+            .expect("event")
+            .with_ordering_key(key)
         });
         emit_many(&t.db, events).await.expect("emit");
     }
@@ -129,29 +142,57 @@ async fn one_keys_events_are_handled_in_order_and_a_retry_holds_it_back() {
     wait_for(
         "every event to be handled",
         Duration::from_secs(60),
-        || async { (handled(&calls.0.lock().expect("lock")) >= (KEYS * PER_KEY) as usize).then_some(()) },
+        || async {
+            (handled(&calls.0.lock().expect("lock")) >= (KEYS * PER_KEY) as usize).then_some(())
+        },
     )
     .await;
     let calls = calls.0.lock().expect("lock").clone();
     let mut by_key: HashMap<String, Vec<(u32, u32)>> = HashMap::new();
     for c in &calls {
-        assert_eq!(c.ordering_key.as_deref(), Some(c.step_key.as_str()), "the key travels");
-        by_key.entry(c.step_key.clone()).or_default().push((c.seq, c.attempt));
+        assert_eq!(
+            c.ordering_key.as_deref(),
+            Some(c.step_key.as_str()),
+            "the key travels"
+        );
+        by_key
+            .entry(c.step_key.clone())
+            .or_default()
+            .push((c.seq, c.attempt));
     }
     for (key, seen) in &by_key {
-        let seqs: Vec<u32> = seen.iter().filter(|(_, a)| *a == 1).map(|(s, _)| *s).collect();
-        assert_eq!(seqs, (1..=PER_KEY).collect::<Vec<_>>(), "{key}: first attempts in order");
+        let seqs: Vec<u32> = seen
+            .iter()
+            .filter(|(_, a)| *a == 1)
+            .map(|(s, _)| *s)
+            .collect();
+        assert_eq!(
+            seqs,
+            (1..=PER_KEY).collect::<Vec<_>>(),
+            "{key}: first attempts in order"
+        );
         if key == "k3" {
-            let five: Vec<usize> = seen.iter().enumerate().filter(|(_, (s, _))| *s == 5).map(|(i, _)| i).collect();
+            let five: Vec<usize> = seen
+                .iter()
+                .enumerate()
+                .filter(|(_, (s, _))| *s == 5)
+                .map(|(i, _)| i)
+                .collect();
             assert_eq!(five.len(), 3, "k3/5 attempts: {seen:?}");
             assert_eq!(
                 five,
                 [4, 5, 6],
                 "k3/5 is retried in place: nothing of k3 comes between its attempts: {seen:?}"
             );
-            assert_eq!(seen[4..7].iter().map(|(_, a)| *a).collect::<Vec<_>>(), [1, 2, 3]);
+            assert_eq!(
+                seen[4..7].iter().map(|(_, a)| *a).collect::<Vec<_>>(),
+                [1, 2, 3]
+            );
         } else {
-            assert!(seen.iter().all(|(_, a)| *a == 1), "{key}: no retries: {seen:?}");
+            assert!(
+                seen.iter().all(|(_, a)| *a == 1),
+                "{key}: no retries: {seen:?}"
+            );
         }
     }
     assert_eq!(by_key.len(), KEYS as usize);
@@ -159,7 +200,8 @@ async fn one_keys_events_are_handled_in_order_and_a_retry_holds_it_back() {
     let busy = stats.values().filter(|s| s.handled > 0).count();
     assert!(busy >= 2, "the keys spread over the partitions: {stats:?}");
     relay.stop().await;
-    t.wait_outbox_empty("all sent", Duration::from_secs(5)).await;
+    t.wait_outbox_empty("all sent", Duration::from_secs(5))
+        .await;
     let exchange = format!("{}.ordered.{queue}", env.broker.exchange);
     tokio::time::timeout(Duration::from_secs(30), running.stop())
         .await

@@ -230,7 +230,10 @@ impl Topology {
     fn add_partitions(&mut self, layout: &QueueLayout<'_>, mut queue_args: Map<String, Value>) {
         let hash = partition_exchange(layout.exchange, layout.queue);
         let mut args = Map::new();
-        args.insert("hash-header".into(), actix_outbox::headers::ORDERING_KEY.into());
+        args.insert(
+            "hash-header".into(),
+            actix_outbox::headers::ORDERING_KEY.into(),
+        );
         self.exchange(&hash, ExchangeType::ConsistentHash, args);
         queue_args.insert("x-single-active-consumer".into(), true.into());
         for n in 0..layout.partitions {

@@ -388,7 +388,13 @@ mod tests {
                 .resolve(&config, "A")
                 .expect_err("out of range");
             assert!(
-                matches!(err, Error::InvalidConfig { field: "partitions", .. }),
+                matches!(
+                    err,
+                    Error::InvalidConfig {
+                        field: "partitions",
+                        ..
+                    }
+                ),
                 "{err}"
             );
         }

@@ -40,6 +40,8 @@ pub struct WorkerOptions {
     pub max_redeliveries: u32,
     /// An inbox table (`FAULT_INBOX`): each event's `done` record written once.
     pub inbox: Option<String>,
+    /// An ordered listener with this many partitions (`FAULT_ORDERED`); 0: a plain queue.
+    pub partitions: u16,
 }
 
 impl Default for WorkerOptions {
@@ -53,12 +55,18 @@ impl Default for WorkerOptions {
             queue_type: "quorum",
             max_redeliveries: 20,
             inbox: None,
+            partitions: 0,
         }
     }
 }
 
 impl WorkerOptions {
     #[must_use]
+    pub fn with_partitions(mut self, partitions: u16) -> Self {
+        self.partitions = partitions;
+        self
+    }
+
     pub fn with_inbox(mut self, table: impl Into<String>) -> Self {
         self.inbox = Some(table.into());
         self
@@ -124,6 +132,8 @@ pub struct FaultRig {
     worker_bin: PathBuf,
     /// Retry delays of the workers started (their delay queues are checked and deleted).
     delays_ms: HashSet<u64>,
+    /// Partitions of the ordered listener the workers run (0: a plain queue).
+    partitions: u16,
 }
 
 impl FaultRig {
@@ -161,6 +171,7 @@ impl FaultRig {
             relay_bin,
             worker_bin,
             delays_ms: HashSet::new(),
+            partitions: 0,
         }
     }
 
@@ -196,8 +207,11 @@ impl FaultRig {
             .iter()
             .map(|ms| format!("{ms}ms"))
             .collect();
-        self.delays_ms
-            .extend(options.retry_delays_ms.iter().copied());
+        if options.partitions == 0 {
+            // An ordered listener retries in place: it declares no delay queues.
+            self.delays_ms
+                .extend(options.retry_delays_ms.iter().copied());
+        }
         let mut env = vec![
             env("DATABASE_URL", &self.services.database_url),
             env("AMQP_URL", &self.services.amqp_url),
@@ -221,6 +235,10 @@ impl FaultRig {
         ];
         if let Some(inbox) = &options.inbox {
             env.push(("FAULT_INBOX".to_owned(), inbox.clone()));
+        }
+        if options.partitions > 0 {
+            self.partitions = options.partitions;
+            env.push(("FAULT_ORDERED".to_owned(), options.partitions.to_string()));
         }
         let name = format!("worker{}", self.workers.len());
         let mut worker = ChildProcess::start(&name, &self.worker_bin, env, &self.log_dir);
@@ -381,7 +399,7 @@ impl FaultRig {
             ),
             timeout,
             || async {
-                let ready = self.depth(&queue).await == Some(0);
+                let ready = self.handler_queues_empty().await;
                 let dead_ok = self.depth(&dlq).await.unwrap_or(0) >= want_dead;
                 (ready && dead_ok).then_some(())
             },
@@ -390,10 +408,9 @@ impl FaultRig {
         self.assert_all_running();
         self.stop_all().await;
 
-        assert_eq!(
-            self.depth(&queue).await,
-            Some(0),
-            "[{}] queue {queue} is not empty after the stop",
+        assert!(
+            self.handler_queues_empty().await,
+            "[{}] queue {queue} (or a partition of it) is not empty after the stop",
             self.case
         );
         let unroutable = self.names.unroutable();
@@ -447,6 +464,26 @@ impl FaultRig {
         }
     }
 
+    /// The queues the workers consume: the case's queue, or its partitions.
+    fn handler_queues(&self) -> Vec<String> {
+        match self.partitions {
+            0 => vec![self.names.queue.clone()],
+            n => (0..n)
+                .map(|i| format!("{}.p{i}", self.names.queue))
+                .collect(),
+        }
+    }
+
+    /// Whether every handler queue exists and is empty.
+    async fn handler_queues_empty(&self) -> bool {
+        for queue in self.handler_queues() {
+            if self.depth(&queue).await != Some(0) {
+                return false;
+            }
+        }
+        true
+    }
+
     /// SIGTERM to every relay, then every worker; each must exit 0 within 30 s.
     async fn stop_all(&mut self) {
         for p in self.relays.iter_mut().chain(self.workers.iter_mut()) {
@@ -475,11 +512,13 @@ impl FaultRig {
         let conn = self.amqp().await;
         if let Ok(channel) = conn.create_channel().await {
             let n = &self.names;
-            let mut queues = vec![n.queue.clone(), n.dlq(), n.unroutable()];
+            let mut queues = self.handler_queues();
+            queues.extend([n.dlq(), n.unroutable()]);
             let mut exchanges = vec![
                 n.exchange.clone(),
                 n.unroutable(),
                 format!("{}.dlx", n.exchange),
+                format!("{}.ordered.{}", n.exchange, n.queue),
             ];
             for ms in &self.delays_ms {
                 queues.push(n.delay(*ms));
