@@ -56,6 +56,19 @@ pub(super) async fn start_worker(
     handled: Arc<AtomicU64>,
     latencies: Option<Arc<Mutex<Vec<u64>>>>,
 ) -> Result<RunningWorker, Error> {
+    let listen = Listen::new(["#"])?.with_queue(queue);
+    start_worker_on(b, broker, exchange, listen, handled, latencies).await
+}
+
+/// Starts a worker with one counting handler registered with `listen`.
+pub(super) async fn start_worker_on(
+    b: &Bench,
+    broker: &actix::Addr<ConnectionSupervisor>,
+    exchange: &str,
+    listen: Listen,
+    handled: Arc<AtomicU64>,
+    latencies: Option<Arc<Mutex<Vec<u64>>>>,
+) -> Result<RunningWorker, Error> {
     let queue_type = if b.params.queue_type == "classic" {
         QueueType::Classic
     } else {
@@ -66,7 +79,7 @@ pub(super) async fn start_worker(
         .with_prefetch(b.params.prefetch)
         .with_queue_type(queue_type);
     Worker::new(broker.clone(), config)?
-        .listen(Listen::new(["#"])?.with_queue(queue), move || Counter {
+        .listen(listen, move || Counter {
             handled: handled.clone(),
             latencies: latencies.clone(),
             last_us: Arc::default(),
@@ -75,12 +88,14 @@ pub(super) async fn start_worker(
         .await
 }
 
-/// Publishes `n` bench messages with confirms (windows of the batch size).
+/// Publishes `n` bench messages with confirms (windows of the batch size); with `keys > 0`
+/// each carries an ordering key header, `key-<i % keys>`, as the relay sets it.
 pub(super) async fn publish_raw(
     b: &Bench,
     ch: &lapin::Channel,
     exchange: &str,
     n: usize,
+    keys: usize,
 ) -> Result<(), Error> {
     let body = serde_json::to_vec(&b.payload).map_err(Error::Json)?;
     for chunk in (0..n)
@@ -92,11 +107,19 @@ pub(super) async fn publish_raw(
         // I/O thread and waiting (the same technique as the relay's, so the ceiling stays
         // the best plain lapin we know).
         let mut written = Vec::with_capacity(chunk.len());
-        for _ in chunk {
-            let props = BasicProperties::default()
+        for &i in chunk {
+            let mut props = BasicProperties::default()
                 .with_message_id(uuid::Uuid::now_v7().to_string().into())
                 .with_content_type("application/json".into())
                 .with_delivery_mode(2);
+            if keys > 0 {
+                let mut headers = FieldTable::default();
+                headers.insert(
+                    actix_outbox::headers::ORDERING_KEY.into(),
+                    AMQPValue::LongString(format!("key-{}", i % keys).into()),
+                );
+                props = props.with_headers(headers);
+            }
             let mut publish = Box::pin(ch.basic_publish(
                 exchange.into(),
                 "bench.item".into(),
@@ -211,7 +234,7 @@ pub(super) async fn consume(b: &Bench) -> Result<(), Error> {
         .await;
     b.purge(&conn, queue).await?;
     for _ in 0..b.params.runs {
-        publish_raw(b, &pub_ch, exchange, n).await?;
+        publish_raw(b, &pub_ch, exchange, n, 0).await?;
         let handled = Arc::new(AtomicU64::new(0));
         let start = Instant::now();
         let worker = start_worker(b, &broker, exchange, queue, handled.clone(), None).await?;
@@ -219,7 +242,7 @@ pub(super) async fn consume(b: &Bench) -> Result<(), Error> {
         ours.push(n as f64 / start.elapsed().as_secs_f64());
         worker.stop().await;
 
-        publish_raw(b, &pub_ch, exchange, n).await?;
+        publish_raw(b, &pub_ch, exchange, n, 0).await?;
         let start = Instant::now();
         consume_raw(&conn, queue, b.params.prefetch, n).await?;
         raw.push(n as f64 / start.elapsed().as_secs_f64());
@@ -293,7 +316,7 @@ pub(super) async fn end_to_end(b: &Bench) -> Result<(), Error> {
 
         let start = Instant::now();
         let consuming = consume_raw(&conn, queue, b.params.prefetch, n);
-        let publishing = publish_raw(b, &pub_ch, exchange, n);
+        let publishing = publish_raw(b, &pub_ch, exchange, n, 0);
         let (c, p) = tokio::join!(consuming, publishing);
         c?;
         p?;

@@ -15,7 +15,9 @@
 //!
 //! Scenarios: `emit`, `emit_many`, `relay_drain`, `consume`, `end_to_end`, `latency` (with a
 //! per-stage breakdown from the relay's `batch done` events), `latency_floor` (the same
-//! pipeline written bare, without this library) and `footprint`. `BENCH_RELAY_BIN` runs the
+//! pipeline written bare, without this library), `footprint` and `ordered` (per-key
+//! ordering beside the unordered path: relay drains with 100 keys and with one, an ordered
+//! listener against a plain queue). `BENCH_RELAY_BIN` runs the
 //! latency scenario with another build of the `relay` example, for before/after comparisons.
 //! `OUTBOX_METRICS=1` makes every process of the run (this one, its worker processes, the
 //! relay example) record its metrics into a Prometheus recorder; each JSON line says whether
@@ -27,6 +29,7 @@ mod consume;
 mod emit;
 mod latency;
 mod latency_floor;
+mod ordered;
 /// `OUTBOX_METRICS=1` (shared with the `relay` example).
 #[path = "../shared/record_metrics.rs"]
 mod record_metrics;
@@ -38,6 +41,7 @@ use consume::*;
 use emit::*;
 use latency::*;
 use latency_floor::*;
+use ordered::*;
 use relay::*;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -89,6 +93,7 @@ impl Params {
                 "latency",
                 "latency_floor",
                 "footprint",
+                "ordered",
             ]
             .map(String::from)
             .to_vec(),
@@ -305,6 +310,7 @@ async fn main() -> Result<(), Error> {
             "emit" => emit(&bench).await?,
             "emit_many" => emit_many(&bench).await?,
             "relay_drain" => relay_drain(&bench).await?,
+            "ordered" => ordered(&bench).await?,
             "consume" => consume(&bench).await?,
             "end_to_end" => end_to_end(&bench).await?,
             "latency" => {

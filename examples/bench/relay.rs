@@ -19,7 +19,7 @@ pub(super) async fn relay_drain(b: &Bench) -> Result<(), Error> {
         .with_table(table.clone())
         .with_exchange(exchange)
         .with_batch_size(b.params.batch_size);
-    run_relays(b, &outbox, &config, 1, 0).await?;
+    run_relays(b, &outbox, &config, 1, 0, 0).await?;
     b.queue(&conn, exchange, queue).await?;
 
     // The runs interleave (ceiling, then each relay count, round after round), so a drift in
@@ -29,7 +29,7 @@ pub(super) async fn relay_drain(b: &Bench) -> Result<(), Error> {
     for _ in 0..b.params.runs {
         publish_runs.push(raw_publish_once(b, &conn, exchange, queue).await?);
         for (runs, &relays) in ours.iter_mut().zip(&b.params.relays) {
-            runs.push(run_relays(b, &outbox, &config, relays, n).await?);
+            runs.push(run_relays(b, &outbox, &config, relays, n, 0).await?);
             b.purge(&conn, queue).await?;
         }
     }
@@ -68,13 +68,15 @@ pub(super) async fn relay_drain(b: &Bench) -> Result<(), Error> {
 /// times until they have published all of it, from their own counters; stops them and
 /// returns rows/s. So the clock covers the drain alone, as the raw ceiling's does: no
 /// connection set-up, and no polling query competing with the relays for the database.
-/// With `n == 0` it only lets a relay declare the exchange.
+/// With `n == 0` it only lets a relay declare the exchange. With `keys > 0` the events
+/// carry ordering keys `key-<i % keys>`, interleaved.
 pub(super) async fn run_relays(
     b: &Bench,
     outbox: &actix_outbox::Outbox,
     config: &RelayConfig,
     relays: usize,
     n: usize,
+    keys: usize,
 ) -> Result<f64, Error> {
     let broker = ConnectionSupervisor::start_supervised(BrokerConfig::new(b.amqp_url.clone())?)?;
     let running: Vec<_> = (0..relays)
@@ -100,7 +102,15 @@ pub(super) async fn run_relays(
     let mut elapsed = Duration::ZERO;
     if n > 0 {
         let txn = b.db.begin().await?;
-        outbox.emit_many(&txn, b.events(n, "bench.relay")?).await?;
+        let mut events = b.events(n, "bench.relay")?;
+        if keys > 0 {
+            events = events
+                .into_iter()
+                .enumerate()
+                .map(|(i, e)| e.with_ordering_key(format!("key-{}", i % keys)))
+                .collect();
+        }
+        outbox.emit_many(&txn, events).await?;
         txn.commit().await?;
         let start = Instant::now();
         for relay in &running {
@@ -147,7 +157,7 @@ pub(super) async fn raw_publish_once(
     let ch = conn.create_channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     let start = Instant::now();
-    publish_raw(b, &ch, exchange, b.params.messages).await?;
+    publish_raw(b, &ch, exchange, b.params.messages, 0).await?;
     let rate = b.params.messages as f64 / start.elapsed().as_secs_f64();
     b.purge(conn, queue).await?;
     let _ = ch.close(200, "".into()).await;

@@ -411,12 +411,66 @@ mod tests {
         assert!(t.bindings.contains(&BindingDef {
             source: "outbox".into(),
             destination: "mailer".into(),
-            routing_key: "user.*".into()
+            routing_key: "user.*".into(),
+            to_exchange: false,
         }));
         assert_eq!(
             t.exchanges[1].arguments["alternate-exchange"],
             "outbox.unroutable"
         );
+    }
+
+    #[test]
+    fn an_ordered_listener_gets_a_hash_exchange_and_partitions() {
+        let keys = [BindingKey::new("order.*").expect("key")];
+        let delays = [Duration::from_secs(1)];
+        let mut t = Topology::default();
+        t.add_queue(&QueueLayout {
+            partitions: 3,
+            ..layout(&keys, &delays, true)
+        });
+        let hash = t
+            .exchanges
+            .iter()
+            .find(|e| e.name == "outbox.ordered.mailer")
+            .expect("the consistent-hash exchange");
+        assert_eq!(hash.kind, ExchangeType::ConsistentHash);
+        assert_eq!(hash.arguments["hash-header"], "x-outbox-ordering-key");
+        let names: Vec<&str> = t.queues.iter().map(|q| q.name.as_str()).collect();
+        assert_eq!(names, ["dlq_mailer", "mailer.p0", "mailer.p1", "mailer.p2"]);
+        for q in &t.queues[1..] {
+            assert_eq!(q.arguments["x-single-active-consumer"], true);
+            assert_eq!(q.arguments["x-dead-letter-routing-key"], "dlq_mailer");
+            assert_eq!(q.arguments["x-dead-letter-strategy"], "at-least-once");
+        }
+        assert!(
+            !t.exchanges.iter().any(|e| e.name.contains(".retry.")),
+            "retries happen in place: no delay queues"
+        );
+        let feed = t
+            .bindings
+            .iter()
+            .find(|b| b.to_exchange)
+            .expect("the topic exchange feeds the hash exchange");
+        assert_eq!(
+            (feed.source.as_str(), feed.destination.as_str(), feed.routing_key.as_str()),
+            ("outbox", "outbox.ordered.mailer", "order.*")
+        );
+        let weights = t.bindings.iter().filter(|b| b.source == hash.name).count();
+        assert_eq!(weights, 3, "one weight-1 binding per partition");
+        let defs = t.to_definitions("/");
+        let types: Vec<&str> = defs["bindings"]
+            .as_array()
+            .expect("bindings")
+            .iter()
+            .map(|b| b["destination_type"].as_str().expect("type"))
+            .collect();
+        assert!(types.contains(&"exchange") && types.contains(&"queue"), "{types:?}");
+        assert!(defs["exchanges"]
+            .as_array()
+            .expect("exchanges")
+            .iter()
+            .any(|e| e["type"] == "x-consistent-hash"));
     }
 
     #[test]
