@@ -51,12 +51,18 @@ impl Handler<Event<Step>> for Recorder {
     type Result = HandlerResult;
     fn handle(&mut self, event: Event<Step>, _: &mut Context<Self>) -> HandlerResult {
         let step = event.payload().clone();
-        self.calls.0.lock().expect("lock").push(Call {
+        let mut calls = self.calls.0.lock().expect("lock");
+        let first_poison = step.key == "poison" && !calls.iter().any(|c| c.step_key == "poison");
+        calls.push(Call {
             step_key: step.key.clone(),
             seq: step.seq,
             attempt: event.attempt(),
             ordering_key: event.ordering_key().map(str::to_owned),
         });
+        drop(calls);
+        if first_poison {
+            return Err(HandlerError::reject("poison: dead-lettered the first time"));
+        }
         if (step.key.as_str(), step.seq) == (self.fail.0.as_str(), self.fail.1)
             && event.attempt() < 3
         {
@@ -118,6 +124,16 @@ async fn one_keys_events_are_handled_in_order_and_a_retry_holds_it_back() {
     }
 
     let relay = TestRelay::start(&t.db, &env.broker.url, relay_config(&env.broker.exchange));
+    let poison = OutboxEvent::json(
+        "order.changed",
+        &Step {
+            key: "poison".into(),
+            seq: 1,
+        },
+    )
+    .expect("event")
+    .with_ordering_key("poison");
+    actix_outbox::emit_event(&t.db, poison).await.expect("emit");
     for seq in 1..=PER_KEY {
         let events = (0..KEYS).map(|k| {
             let key = format!("k{k}");
@@ -137,6 +153,7 @@ async fn one_keys_events_are_handled_in_order_and_a_retry_holds_it_back() {
         calls
             .iter()
             .filter(|c| !((c.step_key == "k3" && c.seq == 5) && c.attempt < 3))
+            .filter(|c| c.step_key != "poison")
             .count()
     };
     wait_for(
@@ -147,9 +164,10 @@ async fn one_keys_events_are_handled_in_order_and_a_retry_holds_it_back() {
         },
     )
     .await;
+    let recorded = calls.clone();
     let calls = calls.0.lock().expect("lock").clone();
     let mut by_key: HashMap<String, Vec<(u32, u32)>> = HashMap::new();
-    for c in &calls {
+    for c in calls.iter().filter(|c| c.step_key != "poison") {
         assert_eq!(
             c.ordering_key.as_deref(),
             Some(c.step_key.as_str()),
@@ -196,6 +214,37 @@ async fn one_keys_events_are_handled_in_order_and_a_retry_holds_it_back() {
         }
     }
     assert_eq!(by_key.len(), KEYS as usize);
+
+    // The rejected event waits in the listener's one dead-letter queue; replayed through the
+    // hash exchange, it reaches its partition's handler again.
+    let options = actix_outbox_actors::admin::ReplayOptions::default();
+    let replayed = wait_for(
+        "the poison event to be dead-lettered and replayed",
+        Duration::from_secs(15),
+        || async {
+            let moved = actix_outbox_actors::admin::dlq_replay_ordered(
+                &env.supervisor,
+                &env.broker.exchange,
+                &queue,
+                &options,
+                Duration::from_secs(5),
+            )
+            .await
+            .expect("replay");
+            (moved > 0).then_some(moved)
+        },
+    )
+    .await;
+    assert_eq!(replayed, 1);
+    wait_for(
+        "the replayed event to be handled",
+        Duration::from_secs(15),
+        || async {
+            let calls = recorded.0.lock().expect("lock");
+            (calls.iter().filter(|c| c.step_key == "poison").count() == 2).then_some(())
+        },
+    )
+    .await;
     let stats = running.stats().await;
     let busy = stats.values().filter(|s| s.handled > 0).count();
     assert!(busy >= 2, "the keys spread over the partitions: {stats:?}");

@@ -230,4 +230,41 @@ async fn bad_topology_flags_are_clear_errors() {
     );
     assert_fails(&export(&["--listen", "bad name=a"]).await, 1, "queue");
     assert_fails(&export(&[]).await, 2, "--listen");
+    assert_fails(
+        &export(&["--listen", "q=a", "--ordered", "q=many"]).await,
+        1,
+        "QUEUE=N",
+    );
+    assert_fails(
+        &export(&["--listen", "q=a", "--ordered", "other=2"]).await,
+        1,
+        "not among the --listen queues",
+    );
+    assert_fails(
+        &export(&["--listen", "q=a", "--ordered", "q=0"]).await,
+        1,
+        "1 to 64 partitions",
+    );
+    // An ordered listener's objects are in the export.
+    let ordered = export(&["--listen", "q=a.*", "--ordered", "q=2"]).await;
+    assert!(ordered.status.success(), "{ordered:?}");
+    let defs: serde_json::Value = serde_json::from_slice(&ordered.stdout).expect("json");
+    let queues: Vec<&str> = defs["queues"]
+        .as_array()
+        .expect("queues")
+        .iter()
+        .filter_map(|q| q["name"].as_str())
+        .collect();
+    assert!(
+        queues.contains(&"q.p0") && queues.contains(&"q.p1"),
+        "{queues:?}"
+    );
+    assert!(!queues.contains(&"q"), "no plain queue: {queues:?}");
+    let e2e = defs["bindings"]
+        .as_array()
+        .expect("bindings")
+        .iter()
+        .filter(|b| b["destination_type"] == "exchange")
+        .count();
+    assert_eq!(e2e, 1, "the topic exchange feeds the hash exchange: {defs}");
 }

@@ -70,32 +70,38 @@ async fn relay_side(b: &Bench) -> Result<(), Error> {
     Ok(())
 }
 
-/// 20,000 keyed messages waiting, handled by a no-op handler through an ordered listener
-/// and through a plain queue with the bench prefetch.
+/// Prefetch of the second ordered listener (the first keeps the default, 1).
+const AHEAD: u16 = 100;
+
+/// 20,000 keyed messages waiting, handled by a no-op handler through a plain queue with the
+/// bench prefetch, through an ordered listener with its default prefetch of 1, and through
+/// one with prefetch 100.
 async fn consumer_side(b: &Bench) -> Result<(), Error> {
     let n = b.params.messages;
-    let (exchange, plain, ordered) = ("bench_ordered_c", "bench_plain_q", "bench_ordered_q");
+    let exchange = "bench_ordered_c";
+    let queues = ["bench_plain_q", "bench_ordered_q", "bench_ordered_ahead_q"];
     let conn = b.raw_connection().await?;
     let broker = ConnectionSupervisor::start_supervised(BrokerConfig::new(b.amqp_url.clone())?)?;
     let pub_ch = conn.create_channel().await?;
     pub_ch
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    let listen = |ordered_listener: bool| -> Result<Listen, Error> {
-        let listen = Listen::new(["#"])?;
-        Ok(match ordered_listener {
-            true => listen.with_queue(ordered).ordered(PARTITIONS),
-            false => listen.with_queue(plain),
+    let listen = |slot: usize| -> Result<Listen, Error> {
+        let listen = Listen::new(["#"])?.with_queue(queues[slot]);
+        Ok(match slot {
+            0 => listen,
+            1 => listen.ordered(PARTITIONS),
+            _ => listen.ordered(PARTITIONS).with_prefetch(AHEAD),
         })
     };
-    let mut results: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut results: [Vec<f64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
     for run in 0..=b.params.runs {
-        for (slot, ordered_listener) in [false, true].into_iter().enumerate() {
-            // Run 0 only declares both listeners' topology. Both are bound with `#`, so each
-            // later round's messages wait in both, and each listener drains its own copy.
+        for slot in 0..queues.len() {
+            // Run 0 only declares the listeners' topology. All are bound with `#`, so each
+            // later round's messages wait in each, and each listener drains its own copy.
             let handled = Arc::new(AtomicU64::new(0));
             if run == 0 {
-                start_worker_on(b, &broker, exchange, listen(ordered_listener)?, handled, None)
+                start_worker_on(b, &broker, exchange, listen(slot)?, handled, None)
                     .await?
                     .stop()
                     .await;
@@ -103,41 +109,49 @@ async fn consumer_side(b: &Bench) -> Result<(), Error> {
             }
             let start = Instant::now();
             let worker =
-                start_worker_on(b, &broker, exchange, listen(ordered_listener)?, handled.clone(), None)
-                    .await?;
+                start_worker_on(b, &broker, exchange, listen(slot)?, handled.clone(), None).await?;
             wait_count(&handled, n as u64, "a worker consuming keyed messages").await?;
             results[slot].push(n as f64 / start.elapsed().as_secs_f64());
             worker.stop().await;
         }
         if run < b.params.runs {
-            // Both listeners are bound with `#`: each gets every message once.
+            // Every listener is bound with `#`: each gets every message once.
             publish_raw(b, &pub_ch, exchange, n, MANY_KEYS).await?;
         }
     }
     broker.send(StopBroker).await?;
     let ch = conn.create_channel().await?;
-    let mut queues = vec![plain.to_owned(), format!("dlq_{plain}"), format!("dlq_{ordered}")];
-    queues.extend((0..PARTITIONS).map(|i| format!("{ordered}.p{i}")));
-    for q in queues {
+    for (slot, queue) in queues.iter().enumerate() {
+        let mut names = vec![format!("dlq_{queue}")];
+        match slot {
+            0 => names.push((*queue).to_owned()),
+            _ => names.extend((0..PARTITIONS).map(|i| format!("{queue}.p{i}"))),
+        }
+        for q in names {
+            let _ = ch
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        let hash = format!("{exchange}.ordered.{queue}");
         let _ = ch
-            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .exchange_delete(hash.as_str().into(), Default::default())
             .await;
     }
-    let hash = format!("{exchange}.ordered.{ordered}");
-    let _ = ch
-        .exchange_delete(hash.as_str().into(), Default::default())
-        .await;
     let _ = conn.close(200, "".into()).await;
-    let [unordered, ordered_runs] = results;
-    let params = json!({"messages": n, "keys": MANY_KEYS, "partitions": PARTITIONS,
-        "prefetch_unordered": b.params.prefetch, "queue_type": "quorum", "handler": "no-op"});
-    report(
-        "ordered_consume",
-        params,
-        summarize(ordered_runs),
-        "msg/s",
-        Some(("unordered_consume", summarize(unordered))),
-        0.3,
-    );
+    let [unordered, one, ahead] = results;
+    let unordered = summarize(unordered);
+    for (prefetch, runs) in [(1, one), (AHEAD, ahead)] {
+        let params = json!({"messages": n, "keys": MANY_KEYS, "partitions": PARTITIONS,
+            "prefetch": prefetch, "prefetch_unordered": b.params.prefetch,
+            "queue_type": "quorum", "handler": "no-op"});
+        report(
+            "ordered_consume",
+            params,
+            summarize(runs),
+            "msg/s",
+            Some(("unordered_consume", unordered)),
+            0.3,
+        );
+    }
     Ok(())
 }

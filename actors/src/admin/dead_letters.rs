@@ -190,6 +190,40 @@ pub async fn dlq_replay(
     moved
 }
 
+/// As [`dlq_replay`], for an ordered listener (`Listen::ordered`) of `queue` on `exchange`:
+/// the copies go through its consistent-hash exchange `<exchange>.ordered.<queue>`, so each
+/// lands in the partition of its ordering key. It arrives there after the events of its key
+/// that were handled meanwhile: a replay restores the event, not its place in the order.
+///
+/// # Errors
+///
+/// As [`dlq_replay`]; [`Error::BrokerRefused`] names the hash exchange when it is missing.
+pub async fn dlq_replay_ordered(
+    broker: &Addr<ConnectionSupervisor>,
+    exchange: &str,
+    queue: &str,
+    options: &ReplayOptions,
+    wait: Duration,
+) -> Result<u64> {
+    let channel = broker::channel(broker, wait).await?;
+    let hash = crate::exchange::partition_exchange(exchange, queue);
+    let target = Target {
+        exchange: &hash,
+        routing_key: None,
+        reset_deadline: options.reset_deadline,
+        object: ("exchange", &hash),
+    };
+    let moved = move_messages(
+        &channel,
+        &dead_letter_queue(queue),
+        &options.selection(),
+        &target,
+    )
+    .await;
+    close(channel).await;
+    moved
+}
+
 /// Deletes every dead letter of `queue`; returns how many.
 ///
 /// # Errors

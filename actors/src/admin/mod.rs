@@ -22,7 +22,9 @@ mod moving;
 mod topology;
 mod unroutable;
 
-pub use dead_letters::{DeadLetter, ReplayOptions, dlq_list, dlq_purge, dlq_replay};
+pub use dead_letters::{
+    DeadLetter, ReplayOptions, dlq_list, dlq_purge, dlq_replay, dlq_replay_ordered,
+};
 pub use moving::Progress;
 pub use topology::{Finding, ObjectCheck, topology_check};
 pub use unroutable::{UnroutableReplay, unroutable_replay};

@@ -8,8 +8,10 @@
 //! actix-outbox parked discard --all
 //! actix-outbox dlq list welcome_mailer               # dead letters with their reasons
 //! actix-outbox dlq replay welcome_mailer --limit 10  # back to the queue, attempt 1
+//! actix-outbox dlq replay shipping --ordered         # an ordered listener's, by key
 //! actix-outbox unroutable replay --key 'order.*'     # once the bindings exist
 //! actix-outbox topology export --listen 'welcome_mailer=user.created,user.*' > defs.json
+//! actix-outbox topology export --listen 'shipping=order.*' --ordered shipping=4
 //! actix-outbox topology check --listen 'welcome_mailer=user.created,user.*'
 //! actix-outbox ddl --backend sqlite                  # the statements `setup` runs
 //! ```
@@ -130,6 +132,10 @@ enum DlqCommand {
         /// Only the message with this id.
         #[arg(long)]
         message_id: Option<String>,
+        /// The queue is an ordered listener's (`Listen::ordered`): replay through its
+        /// consistent-hash exchange, each message to the partition of its key.
+        #[arg(long)]
+        ordered: bool,
         #[command(flatten)]
         moving: MoveArgs,
     },
@@ -188,6 +194,10 @@ struct WorkerArgs {
     /// A handler queue and its binding keys, `QUEUE=KEY[,KEY…]`; repeatable.
     #[arg(long = "listen", value_name = "QUEUE=KEYS", required = true)]
     listens: Vec<String>,
+    /// An ordered listener among `--listen`'s: its queue and number of partitions,
+    /// `QUEUE=N` (`Listen::ordered`); repeatable.
+    #[arg(long = "ordered", value_name = "QUEUE=N")]
+    ordered: Vec<String>,
     /// Retry delays, comma-separated (default: the worker's, 1s,10s,1m,5m).
     #[arg(long, value_delimiter = ',')]
     retry_delays: Option<Vec<String>>,
@@ -440,10 +450,17 @@ async fn dlq(cli: &Cli, command: &DlqCommand) -> Result<(), Error> {
                 queue,
                 limit,
                 message_id,
+                ordered,
                 moving,
             } => {
                 let options = replay_options(*limit, message_id.as_deref(), moving)?;
-                let moved = admin::dlq_replay(&broker, queue, &options, wait).await?;
+                let moved = match ordered {
+                    true => {
+                        admin::dlq_replay_ordered(&broker, &cli.exchange, queue, &options, wait)
+                            .await?
+                    }
+                    false => admin::dlq_replay(&broker, queue, &options, wait).await?,
+                };
                 match json {
                     true => println!("{}", serde_json::json!({ "replayed": moved })),
                     false => println!("{moved} dead letters replayed to {queue}"),
@@ -527,13 +544,34 @@ fn worker_topology(cli: &Cli, args: &WorkerArgs) -> Result<Topology, Error> {
             UnroutableKind::Keep => Unroutable::AlternateExchange,
             UnroutableKind::Drop => Unroutable::Drop,
         });
+    let mut partitions = std::collections::BTreeMap::new();
+    for spec in &args.ordered {
+        let parsed = spec
+            .split_once('=')
+            .and_then(|(queue, n)| Some((queue, n.parse::<u16>().ok()?)));
+        let (queue, n) = parsed.ok_or_else(|| Error::InvalidConfig {
+            field: "ordered",
+            reason: format!("{spec:?}: write QUEUE=N, e.g. shipping=4"),
+        })?;
+        partitions.insert(queue.to_owned(), n);
+    }
     let mut listens = Vec::new();
     for spec in &args.listens {
         let (queue, keys) = spec.split_once('=').ok_or_else(|| Error::InvalidConfig {
             field: "listen",
             reason: format!("{spec:?}: write QUEUE=KEY[,KEY…], e.g. welcome_mailer=user.created"),
         })?;
-        listens.push(Listen::new(keys.split(','))?.with_queue(queue));
+        let mut listen = Listen::new(keys.split(','))?.with_queue(queue);
+        if let Some(n) = partitions.remove(queue) {
+            listen = listen.ordered(n);
+        }
+        listens.push(listen);
+    }
+    if let Some(queue) = partitions.keys().next() {
+        return Err(Error::InvalidConfig {
+            field: "ordered",
+            reason: format!("{queue:?} is not among the --listen queues"),
+        });
     }
     worker::topology(&config, &listens)
 }

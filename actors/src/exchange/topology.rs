@@ -453,7 +453,11 @@ mod tests {
             .find(|b| b.to_exchange)
             .expect("the topic exchange feeds the hash exchange");
         assert_eq!(
-            (feed.source.as_str(), feed.destination.as_str(), feed.routing_key.as_str()),
+            (
+                feed.source.as_str(),
+                feed.destination.as_str(),
+                feed.routing_key.as_str()
+            ),
             ("outbox", "outbox.ordered.mailer", "order.*")
         );
         let weights = t.bindings.iter().filter(|b| b.source == hash.name).count();
@@ -465,12 +469,17 @@ mod tests {
             .iter()
             .map(|b| b["destination_type"].as_str().expect("type"))
             .collect();
-        assert!(types.contains(&"exchange") && types.contains(&"queue"), "{types:?}");
-        assert!(defs["exchanges"]
-            .as_array()
-            .expect("exchanges")
-            .iter()
-            .any(|e| e["type"] == "x-consistent-hash"));
+        assert!(
+            types.contains(&"exchange") && types.contains(&"queue"),
+            "{types:?}"
+        );
+        assert!(
+            defs["exchanges"]
+                .as_array()
+                .expect("exchanges")
+                .iter()
+                .any(|e| e["type"] == "x-consistent-hash")
+        );
     }
 
     #[test]

@@ -135,8 +135,17 @@ impl Listen {
     /// keys and that hashes the `x-outbox-ordering-key` header, so one key always lands in
     /// the same partition. Each partition has `x-single-active-consumer`: however many
     /// worker processes run this listener, one consumer at a time gets a partition's
-    /// messages, and another takes over when it goes. Within a partition the consumer takes
-    /// one message at a time (prefetch 1).
+    /// messages, and another takes over when it goes. Within a partition the handler gets one
+    /// event at a time, the next only once the one before is settled.
+    ///
+    /// **Prefetch.** By default a partition's consumer holds one unacked message (prefetch 1,
+    /// whatever the worker's prefetch): after a crash, only the event in hand is delivered
+    /// again. [`with_prefetch`](Self::with_prefetch) on this listener lets the broker send
+    /// more ahead, which is several times faster (the next message is already there when the
+    /// handler is done); events still reach the handler one at a time and in order, but a
+    /// crash then redelivers every handled event whose ack had not reached the broker, so the
+    /// handler can see a run of events again (an older event after a newer one) — harmless
+    /// with an [`Inbox`](actix_outbox::Inbox), which skips them.
     ///
     /// **Retries hold the partition.** A failed event is retried in place, after the same
     /// delays as elsewhere, without being acked, so no later event of its key can pass it —
@@ -181,7 +190,8 @@ impl Listen {
         let partitions = self.partitions.unwrap_or(0);
         if let Some(n) = self.partitions {
             check_partitions(n, config, &queue)?;
-            prefetch = 1; // one message of a partition at a time
+            // One message of a partition in hand at a time, unless asked for more.
+            prefetch = self.prefetch.unwrap_or(1);
         }
         if let Some(timeout) = self.handler_timeout {
             actix_outbox::__private::require_positive("handler_timeout", timeout)?;
@@ -380,7 +390,18 @@ mod tests {
             .ordered(4)
             .resolve(&config, "app::Shipping")
             .expect("valid");
-        assert_eq!((spec.partitions, spec.prefetch), (4, 1));
+        assert_eq!(
+            (spec.partitions, spec.prefetch),
+            (4, 1),
+            "not the worker's 50"
+        );
+        let ahead = Listen::new(["order.*"])
+            .expect("keys")
+            .ordered(4)
+            .with_prefetch(100)
+            .resolve(&config, "app::Shipping")
+            .expect("valid");
+        assert_eq!(ahead.prefetch, 100, "asked for on the listener");
         for n in [0, 65] {
             let err = Listen::new(["x"])
                 .expect("keys")

@@ -14,6 +14,8 @@ use std::collections::VecDeque;
 pub(super) struct Probation<D> {
     /// How many more deliveries go to the handler one at a time.
     remaining: usize,
+    /// Every delivery goes alone, in arrival order (an ordered listener's partition).
+    sequential: bool,
     /// Deliveries waiting for the handler to be free, with their channel generation.
     waiting: VecDeque<(u64, D)>,
 }
@@ -22,16 +24,31 @@ impl<D> Default for Probation<D> {
     fn default() -> Self {
         Self {
             remaining: 0,
+            sequential: false,
             waiting: VecDeque::new(),
         }
     }
 }
 
 impl<D> Probation<D> {
+    /// For an ordered listener's partition: every delivery waits until the one before it has
+    /// been settled, so the handler sees them one at a time, in the order they came.
+    pub(super) fn sequential() -> Self {
+        Self {
+            sequential: true,
+            ..Self::default()
+        }
+    }
+
+    /// Whether deliveries go one at a time now.
+    fn one_at_a_time(&self) -> bool {
+        self.sequential || self.remaining > 0
+    }
+
     /// Takes `delivery` to hand to the handler now, or holds it (returns `None`) while on
-    /// probation with another delivery in flight.
+    /// probation (or sequential) with another delivery in flight or waiting before it.
     pub(super) fn admit(&mut self, generation: u64, delivery: D, in_flight: usize) -> Option<D> {
-        if self.remaining > 0 && in_flight > 0 {
+        if self.one_at_a_time() && (in_flight > 0 || !self.waiting.is_empty()) {
             self.waiting.push_back((generation, delivery));
             return None;
         }
@@ -41,7 +58,7 @@ impl<D> Probation<D> {
     /// The next held delivery that may go to the handler now: one at a time on probation,
     /// any once it is over.
     pub(super) fn release(&mut self, in_flight: usize) -> Option<(u64, D)> {
-        if self.remaining > 0 && in_flight > 0 {
+        if self.one_at_a_time() && in_flight > 0 {
             return None;
         }
         self.waiting.pop_front()
@@ -66,6 +83,20 @@ impl<D> Probation<D> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sequential_deliveries_wait_for_the_one_before() {
+        let mut p = Probation::sequential();
+        assert_eq!(p.admit(1, "a", 0), Some("a"));
+        assert_eq!(p.admit(1, "b", 1), None);
+        assert_eq!(p.admit(1, "c", 1), None);
+        assert_eq!(p.release(1), None, "`a` still runs");
+        assert_eq!(p.release(0), Some((1, "b")));
+        // `b` is in flight; a newcomer waits behind `c`, even if nothing were in flight.
+        assert_eq!(p.admit(1, "d", 0), None);
+        assert_eq!(p.release(0), Some((1, "c")));
+        assert_eq!(p.release(0), Some((1, "d")));
+    }
 
     #[test]
     fn without_a_crash_everything_passes() {

@@ -128,6 +128,10 @@ impl<T: DeserializeOwned + Send + 'static> ConsumerActor<T> {
         ready: oneshot::Sender<Result<()>>,
     ) -> Self {
         let metrics = ConsumerMetrics::new(&spec.consume);
+        let probation = match spec.partitions {
+            0 => Probation::default(),
+            _ => Probation::sequential(),
+        };
         Self {
             metrics,
             spec,
@@ -137,7 +141,7 @@ impl<T: DeserializeOwned + Send + 'static> ConsumerActor<T> {
             generation: 0,
             state: State::Connecting,
             in_flight: 0,
-            probation: Probation::default(),
+            probation,
             ready: Some(ready),
             failures: 0,
             stats: ConsumerStats::default(),
@@ -298,10 +302,22 @@ impl<T: DeserializeOwned + Send + 'static> ConsumerActor<T> {
             }
             _ => {}
         }
-        if let Settled::Lost(reason) = report.settled
+        if let Settled::Lost(reason) = &report.settled
             && generation == self.generation
         {
-            self.lost(reason, ctx);
+            self.lost(reason.clone(), ctx);
+        }
+        if let Settled::Requeued(why) = &report.settled
+            && self.spec.partitions > 0
+            && generation == self.generation
+        {
+            // An ordered partition: the requeued message goes back to the queue, and the
+            // deliveries prefetched after it must not pass it. Closing the channel returns
+            // them all, behind it, and the broker redelivers them in that order.
+            self.lost(
+                format!("ordered partition: a message was requeued ({why})"),
+                ctx,
+            );
         }
         if self.state == State::Stopping && self.in_flight == 0 {
             self.finish_stop(ctx);
