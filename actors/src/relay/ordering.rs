@@ -23,8 +23,9 @@
 use std::collections::{HashMap, HashSet};
 
 use actix_outbox::Result;
+use actix_outbox::outbox_message::Entity;
 use actix_outbox::outbox_message::Model;
-use sea_orm::ConnectionTrait;
+use sea_orm::{ConnectionTrait, DbBackend, EntityTrait};
 
 use super::sql::RelaySql;
 
@@ -58,8 +59,30 @@ pub(crate) async fn hold_back<C: ConnectionTrait>(
     for row in unsent {
         runs.push((row.try_get("", "ordering_key")?, row.try_get("", "id")?));
     }
-    Ok(prefixes(rows, &runs))
+    let (kept, held) = prefixes(rows, &runs);
+    if held == 0 || sql.backend() != DbBackend::Postgres {
+        return Ok((kept, held));
+    }
+    // Held-back rows must not stay locked for the whole batch: another batch (of this relay
+    // or another) may be the one able to publish them next, and would skip them and claim
+    // rows behind them that it must hold back in turn. The claim ran inside a savepoint;
+    // rolling back to it releases every lock it took, and the rows to publish are locked
+    // again (one of them taken meanwhile by another batch is skipped, and the prefix rule
+    // applied once more).
+    db.execute_unprepared(&format!("ROLLBACK TO SAVEPOINT {CLAIM_SAVEPOINT}"))
+        .await?;
+    let ids: Vec<i64> = kept.iter().map(|r| r.id).collect();
+    let relocked = Entity::find()
+        .from_raw_sql(sql.relock(&ids))
+        .all(db)
+        .await?;
+    let (kept, _) = prefixes(relocked, &runs);
+    let dropped = ids.len() - kept.len();
+    Ok((kept, held + dropped))
 }
+
+/// The savepoint a PostgreSQL claim runs in (see [`hold_back`]).
+pub(crate) const CLAIM_SAVEPOINT: &str = "outbox_claim";
 
 /// Keeps, of each key's claimed rows, those that form an unbroken prefix of the key's unsent
 /// rows (`unsent`: key and id, ascending ids); rows without a key are all kept. Returns the
