@@ -96,7 +96,7 @@ async fn consumer_side(b: &Bench) -> Result<(), Error> {
     };
     let mut results: [Vec<f64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
     for run in 0..=b.params.runs {
-        for slot in 0..queues.len() {
+        for (slot, runs) in results.iter_mut().enumerate() {
             // Run 0 only declares the listeners' topology. All are bound with `#`, so each
             // later round's messages wait in each, and each listener drains its own copy.
             let handled = Arc::new(AtomicU64::new(0));
@@ -111,7 +111,7 @@ async fn consumer_side(b: &Bench) -> Result<(), Error> {
             let worker =
                 start_worker_on(b, &broker, exchange, listen(slot)?, handled.clone(), None).await?;
             wait_count(&handled, n as u64, "a worker consuming keyed messages").await?;
-            results[slot].push(n as f64 / start.elapsed().as_secs_f64());
+            runs.push(n as f64 / start.elapsed().as_secs_f64());
             worker.stop().await;
         }
         if run < b.params.runs {
