@@ -172,20 +172,26 @@ pub async fn dlq_replay(
     options: &ReplayOptions,
     wait: Duration,
 ) -> Result<u64> {
-    let channel = broker::channel(broker, wait).await?;
     let target = Target {
         exchange: "",
         routing_key: Some(queue),
         reset_deadline: options.reset_deadline,
         object: ("queue", queue),
     };
-    let moved = move_messages(
-        &channel,
-        &dead_letter_queue(queue),
-        &options.selection(),
-        &target,
-    )
-    .await;
+    replay_to(broker, queue, options, &target, wait).await
+}
+
+/// Moves the selected dead letters of `queue` to `target` on a channel of its own.
+async fn replay_to(
+    broker: &Addr<ConnectionSupervisor>,
+    queue: &str,
+    options: &ReplayOptions,
+    target: &Target<'_>,
+    wait: Duration,
+) -> Result<u64> {
+    let channel = broker::channel(broker, wait).await?;
+    let from = dead_letter_queue(queue);
+    let moved = move_messages(&channel, &from, &options.selection(), target).await;
     close(channel).await;
     moved
 }
@@ -205,7 +211,6 @@ pub async fn dlq_replay_ordered(
     options: &ReplayOptions,
     wait: Duration,
 ) -> Result<u64> {
-    let channel = broker::channel(broker, wait).await?;
     let hash = crate::exchange::partition_exchange(exchange, queue);
     let target = Target {
         exchange: &hash,
@@ -213,15 +218,7 @@ pub async fn dlq_replay_ordered(
         reset_deadline: options.reset_deadline,
         object: ("exchange", &hash),
     };
-    let moved = move_messages(
-        &channel,
-        &dead_letter_queue(queue),
-        &options.selection(),
-        &target,
-    )
-    .await;
-    close(channel).await;
-    moved
+    replay_to(broker, queue, options, &target, wait).await
 }
 
 /// Deletes every dead letter of `queue`; returns how many.

@@ -101,40 +101,32 @@ pub(crate) async fn declare_queue_def(channel: &Channel, q: &QueueDef, check: bo
 }
 
 pub(crate) async fn bind(channel: &Channel, b: &BindingDef) -> Result<()> {
-    if b.to_exchange {
-        return channel
-            .exchange_bind(
-                b.destination.as_str().into(),
-                b.source.as_str().into(),
-                b.routing_key.as_str().into(),
-                ExchangeBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| {
-                refused(
-                    "binding",
-                    &format!("{} <- {}", b.destination, b.source),
-                    format!("cannot bind exchange with key {:?}: {e}", b.routing_key),
-                )
-            });
-    }
-    channel
-        .queue_bind(
-            b.destination.as_str().into(),
-            b.source.as_str().into(),
-            b.routing_key.as_str().into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
+    let (destination, source, key) = (
+        b.destination.as_str().into(),
+        b.source.as_str().into(),
+        b.routing_key.as_str().into(),
+    );
+    let bound = match b.to_exchange {
+        true => {
+            let options = ExchangeBindOptions::default();
+            channel
+                .exchange_bind(destination, source, key, options, FieldTable::default())
+                .await
+        }
+        false => {
+            let options = QueueBindOptions::default();
+            channel
+                .queue_bind(destination, source, key, options, FieldTable::default())
+                .await
+        }
+    };
+    bound.map_err(|e| {
+        refused(
+            "binding",
+            &format!("{} <- {}", b.destination, b.source),
+            format!("cannot bind with key {:?}: {e}", b.routing_key),
         )
-        .await
-        .map_err(|e| {
-            refused(
-                "binding",
-                &format!("{} <- {}", b.destination, b.source),
-                format!("cannot bind with key {:?}: {e}", b.routing_key),
-            )
-        })
+    })
 }
 
 fn table(arguments: &Map<String, Value>) -> FieldTable {
