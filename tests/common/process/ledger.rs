@@ -263,7 +263,7 @@ impl FaultRig {
     /// a transaction whose last statement was the claim of this case's table.
     pub async fn relay_mid_batch(&self) -> bool {
         let claim = format!(
-            "%FROM {} WHERE %FOR UPDATE SKIP LOCKED%",
+            "%FROM {} o WHERE %FOR UPDATE SKIP LOCKED%",
             self.names.outbox_table
         );
         let statement = Statement::from_sql_and_values(
