@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use actix_outbox::outbox_message::{Column, Entity};
 use actix_outbox::{OutboxEvent, emit_event, emit_many, setup};
-use common::broker::{TestBroker, Until, consume_auto_ack};
+use common::broker::{TestBroker, Until, consume_and_ack};
 use common::relay::{TestRelay, config};
 use common::{TestDb, wait_for};
 use lapin::message::Delivery;
@@ -98,7 +98,7 @@ async fn a_refused_or_delayed_row_holds_its_key_back_and_no_other() {
         config(&broker.exchange)
             .with_retry_backoff(Duration::from_millis(50), Duration::from_millis(200)),
     );
-    let early = consume_auto_ack(
+    let early = consume_and_ack(
         &broker.conn,
         &steps,
         Until::Count(4, Duration::from_secs(10)),
@@ -120,7 +120,7 @@ async fn a_refused_or_delayed_row_holds_its_key_back_and_no_other() {
         },
     )
     .await;
-    let meanwhile = consume_auto_ack(
+    let meanwhile = consume_and_ack(
         &broker.conn,
         &steps,
         Until::Window(Duration::from_millis(300)),
@@ -140,7 +140,7 @@ async fn a_refused_or_delayed_row_holds_its_key_back_and_no_other() {
     // b's head comes at its eta, then the rest of b, in order.
     let mut later = meanwhile;
     if later.get("b").map_or(0, Vec::len) < 4 {
-        let more = consume_auto_ack(
+        let more = consume_and_ack(
             &broker.conn,
             &steps,
             Until::Count(
@@ -162,7 +162,7 @@ async fn a_refused_or_delayed_row_holds_its_key_back_and_no_other() {
     // Room for a's head: a queue with room first, then the full one goes.
     let roomy = broker.bind_queue(&["order.slow"]).await;
     broker.delete_queue(&full_queue).await;
-    let a = consume_auto_ack(
+    let a = consume_and_ack(
         &broker.conn,
         &steps,
         Until::Count(3, Duration::from_secs(10)),
@@ -210,7 +210,7 @@ async fn two_relays_keep_every_keys_order() {
         emit_many(&t.db, events).await.expect("emit many");
     }
     let total = (KEYS * PER_KEY) as usize;
-    let got = consume_auto_ack(
+    let got = consume_and_ack(
         &broker.conn,
         &queue,
         Until::Count(total, Duration::from_secs(60)),

@@ -11,7 +11,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use actix_outbox::{Event, HandlerError, HandlerResult, OutboxEvent, setup};
 use actix_outbox_actors::{Listen, Worker};
-use common::broker::{Until, consume_auto_ack};
+use common::broker::{Until, consume_and_ack};
 use common::relay::{TestRelay, config};
 use common::worker::{WorkerEnv, delays};
 use common::{TestDb, wait_for};
@@ -123,7 +123,7 @@ async fn a_follow_up_event_carries_the_chain_and_the_correlation_id() {
     let conn = lapin::Connection::connect(&env.broker.url, Default::default())
         .await
         .expect("connect");
-    let on_wire = consume_auto_ack(&conn, &wire, Until::Count(1, Duration::from_secs(10))).await;
+    let on_wire = consume_and_ack(&conn, &wire, Until::Count(1, Duration::from_secs(10))).await;
     let correlation = on_wire[0]
         .properties
         .correlation_id()

@@ -7,8 +7,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -160,7 +160,7 @@ impl TestBroker {
         q.message_count()
     }
 
-    /// Consumes (auto-ack) until `expected` messages arrived, failing after `timeout`.
+    /// Consumes (and acks) until `expected` messages arrived, failing after `timeout`.
     /// Returns how many times each message id was seen.
     pub async fn drain(
         &self,
@@ -182,7 +182,7 @@ impl TestBroker {
         expected: usize,
         timeout: Duration,
     ) -> Vec<String> {
-        consume_auto_ack(&self.conn, queue, Until::Count(expected, timeout))
+        consume_and_ack(&self.conn, queue, Until::Count(expected, timeout))
             .await
             .iter()
             .map(|d| {
@@ -211,14 +211,14 @@ impl TestBroker {
         assert_exactly_once(&seen, expected);
     }
 
-    /// Consumes (auto-ack) every message that arrives in `queue` within `window`: for
+    /// Consumes (and acks) every message that arrives in `queue` within `window`: for
     /// asserting that nothing (more) arrives.
     pub async fn collect_for(
         &self,
         queue: &str,
         window: Duration,
     ) -> Vec<lapin::message::Delivery> {
-        consume_auto_ack(&self.conn, queue, Until::Window(window)).await
+        consume_and_ack(&self.conn, queue, Until::Window(window)).await
     }
 
     /// Deletes what the test declared (best effort).
@@ -282,7 +282,7 @@ pub fn assert_none_lost(seen: &HashMap<String, usize>, expected: &[uuid::Uuid]) 
     seen.values().map(|n| n - 1).sum()
 }
 
-/// How long [`consume_auto_ack`] goes on.
+/// How long [`consume_and_ack`] goes on.
 #[derive(Debug, Clone, Copy)]
 pub enum Until {
     /// Until this many messages arrived; fails the test when they did not within the timeout.
@@ -291,17 +291,19 @@ pub enum Until {
     Window(Duration),
 }
 
-/// Consumes `queue` with auto-ack on a channel of its own: the one consume helper of the tests.
-pub async fn consume_auto_ack(conn: &Connection, queue: &str, until: Until) -> Vec<Delivery> {
+/// Consumes `queue` on a channel of its own and acks exactly what it returns: the one consume
+/// helper of the tests.
+///
+/// Not auto-ack: with `no_ack` the broker forgets a message as soon as it sends it, so the
+/// ones on the wire when the window closes (or beyond `Count`) would vanish unseen and a later
+/// look would miss them. Here they stay unacked and go back to the queue with the channel.
+pub async fn consume_and_ack(conn: &Connection, queue: &str, until: Until) -> Vec<Delivery> {
     let channel = conn.create_channel().await.expect("channel");
     let mut consumer = channel
         .basic_consume(
             queue.into(),
             "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
+            BasicConsumeOptions::default(),
             FieldTable::default(),
         )
         .await
@@ -324,6 +326,12 @@ pub async fn consume_auto_ack(conn: &Connection, queue: &str, until: Until) -> V
                 wanted.unwrap_or_default()
             ),
         }
+    }
+    if let Some(last) = out.last() {
+        channel
+            .basic_ack(last.delivery_tag, BasicAckOptions { multiple: true })
+            .await
+            .unwrap_or_else(|e| panic!("ack what was consumed from {queue}: {e}"));
     }
     let _ = channel.close(200, "".into()).await;
     out

@@ -19,7 +19,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
-use crate::common::broker::{TestBroker, Until, consume_auto_ack};
+use crate::common::broker::{TestBroker, Until, consume_and_ack};
 use crate::common::{unique, wait_for};
 
 /// Retry delays short enough for tests.
@@ -112,9 +112,9 @@ impl WorkerEnv {
         id
     }
 
-    /// Takes exactly `n` messages from `queue` (auto-ack), failing after `timeout`.
+    /// Takes (and acks) exactly `n` messages from `queue`, failing after `timeout`.
     pub async fn take(&self, queue: &str, n: usize, timeout: Duration) -> Vec<Delivery> {
-        consume_auto_ack(&self.conn, queue, Until::Count(n, timeout)).await
+        consume_and_ack(&self.conn, queue, Until::Count(n, timeout)).await
     }
 
     /// Stops the worker (bounded) and the supervisor, then deletes everything declared.
