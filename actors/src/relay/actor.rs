@@ -82,6 +82,10 @@ pub struct RelayActor {
     wake_again: bool,
     /// Consecutive failed batches (drives the error backoff).
     error_streak: u32,
+    /// A batch failed while another was still in flight: no new batch starts until that one
+    /// ends (then the relay backs off, or carries on if it succeeded). Without this, wake-ups
+    /// arriving meanwhile would each start a batch and fail again, outside the backoff.
+    failed_in_flight: bool,
     /// One row per batch for a while after a channel failed under a bigger batch.
     probe: Probe,
     /// Consecutive claims that found nothing (drives the due timer's backoff: see
@@ -151,6 +155,7 @@ impl RelayActor {
             concurrency,
             wake_again: false,
             error_streak: 0,
+            failed_in_flight: false,
             empty_rounds: 0,
             probe: Probe::default(),
             due_timer: None,
@@ -191,7 +196,7 @@ impl RelayActor {
             State::BackingOff => return self.wake_again = true,
             State::Stopping | State::Stopped => return,
         }
-        if self.running >= self.probe.slots(self.concurrency) {
+        if self.failed_in_flight || self.running >= self.probe.slots(self.concurrency) {
             self.wake_again = true;
             return;
         }
@@ -267,6 +272,7 @@ impl RelayActor {
             return self.after_error(ctx);
         }
         self.error_streak = 0;
+        self.failed_in_flight = false;
         self.empty_rounds = match report.claimed {
             0 => self.empty_rounds.saturating_add(1),
             _ => 0,
@@ -295,8 +301,14 @@ impl RelayActor {
         if self.state == State::Stopping {
             return self.stop_when_idle(ctx);
         }
-        if self.running > 0 || self.state != State::Active {
-            return; // the batch still in flight, or the pause under way, decides what follows
+        if self.running > 0 {
+            // The batch still in flight decides what follows; none starts meanwhile.
+            self.failed_in_flight = true;
+            return;
+        }
+        self.failed_in_flight = false;
+        if self.state != State::Active {
+            return; // the pause under way decides what follows
         }
         let delay = self
             .config
