@@ -152,12 +152,23 @@ pub(super) async fn publish_raw(
     Ok(())
 }
 
+/// How a raw consumer acks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RawAcks {
+    /// One ack per message (pipelined).
+    Each,
+    /// One `multiple` ack per 64 messages (and one for the rest), as actix-outbox's
+    /// consumer coalesces its acks under load.
+    Coalesced,
+}
+
 /// Raw consume + ack of `n` messages with the bench prefetch; returns when all are acked.
 pub(super) async fn consume_raw(
     conn: &Connection,
     queue: &str,
     prefetch: u16,
     n: usize,
+    mode: RawAcks,
 ) -> Result<(), Error> {
     let ch = conn.create_channel().await?;
     ch.basic_qos(prefetch, lapin::options::BasicQosOptions::default())
@@ -180,10 +191,20 @@ pub(super) async fn consume_raw(
         };
         let delivery = delivery?;
         let _: BenchPayload = serde_json::from_slice(&delivery.data).map_err(Error::Json)?;
-        let acker = delivery.acker;
-        acks.push(async move { acker.ack(lapin::options::BasicAckOptions::default()).await });
         done += 1;
-        if acks.len() >= usize::from(prefetch / 2).max(1) {
+        let multiple = mode == RawAcks::Coalesced;
+        if !multiple || done % 64 == 0 || done == n {
+            let acker = delivery.acker;
+            let options = lapin::options::BasicAckOptions { multiple };
+            acks.push(async move { acker.ack(options).await });
+        }
+        // Ack futures do nothing until awaited: await them in windows of half the prefetch
+        // (coalesced: each at once, it already stands for 64 messages).
+        let window = match mode {
+            RawAcks::Each => usize::from(prefetch / 2).max(1),
+            RawAcks::Coalesced => 1,
+        };
+        if acks.len() >= window {
             for r in futures_util::future::join_all(acks.drain(..)).await {
                 r?;
             }
@@ -244,7 +265,7 @@ pub(super) async fn consume(b: &Bench) -> Result<(), Error> {
 
         publish_raw(b, &pub_ch, exchange, n, 0).await?;
         let start = Instant::now();
-        consume_raw(&conn, queue, b.params.prefetch, n).await?;
+        consume_raw(&conn, queue, b.params.prefetch, n, RawAcks::Each).await?;
         raw.push(n as f64 / start.elapsed().as_secs_f64());
     }
     broker.send(StopBroker).await?;
@@ -283,6 +304,10 @@ pub(super) async fn end_to_end(b: &Bench) -> Result<(), Error> {
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
     let (mut ours, mut raw, mut composed) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut raw_coalesced, mut ack_frames) = (Vec::new(), 0);
+    // µs of CPU per message, per process, of the last run: ours, and each raw ceiling.
+    let (mut cpu_ours, mut cpu_raw, mut cpu_raw_coalesced) =
+        (json!(null), json!(null), json!(null));
     let (mut emit_ms, mut after_commit_ms, mut pubsub_ms) = (Vec::new(), Vec::new(), Vec::new());
     let mut last_stages = BatchStages::new();
     let mut floor_parts_ms: Vec<[f64; 3]> = Vec::new();
@@ -293,12 +318,14 @@ pub(super) async fn end_to_end(b: &Bench) -> Result<(), Error> {
         let relay_log = collect_batch_stages(&mut relay);
         tokio::time::sleep(Duration::from_secs(2)).await; // start-up, not synchronisation
         let events = b.events(n, "bench.e2e")?;
+        let (cpu_before, relay_cpu_before) = (ServiceCpu::now(), cpu_ms(relay.id()));
         let start_us = now_us();
         let txn = b.db.begin().await?;
         outbox.emit_many(&txn, events).await?;
         txn.commit().await?;
         let commit_us = now_us();
         let report = worker_report(worker).await;
+        let (cpu_after, relay_cpu_after) = (ServiceCpu::now(), cpu_ms(relay.id()));
         stop_process(&mut relay);
         last_stages = relay_log.join().unwrap_or_default();
         let report = report?;
@@ -313,15 +340,46 @@ pub(super) async fn end_to_end(b: &Bench) -> Result<(), Error> {
         ours.push(n as f64 / (last_us.saturating_sub(start_us) as f64 / 1e6));
         emit_ms.push(commit_us.saturating_sub(start_us) as f64 / 1e3);
         after_commit_ms.push(last_us.saturating_sub(commit_us) as f64 / 1e3);
+        let relay_cpu = relay_cpu_after
+            .zip(relay_cpu_before)
+            .map_or(0.0, |(a, b)| a - b);
+        let worker_cpu = report["cpu_ms"].as_f64().unwrap_or(0.0);
+        ack_frames = report["ack_frames"].as_u64().unwrap_or(0);
+        cpu_ours = cpu_after.per_message_since(
+            &cpu_before,
+            n,
+            "bench (emit)",
+            &[("relay", relay_cpu), ("worker", worker_cpu)],
+        );
 
-        let start = Instant::now();
-        let consuming = consume_raw(&conn, queue, b.params.prefetch, n);
-        let publishing = publish_raw(b, &pub_ch, exchange, n, 0);
-        let (c, p) = tokio::join!(consuming, publishing);
-        c?;
-        p?;
-        let pubsub = start.elapsed();
-        raw.push(n as f64 / pubsub.as_secs_f64());
+        // The raw ceiling, both ways of acking, in alternating order across runs.
+        let mut pubsub = Duration::ZERO;
+        let modes = match raw.len() % 2 {
+            0 => [RawAcks::Each, RawAcks::Coalesced],
+            _ => [RawAcks::Coalesced, RawAcks::Each],
+        };
+        for mode in modes {
+            let cpu_before = ServiceCpu::now();
+            let start = Instant::now();
+            let consuming = consume_raw(&conn, queue, b.params.prefetch, n, mode);
+            let publishing = publish_raw(b, &pub_ch, exchange, n, 0);
+            let (c, p) = tokio::join!(consuming, publishing);
+            c?;
+            p?;
+            let took = start.elapsed();
+            let cpu = ServiceCpu::now().per_message_since(&cpu_before, n, "bench (raw)", &[]);
+            match mode {
+                RawAcks::Each => {
+                    pubsub = took;
+                    cpu_raw = cpu;
+                    raw.push(n as f64 / took.as_secs_f64());
+                }
+                RawAcks::Coalesced => {
+                    cpu_raw_coalesced = cpu;
+                    raw_coalesced.push(n as f64 / took.as_secs_f64());
+                }
+            }
+        }
         pubsub_ms.push(pubsub.as_secs_f64() * 1e3);
         // The work no outbox can skip, done by hand, one part after the other: insert the rows
         // (they must be committed before anything may leave), claim and delete them, and
@@ -335,6 +393,7 @@ pub(super) async fn end_to_end(b: &Bench) -> Result<(), Error> {
     b.db.execute_unprepared("DROP TABLE IF EXISTS bench_e2e_outbox, bench_e2e_plain")
         .await?;
     let composed = summarize(composed);
+    let raw_coalesced = summarize(raw_coalesced);
     let mut relay_stages = stages_json(&[], &last_stages);
     if let Some(stages) = relay_stages.as_object_mut() {
         stages.remove("emit_commit"); // the emit here is one transaction, timed above
@@ -349,7 +408,12 @@ pub(super) async fn end_to_end(b: &Bench) -> Result<(), Error> {
                 "insert": summarize(floor_parts_ms.iter().map(|p| p[0]).collect()).median,
                 "claim_delete": summarize(floor_parts_ms.iter().map(|p| p[1]).collect()).median,
                 "publish_and_consume": summarize(floor_parts_ms.iter().map(|p| p[2]).collect()).median},
-            "median": composed.median.round(), "ratio": ((summarize(ours.clone()).median / composed.median) * 1000.0).round() / 1000.0}});
+            "median": composed.median.round(), "ratio": ((summarize(ours.clone()).median / composed.median) * 1000.0).round() / 1000.0},
+        // The same raw pipeline with coalesced acks (one `multiple` ack per 64 messages).
+        "ceiling_coalesced_acks": {"median": raw_coalesced.median.round(), "ratio": ((summarize(ours.clone()).median / raw_coalesced.median) * 1000.0).round() / 1000.0},
+        // µs of CPU per message, per process, in the last run (from /proc).
+        "worker_ack_frames": ack_frames,
+        "cpu_us_per_msg": {"ours": cpu_ours, "raw": cpu_raw, "raw_coalesced_acks": cpu_raw_coalesced}});
     report(
         "end_to_end",
         params,

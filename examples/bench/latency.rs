@@ -157,9 +157,6 @@ pub(super) async fn spawn_pipeline(
         .await;
     let _ = conn.close(200, "".into()).await;
     let exe = std::env::current_exe().map_err(|e| bad("exe", e.to_string()))?;
-    let dir = exe
-        .parent()
-        .ok_or_else(|| bad("exe", "no parent directory".into()))?;
     let worker = std::process::Command::new(&exe)
         .args([
             "--worker-process",
@@ -173,25 +170,8 @@ pub(super) async fn spawn_pipeline(
         .stdout(std::process::Stdio::piped())
         .spawn()
         .map_err(|e| bad("worker process", e.to_string()))?;
-    // BENCH_RELAY_BIN: another relay build to compare (for before/after measurements).
-    let relay_bin =
-        std::env::var_os("BENCH_RELAY_BIN").map_or_else(|| dir.join("relay"), Into::into);
     let mut worker = worker;
-    let relay = std::process::Command::new(relay_bin)
-        .env(
-            "DATABASE_URL",
-            std::env::var("DATABASE_URL")
-                .unwrap_or_else(|_| "postgres://outbox:outbox@127.0.0.1:5432/outbox".into()),
-        )
-        .env("AMQP_URL", &b.amqp_url)
-        .env("OUTBOX_TABLE", table.as_str())
-        .env("OUTBOX_EXCHANGE", exchange)
-        .env("OUTBOX_BATCH_SIZE", b.params.batch_size.to_string())
-        // The relay's per-batch stage timings (its `batch done` debug events) feed the
-        // latency scenario's stage breakdown; see `collect_batch_stages`.
-        .env("RUST_LOG", "warn,actix_outbox_actors::relay::batch=debug")
-        .env("NO_COLOR", "1")
-        .stdout(std::process::Stdio::piped())
+    let relay = relay_command(b, table.as_str(), exchange)?
         .spawn()
         .map_err(|e| {
             // An orphaned worker would keep consuming the next run's messages.
@@ -202,6 +182,37 @@ pub(super) async fn spawn_pipeline(
             )
         })?;
     Ok((worker, relay))
+}
+
+/// The `relay` example (or `BENCH_RELAY_BIN`, another build to compare before/after) on
+/// `table` and `exchange`, logging each batch's stage timings (its `batch done` debug events)
+/// to a piped stdout: see `collect_batch_stages`.
+pub(super) fn relay_command(
+    b: &Bench,
+    table: &str,
+    exchange: &str,
+) -> Result<std::process::Command, Error> {
+    let exe = std::env::current_exe().map_err(|e| bad("exe", e.to_string()))?;
+    let dir = exe
+        .parent()
+        .ok_or_else(|| bad("exe", "no parent directory".into()))?;
+    let relay_bin =
+        std::env::var_os("BENCH_RELAY_BIN").map_or_else(|| dir.join("relay"), Into::into);
+    let mut relay = std::process::Command::new(relay_bin);
+    relay
+        .env(
+            "DATABASE_URL",
+            std::env::var("DATABASE_URL")
+                .unwrap_or_else(|_| "postgres://outbox:outbox@127.0.0.1:5432/outbox".into()),
+        )
+        .env("AMQP_URL", &b.amqp_url)
+        .env("OUTBOX_TABLE", table)
+        .env("OUTBOX_EXCHANGE", exchange)
+        .env("OUTBOX_BATCH_SIZE", b.params.batch_size.to_string())
+        .env("RUST_LOG", "warn,actix_outbox_actors::relay::batch=debug")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped());
+    Ok(relay)
 }
 
 /// Stage timings of the relay's batches, in µs: one vector per field of its `batch done`
@@ -343,18 +354,25 @@ pub(super) async fn worker_process() -> Result<(), Error> {
         })?
         .start()
         .await?;
+    let cpu_started = cpu_ms(std::process::id());
     let _ = tokio::time::timeout(
         Duration::from_secs(60),
         wait_count(&handled, expected, "worker process"),
     )
     .await;
+    // CPU spent from the moment it was consuming to the last message handled.
+    let cpu_ms = cpu_ms(std::process::id())
+        .zip(cpu_started)
+        .map(|(end, start)| end - start);
+    let ack_frames: u64 = running.stats().await.values().map(|s| s.ack_frames).sum();
     running.stop().await;
     broker.send(StopBroker).await?;
     let latencies = latencies.lock().map(|l| l.clone()).unwrap_or_default();
     println!(
         "{}",
         json!({"handled": handled.load(Ordering::Relaxed), "latencies_us": latencies,
-        "last_us": last_us.load(Ordering::Relaxed), "peak_rss_kib": peak_rss_kib(std::process::id())})
+        "last_us": last_us.load(Ordering::Relaxed), "peak_rss_kib": peak_rss_kib(std::process::id()),
+        "cpu_ms": cpu_ms, "ack_frames": ack_frames})
     );
     Ok(())
 }

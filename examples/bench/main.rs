@@ -9,7 +9,8 @@
 //! Flags (defaults in brackets): `--scenarios` comma list [all], `--messages` [20000],
 //! `--batch-size` [500], `--prefetch` [500], `--payload-bytes` [256], `--queue-type`
 //! quorum|classic [quorum], `--relays` comma list [1,2,4], `--emit-tasks` [8],
-//! `--emit-seconds` [5], `--rate` [1000], `--latency-seconds` [10], `--runs` [3]. Needs `DATABASE_URL` and `AMQP_URL` (defaults match
+//! `--emit-seconds` [5], `--rate` [1000], `--latency-seconds` [10], `--runs` [3],
+//! `--scale-sizes` comma list [10000,100000,1000000]. Needs `DATABASE_URL` and `AMQP_URL` (defaults match
 //! `scripts/services`). Each scenario runs `--runs` times; the JSON line reports the median,
 //! min and max, the ceiling's median, their ratio and the target ratio.
 //!
@@ -17,7 +18,9 @@
 //! per-stage breakdown from the relay's `batch done` events), `latency_floor` (the same
 //! pipeline written bare, without this library), `footprint` and `ordered` (per-key
 //! ordering beside the unordered path: relay drains with 100 keys and with one, an ordered
-//! listener against a plain queue). `BENCH_RELAY_BIN` runs the
+//! listener against a plain queue) and `scale` (backlogs of `--scale-sizes` rows drained by
+//! a relay process: rate and resident memory over time, claim time against table size and
+//! after delete churn, with default and recommended autovacuum settings). `BENCH_RELAY_BIN` runs the
 //! latency scenario with another build of the `relay` example, for before/after comparisons.
 //! `OUTBOX_METRICS=1` makes every process of the run (this one, its worker processes, the
 //! relay example) record its metrics into a Prometheus recorder; each JSON line says whether
@@ -26,6 +29,7 @@
 
 mod broker_floor;
 mod consume;
+mod cpu;
 mod emit;
 mod latency;
 mod latency_floor;
@@ -34,15 +38,18 @@ mod ordered;
 #[path = "../shared/record_metrics.rs"]
 mod record_metrics;
 mod relay;
+mod scale;
 use record_metrics::record_metrics_if_asked;
 
 use broker_floor::*;
 use consume::*;
+use cpu::*;
 use emit::*;
 use latency::*;
 use latency_floor::*;
 use ordered::*;
 use relay::*;
+use scale::*;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -79,6 +86,7 @@ struct Params {
     rate: u64,
     latency_seconds: u64,
     runs: usize,
+    scale_sizes: Vec<usize>,
 }
 
 impl Params {
@@ -94,6 +102,7 @@ impl Params {
                 "latency_floor",
                 "footprint",
                 "ordered",
+                "scale",
             ]
             .map(String::from)
             .to_vec(),
@@ -108,6 +117,7 @@ impl Params {
             rate: 1_000,
             latency_seconds: 10,
             runs: 3,
+            scale_sizes: vec![10_000, 100_000, 1_000_000],
         };
         let args: Vec<String> = std::env::args().skip(1).collect();
         for pair in args.chunks(2) {
@@ -127,6 +137,12 @@ impl Params {
                 "--queue-type" => p.queue_type = value.clone(),
                 "--relays" => {
                     p.relays = value
+                        .split(',')
+                        .map(|v| num(v).map(|n| n as usize))
+                        .collect::<Result<_, _>>()?
+                }
+                "--scale-sizes" => {
+                    p.scale_sizes = value
                         .split(',')
                         .map(|v| num(v).map(|n| n as usize))
                         .collect::<Result<_, _>>()?
@@ -311,6 +327,7 @@ async fn main() -> Result<(), Error> {
             "emit_many" => emit_many(&bench).await?,
             "relay_drain" => relay_drain(&bench).await?,
             "ordered" => ordered(&bench).await?,
+            "scale" => scale(&bench).await?,
             "consume" => consume(&bench).await?,
             "end_to_end" => end_to_end(&bench).await?,
             "latency" => {

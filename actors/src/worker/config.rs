@@ -81,6 +81,8 @@ pub struct WorkerConfig {
     pub(crate) confirm_timeout: Duration,
     /// Longest wait for a handler's answer, unless a listener sets its own.
     pub(crate) handler_timeout: Duration,
+    /// Longest time a handled delivery's ack waits to be coalesced with others.
+    pub(crate) ack_linger: Duration,
     /// Unsettled deliveries of one message after which it is dead-lettered.
     pub(crate) max_redeliveries: u32,
     /// Pause between attempts to get consuming again after a lost channel.
@@ -101,6 +103,7 @@ impl Default for WorkerConfig {
             channel_timeout: Duration::from_secs(15),
             confirm_timeout: Duration::from_secs(15),
             handler_timeout: Duration::from_secs(300),
+            ack_linger: DEFAULT_ACK_LINGER,
             max_redeliveries: 20,
             reconnect: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
         }
@@ -204,6 +207,18 @@ impl WorkerConfig {
         self
     }
 
+    /// Sets how long the ack of a handled delivery may wait to go out together with others,
+    /// in one `multiple` ack. The acks owed go at once when a quarter of the prefetch (at
+    /// most 128) has gathered, else when the oldest has waited this long. A longer linger
+    /// means fewer ack frames on a slow stream and a longer window in which a killed worker
+    /// gets handled messages redelivered (duplicates, never losses). `Duration::ZERO` sends
+    /// the acks at the end of each actor turn. At most 1 s. Defaults to 2 ms.
+    #[must_use]
+    pub fn with_ack_linger(mut self, linger: Duration) -> Self {
+        self.ack_linger = linger;
+        self
+    }
+
     /// Sets after how many unsettled deliveries a message is dead-lettered without calling
     /// its handler: deliveries that ended in a crashed process, a closed channel or a requeue
     /// (its retry copy could not be confirmed), counted by the broker in `x-delivery-count`.
@@ -254,6 +269,16 @@ impl WorkerConfig {
         positive("channel_timeout", self.channel_timeout)?;
         positive("confirm_timeout", self.confirm_timeout)?;
         positive("handler_timeout", self.handler_timeout)?;
+        if self.ack_linger > MAX_ACK_LINGER {
+            return Err(Error::InvalidConfig {
+                field: "ack_linger",
+                reason: format!(
+                    "{:?} is longer than {MAX_ACK_LINGER:?}: handled messages would wait that long \
+                     for their ack, and be redelivered if the worker dies meanwhile",
+                    self.ack_linger
+                ),
+            });
+        }
         if self.max_redeliveries == 0 {
             return Err(Error::InvalidConfig {
                 field: "max_redeliveries",
@@ -274,6 +299,12 @@ impl WorkerConfig {
         })
     }
 }
+
+/// How long an owed ack waits by default.
+const DEFAULT_ACK_LINGER: Duration = Duration::from_millis(2);
+
+/// The longest linger `validate` accepts.
+const MAX_ACK_LINGER: Duration = Duration::from_secs(1);
 
 /// A prefetch of 0 would mean "unlimited" to RabbitMQ: refused.
 pub(crate) fn check_prefetch(prefetch: u16) -> Result<()> {
@@ -328,6 +359,16 @@ mod tests {
             field_of(d().with_handler_timeout(Duration::ZERO)),
             "handler_timeout"
         );
+        assert_eq!(
+            field_of(d().with_ack_linger(Duration::from_millis(1_001))),
+            "ack_linger"
+        );
+        d().with_ack_linger(Duration::ZERO)
+            .validate()
+            .expect("zero linger: acks at the end of each turn");
+        d().with_ack_linger(Duration::from_secs(1))
+            .validate()
+            .expect("the longest linger");
         assert_eq!(
             field_of(d().with_reconnect_backoff(Duration::from_secs(2), Duration::from_secs(1))),
             "reconnect_backoff"

@@ -4,19 +4,24 @@
 //! Settling never loses a message: a retry or dead-letter copy is published on the
 //! consumer's confirm-mode channel and the original is acked only once the broker confirmed
 //! the copy. If the copy is refused or unconfirmed, the original is requeued; if the channel
-//! broke, the broker redelivers the original by itself.
+//! broke, the broker redelivers the original by itself. The original's ack is left to the
+//! consumer ([`Settled::AckOwed`]), which coalesces the acks of its channel
+//! (`worker::acks`).
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use actix::Recipient;
 use actix_outbox::{Event, headers as h};
 use chrono::{DateTime, Utc};
+use futures_util::future::Either;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions};
 use lapin::{BasicProperties, Channel};
 use serde::de::DeserializeOwned;
 use tracing::{Instrument, debug, field, info_span, warn};
 
+use super::acks::AckFrames;
 use super::config::QueueType;
 use super::envelope::{DeliveryMeta, copy_properties, decode_payload, time_left_ms};
 use super::handler::Sends;
@@ -54,6 +59,9 @@ pub(crate) struct Job<T: Send + 'static> {
 pub(crate) enum Settled {
     /// The fate was carried out.
     Done,
+    /// The fate was carried out but for the original's ack, which is owed: the consumer
+    /// sends it, coalesced with others (see `worker::acks`).
+    AckOwed,
     /// The original was given back to the queue instead (the copy was not confirmed, or the
     /// fate was a requeue).
     Requeued(String),
@@ -72,6 +80,8 @@ pub(crate) struct Report {
     pub(crate) settled: Settled,
     /// How long the handler took to answer (`None` when it was not called).
     pub(crate) handler_time: Option<Duration>,
+    /// The delivery's tag on its channel.
+    pub(crate) tag: u64,
 }
 
 /// Runs one delivery through the handler and settles it, inside a `delivery` span that
@@ -153,6 +163,7 @@ where
             fate,
             settled,
             handler_time,
+            tag: delivery.delivery_tag,
         }
     }
     .instrument(span)
@@ -246,7 +257,7 @@ async fn settle<T: Send + 'static>(
     let spec = &job.spec;
     let props = &delivery.properties;
     let published = match fate {
-        Fate::Ack => return ack(delivery).await,
+        Fate::Ack => return Settled::AckOwed,
         Fate::Requeue => {
             return requeue(
                 delivery,
@@ -279,7 +290,7 @@ async fn settle<T: Send + 'static>(
         }
     };
     let why = match published {
-        Answer::Confirmed => return ack(delivery).await,
+        Answer::Confirmed => return Settled::AckOwed,
         Answer::Returned => "the copy was unroutable".to_owned(),
         Answer::Nacked => "the copy was nacked".to_owned(),
         Answer::Unknown(why) | Answer::Failed(why) => why,
@@ -327,11 +338,38 @@ async fn publish<T: Send + 'static>(
         .unwrap_or(Answer::Unknown("no answer".to_owned()))
 }
 
-async fn ack(delivery: &Delivery) -> Settled {
-    match delivery.acker.ack(BasicAckOptions::default()).await {
-        Ok(true) => Settled::Done,
-        Ok(false) => Settled::Lost("channel closed before the ack".to_owned()),
-        Err(e) => Settled::Lost(e.to_string()),
+/// Sends the consumer's coalesced acks on `channel`: the multiple ack first, then the
+/// single ones. Every frame is queued on the channel **before this returns**, in that
+/// order; the future only waits for them to be written. So the acks of one
+/// [`AckFrames`] can never be overtaken by a later one: a multiple ack that passed over a
+/// single ack not yet sent would make that single ack name an unknown delivery tag, which
+/// the broker answers by closing the channel. The future's error says why the acks could
+/// not be written (the channel is gone).
+pub(crate) fn send_acks(
+    channel: &Channel,
+    frames: &AckFrames,
+) -> impl Future<Output = Result<(), String>> + use<> {
+    let multiple = frames.up_to.map(|tag| (tag, true));
+    let singles = frames.singles.iter().map(|&tag| (tag, false));
+    let mut writes = Vec::with_capacity(frames.frames());
+    for (tag, multiple) in multiple.into_iter().chain(singles) {
+        let channel = channel.clone();
+        let mut ack =
+            Box::pin(async move { channel.basic_ack(tag, BasicAckOptions { multiple }).await });
+        // lapin queues the frame on the first poll, before its first await point.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        writes.push(match ack.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(done) => Either::Left(std::future::ready(done)),
+            std::task::Poll::Pending => Either::Right(ack),
+        });
+    }
+    async move {
+        for write in writes {
+            write
+                .await
+                .map_err(|e| format!("coalesced ack failed: {e}"))?;
+        }
+        Ok(())
     }
 }
 
@@ -367,7 +405,7 @@ fn log(outcome: &Outcome, fate: &Fate, settled: &Settled, queue: &str) {
         (Outcome::Undecodable(_), _) => {
             warn!(dlq = %dead_letter_queue(queue), "undecodable payload dead-lettered (reason in its x-outbox-reason header)")
         }
-        (_, Settled::Done) => match fate {
+        (_, Settled::Done | Settled::AckOwed) => match fate {
             Fate::DeadLetter { reason } => {
                 let reason = bounded_reason(reason);
                 warn!(%reason, dlq = %dead_letter_queue(queue), "message dead-lettered")

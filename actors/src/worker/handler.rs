@@ -190,6 +190,12 @@ impl<T: Send + 'static> HandlerSlot<T> {
         self.factory.is_some()
     }
 
+    /// Whether a handler registered by address is known to be gone (its actor stopped): it
+    /// cannot be restarted, and a delivery sent to it would only come back.
+    pub(crate) fn gone_for_good(&self) -> bool {
+        self.factory.is_none() && !self.current.connected()
+    }
+
     /// Replaces the handler that generation `seen` referred to, if it is still the current one
     /// and a factory exists. Returns whether a new actor was started.
     pub(crate) fn restart(&mut self, seen: u64) -> bool {

@@ -216,6 +216,7 @@ impl Listen {
             channel_timeout: config.channel_timeout,
             confirm_timeout: config.confirm_timeout,
             handler_timeout: self.handler_timeout.unwrap_or(config.handler_timeout),
+            ack_linger: config.ack_linger,
             max_redeliveries: config.max_redeliveries,
             reconnect: config.reconnect,
             consume: queue.clone(),
@@ -260,6 +261,8 @@ pub(crate) struct ConsumerSpec {
     pub(crate) confirm_timeout: Duration,
     /// Longest wait for the handler's answer.
     pub(crate) handler_timeout: Duration,
+    /// Longest wait of an owed ack.
+    pub(crate) ack_linger: Duration,
     /// Unsettled deliveries after which a message is dead-lettered.
     pub(crate) max_redeliveries: u32,
     /// Pause between attempts to consume again.

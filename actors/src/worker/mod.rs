@@ -14,6 +14,7 @@
 //! retry delays. [`Worker::start`] then declares (or checks) each queue's topology and starts
 //! consuming; it fails naming what is missing rather than running half a worker.
 
+mod acks;
 mod config;
 mod consumer;
 mod delivery;

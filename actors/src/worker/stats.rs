@@ -39,6 +39,10 @@ pub struct ConsumerStats {
     pub timeouts: u64,
     /// Times the consumer got consuming again after losing its channel.
     pub reconnects: u64,
+    /// Ack frames sent. One frame acks a run of deliveries at once (`multiple`), so
+    /// `handled + aborted + retried + dead_lettered` divided by this is how well the
+    /// consumer coalesced its acks.
+    pub ack_frames: u64,
     /// Deliveries being handled right now (a snapshot, not a counter).
     pub in_flight: u64,
     /// Whether deliveries are flowing right now (a snapshot).
@@ -70,20 +74,22 @@ pub(crate) fn outcome_label(report: &Report) -> &'static str {
 impl ConsumerStats {
     /// Counts one finished delivery.
     pub(crate) fn book(&mut self, report: &Report) {
+        // Past the first two arms the fate was carried out (`Done`, or `AckOwed`: the
+        // consumer sends the ack, coalesced, and counts it unsettled if that fails).
         match (&report.settled, &report.fate) {
             (Settled::Lost(_), _) => self.unsettled += 1,
             (Settled::Requeued(_), _) => self.requeued += 1,
-            (Settled::Done, Fate::Ack) => match report.outcome {
+            (_, Fate::Ack) => match report.outcome {
                 Outcome::Handled => self.handled += 1,
                 _ => self.aborted += 1,
             },
-            (Settled::Done, Fate::Retry { .. }) => self.retried += 1,
-            (Settled::Done, Fate::DeadLetter { reason }) => {
+            (_, Fate::Retry { .. }) => self.retried += 1,
+            (_, Fate::DeadLetter { reason }) => {
                 self.dead_lettered += 1;
                 self.expired += u64::from(reason == EXPIRED);
             }
-            (Settled::Done, Fate::Requeue) => self.requeued += 1,
-            (Settled::Done, Fate::Recount { .. }) => self.recounted += 1,
+            (_, Fate::Requeue) => self.requeued += 1,
+            (_, Fate::Recount { .. }) => self.recounted += 1,
         }
         match report.outcome {
             Outcome::Undecodable(_) => self.decode_failures += 1,
@@ -106,6 +112,7 @@ mod tests {
             fate,
             settled,
             handler_time: None,
+            tag: 1,
         }
     }
 

@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
 use super::{ConsumerActor, State};
+use crate::worker::acks::AckFrames;
 use crate::worker::delivery;
 use crate::worker::link::{CopyTurn, Link, cancel, close, incoming, open_link};
 
@@ -102,12 +103,16 @@ impl<T: DeserializeOwned + Send + 'static> ConsumerActor<T> {
     }
 
     /// Stops reading the stream and closes the channel in the background (which gives every
-    /// unacked delivery, held-back ones included, back to the queue).
+    /// unacked delivery, held-back ones included, back to the queue). Acks owed are sent
+    /// first, where they may be, so handled messages do not come back.
     fn drop_link(&mut self, ctx: &mut Context<Self>) {
+        let owed = self.acks.take(0);
+        self.acks.clear();
+        self.stats.ack_frames += owed.as_ref().map_or(0, |f| f.frames() as u64);
         self.probation.drain().for_each(drop);
         if let Some(link) = self.link.take() {
             ctx.cancel_future(link.stream);
-            actix::spawn(close(link.channel));
+            actix::spawn(ack_and_close(link.channel, owed));
         }
     }
 
@@ -120,8 +125,9 @@ impl<T: DeserializeOwned + Send + 'static> ConsumerActor<T> {
             State::Consuming => {}
         }
         self.state = State::Stopping;
-        for delivery in self.probation.drain() {
-            actix::spawn(delivery::requeue_unhandled(delivery));
+        let held: Vec<_> = self.probation.drain().collect();
+        for delivery in held {
+            self.requeue_unhandled(self.generation, delivery, ctx);
         }
         if let Some(link) = &self.link {
             actix::spawn(cancel(link.channel.clone(), link.tag.clone()));
@@ -139,18 +145,33 @@ impl<T: DeserializeOwned + Send + 'static> ConsumerActor<T> {
         });
     }
 
-    /// Closes the channel (bounded), then stops the actor.
+    /// Sends the acks owed, closes the channel (bounded), then stops the actor.
     pub(super) fn finish_stop(&mut self, ctx: &mut Context<Self>) {
         self.state = State::Stopped;
+        let owed = self.acks.take(0);
+        self.acks.clear();
+        self.stats.ack_frames += owed.as_ref().map_or(0, |f| f.frames() as u64);
         let link = self.link.take();
         if let Some(link) = &link {
             ctx.cancel_future(link.stream);
         }
         let closing = async move {
             if let Some(link) = link {
-                close(link.channel).await;
+                ack_and_close(link.channel, owed).await;
             }
         };
         ctx.wait(closing.into_actor(self).map(|(), _, ctx| ctx.stop()));
     }
+}
+
+/// Sends the acks `owed` if the channel is still open, then closes it: the ack frames go
+/// out before the close, so those messages stay settled.
+async fn ack_and_close(channel: Channel, owed: Option<AckFrames>) {
+    if let Some(frames) = owed
+        && channel.status().connected()
+        && let Err(why) = delivery::send_acks(&channel, &frames).await
+    {
+        warn!(%why, count = frames.count, "acks owed before closing the channel did not reach the broker; it redelivers those messages");
+    }
+    close(channel).await;
 }

@@ -37,6 +37,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 use tracing::{error, info};
 
+use super::acks::AckWindow;
 use super::delivery::{self, Job, Report, Settled};
 use super::handler::{HandlerSlot, HandlerSource};
 use super::link::{Incoming, Link};
@@ -51,10 +52,25 @@ use crate::metrics::ConsumerMetrics;
 /// How often the consumer reads its dead-letter queue's depth for the metrics.
 const DLQ_DEPTH_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How long the lowest delivery in hand may hold back the acks owed above it before, with
+/// half the prefetch owed so, they go one by one.
+const SLOW_DELIVERY: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The most acks one coalesced ack carries. It is also at most a quarter of the prefetch,
+/// so the broker keeps room to deliver while acks gather; with a prefetch under 8 every ack
+/// goes out at once.
+const ACK_BATCH_MAX: usize = 128;
+
 /// Stops the consumer gracefully; resolves once it has stopped.
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "()")]
 pub(crate) struct StopConsumer;
+
+/// Sends the owed acks (queued by the consumer to itself, so the deliveries settled in the
+/// same turn are all booked before the acks are cut: they complete out of tag order).
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+struct SendAcks;
 
 /// Asks for the consumer's counters.
 #[derive(Debug, Clone, Copy, Message)]
@@ -100,6 +116,12 @@ pub(crate) struct ConsumerActor<T: DeserializeOwned + Send + 'static> {
     ready: Option<oneshot::Sender<Result<()>>>,
     /// Consecutive failed attempts to consume (drives the backoff).
     failures: u32,
+    /// The current channel's deliveries not settled yet and the acks owed (coalesced).
+    acks: AckWindow,
+    /// Whether a send of the owed acks is scheduled (after the spec's `ack_linger`).
+    ack_timer: bool,
+    /// Whether a [`SendAcks`] is queued.
+    ack_queued: bool,
     /// Counters since start.
     stats: ConsumerStats,
     /// The same, and more, as metrics.
@@ -142,6 +164,9 @@ impl<T: DeserializeOwned + Send + 'static> ConsumerActor<T> {
             state: State::Connecting,
             in_flight: 0,
             probation,
+            acks: AckWindow::default(),
+            ack_timer: false,
+            ack_queued: false,
             ready: Some(ready),
             failures: 0,
             stats: ConsumerStats::default(),
@@ -194,6 +219,15 @@ impl<T: DeserializeOwned + Send + 'static> Handler<StopConsumer> for ConsumerAct
     }
 }
 
+impl<T: DeserializeOwned + Send + 'static> Handler<SendAcks> for ConsumerActor<T> {
+    type Result = ();
+
+    fn handle(&mut self, _: SendAcks, ctx: &mut Context<Self>) {
+        self.ack_queued = false;
+        self.send_acks(ctx);
+    }
+}
+
 impl<T: DeserializeOwned + Send + 'static> Handler<GetConsumerStats> for ConsumerActor<T> {
     type Result = MessageResult<GetConsumerStats>;
 
@@ -209,11 +243,15 @@ impl<T: DeserializeOwned + Send + 'static> StreamHandler<Incoming> for ConsumerA
     fn handle(&mut self, item: Incoming, ctx: &mut Context<Self>) {
         match item {
             Incoming::Delivery(generation, delivery) => {
-                if generation == self.generation && self.state == State::Consuming {
+                let current = generation == self.generation && self.link.is_some();
+                if current {
+                    self.acks.delivered(delivery.delivery_tag);
+                }
+                if current && self.state == State::Consuming {
                     self.dispatch(delivery, ctx);
                 } else if self.state != State::Connecting {
                     // After a cancel (stop, parked): back to the queue, unhandled.
-                    actix::spawn(delivery::requeue_unhandled(delivery));
+                    self.requeue_unhandled(generation, delivery, ctx);
                 }
             }
             Incoming::Failed(generation, reason) if generation == self.generation => {
@@ -234,6 +272,14 @@ impl<T: DeserializeOwned + Send + 'static> ConsumerActor<T> {
     /// Hands one delivery to the handler, concurrently with the others — or, during
     /// probation, holds it until the handler has nothing else in flight.
     fn dispatch(&mut self, delivery: Delivery, ctx: &mut Context<Self>) {
+        if self.handler.gone_for_good() {
+            // Its first failed send parks the consumer once settled; until then (a requeued
+            // message may already be back) nothing more goes to it: parking closes the
+            // channel, which returns this delivery to the queue unhandled.
+            error!(queue = %self.spec.queue, handler = %self.spec.handler, "handler actor registered by address is gone: stopped consuming; messages stay in the queue");
+            self.park(ctx);
+            return;
+        }
         if let Some(delivery) = self
             .probation
             .admit(self.generation, delivery, self.in_flight)
@@ -275,9 +321,129 @@ impl<T: DeserializeOwned + Send + 'static> ConsumerActor<T> {
         }));
     }
 
+    /// Gives a delivery back to the queue without handling it; it stays outstanding (no
+    /// coalesced ack may pass over it) until its nack is written.
+    pub(super) fn requeue_unhandled(
+        &mut self,
+        generation: u64,
+        delivery: Delivery,
+        ctx: &mut Context<Self>,
+    ) {
+        let tag = delivery.delivery_tag;
+        let requeue = delivery::requeue_unhandled(delivery);
+        ctx.spawn(requeue.into_actor(self).map(move |(), act, ctx| {
+            if generation == act.generation && act.link.is_some() {
+                act.acks.settled(tag);
+                act.send_acks_when_due(ctx);
+            }
+        }));
+    }
+
+    /// Books the delivery's settlement in the ack window: an owed ack waits there, anything
+    /// else was settled on its own. Stale channels' reports are ignored (their channel is
+    /// gone and the broker redelivers what it did not settle).
+    fn settle_ack(&mut self, report: &mut Report, generation: u64, ctx: &mut Context<Self>) {
+        let current = generation == self.generation && self.link.is_some();
+        match report.settled {
+            Settled::AckOwed => {
+                report.settled = Settled::Done;
+                if current {
+                    self.acks.owe(report.tag);
+                }
+            }
+            _ if current => self.acks.settled(report.tag),
+            _ => {}
+        }
+        if current {
+            self.send_acks_when_due(ctx);
+        }
+    }
+
+    /// Sends the owed acks once this turn's settlements are booked when enough have
+    /// gathered (or the prefetch is small, or the linger zero), otherwise within the spec's
+    /// `ack_linger`. Messages waiting for their ack hold prefetch slots, nothing else: a
+    /// crash meanwhile means they are delivered again. Waiting also while the consumer is
+    /// idle is what coalesces acks of a steady stream, where the handler is often done
+    /// before the next message arrives.
+    pub(super) fn send_acks_when_due(&mut self, ctx: &mut Context<Self>) {
+        if self.acks.owed() == 0 {
+            return;
+        }
+        let batch = (usize::from(self.spec.prefetch) / 4).clamp(1, ACK_BATCH_MAX);
+        let linger = self.spec.ack_linger;
+        if linger.is_zero() || self.acks.due(batch, self.singles_from()) {
+            if !self.ack_queued {
+                self.ack_queued = true;
+                ctx.notify(SendAcks);
+            }
+            return;
+        }
+        self.send_acks_after(linger, ctx);
+    }
+
+    /// Sends the owed acks that may go after `delay`, unless a send is already scheduled.
+    fn send_acks_after(&mut self, delay: std::time::Duration, ctx: &mut Context<Self>) {
+        if !self.ack_timer {
+            self.ack_timer = true;
+            ctx.run_later(delay, |act, ctx| {
+                act.ack_timer = false;
+                act.send_acks(ctx);
+            });
+        }
+    }
+
+    /// How many acks owed above the lowest delivery in hand make them go one by one: half
+    /// the prefetch, once that delivery has been in hand for `SLOW_DELIVERY`. Before that
+    /// they wait for it: deliveries often finish a little out of order (handlers answer
+    /// through the actor's mailbox), and a short wait then saves a hundred single frames.
+    fn singles_from(&self) -> usize {
+        if self.acks.oldest_outstanding() < SLOW_DELIVERY {
+            usize::MAX
+        } else {
+            (usize::from(self.spec.prefetch) / 2).max(1)
+        }
+    }
+
+    /// Sends the owed acks that may go: one multiple ack, and single ones once half the
+    /// prefetch waits above a delivery in hand for `SLOW_DELIVERY`. A failed ack means the channel is
+    /// gone: the broker redelivers those messages.
+    pub(super) fn send_acks(&mut self, ctx: &mut Context<Self>) {
+        let Some(channel) = self.link.as_ref().map(|link| link.channel.clone()) else {
+            return;
+        };
+        let frames = self.acks.take(self.singles_from());
+        let wait = SLOW_DELIVERY.saturating_sub(self.acks.oldest_outstanding());
+        if self.acks.owed() > 0 && !wait.is_zero() {
+            // Held above a delivery in hand that is not slow yet: look again once it is.
+            self.send_acks_after(wait.max(self.spec.ack_linger), ctx);
+        }
+        let Some(frames) = frames else {
+            return;
+        };
+        let generation = self.generation;
+        self.stats.ack_frames += frames.frames() as u64;
+        let count = frames.count as u64;
+        let ack = delivery::send_acks(&channel, &frames);
+        ctx.spawn(ack.into_actor(self).map(move |result, act, ctx| {
+            if let Err(why) = result
+                && generation == act.generation
+            {
+                act.stats.unsettled += count;
+                act.lost(why, ctx);
+            }
+        }));
+    }
+
     /// Books one finished delivery and reacts to a dead handler or a broken channel.
-    fn settled(&mut self, report: Report, generation: u64, handler: u64, ctx: &mut Context<Self>) {
+    fn settled(
+        &mut self,
+        mut report: Report,
+        generation: u64,
+        handler: u64,
+        ctx: &mut Context<Self>,
+    ) {
         self.in_flight -= 1;
+        self.settle_ack(&mut report, generation, ctx);
         self.stats.book(&report);
         self.metrics.in_flight.set(self.in_flight as f64);
         self.metrics
