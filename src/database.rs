@@ -15,6 +15,16 @@ use sea_orm::{DatabaseConnection, DbErr};
 use crate::error::{Error, Result};
 use crate::redact::redact_url;
 
+/// The URL schemes of the backends this build was compiled with.
+const SCHEMES: &[&str] = &[
+    #[cfg(feature = "postgres")]
+    "postgres",
+    #[cfg(feature = "mysql")]
+    "mysql",
+    #[cfg(feature = "sqlite")]
+    "sqlite",
+];
+
 /// Where the outbox's database is, and the pool to keep to it.
 ///
 /// # Examples
@@ -30,7 +40,8 @@ use crate::redact::redact_url;
 /// ```
 #[derive(Clone)]
 pub struct DatabaseConfig {
-    /// `postgres://user:password@host:port/db` or `sqlite://path?mode=rwc`.
+    /// `postgres://user:password@host:port/db`, `mysql://user:password@host:port/db` or
+    /// `sqlite://path?mode=rwc`.
     url: String,
     /// Most pooled connections.
     max_connections: u32,
@@ -41,7 +52,7 @@ pub struct DatabaseConfig {
 }
 
 impl DatabaseConfig {
-    /// A config for the database at `url` (PostgreSQL or SQLite).
+    /// A config for the database at `url` (PostgreSQL, MySQL/MariaDB or SQLite).
     #[must_use]
     pub fn new(url: impl Into<String>) -> Self {
         Self {
@@ -96,7 +107,8 @@ impl DatabaseConfig {
     /// # Errors
     ///
     /// [`Error::InvalidConfig`] (`database_url`) for a URL that does not parse or whose
-    /// scheme is not `postgres`/`postgresql`/`sqlite`, or `max_connections` of 0 (the message
+    /// scheme is not `postgres`/`postgresql`/`mysql`/`sqlite` (of the backends this build has),
+    /// or `max_connections` of 0 (the message
     /// shows the URL redacted); [`Error::Db`] when the database cannot be reached.
     pub async fn connect(&self) -> Result<DatabaseConnection> {
         if self.max_connections == 0 {
@@ -106,11 +118,14 @@ impl DatabaseConfig {
         match scheme {
             #[cfg(feature = "postgres")]
             "postgres" | "postgresql" => self.connect_postgres().await,
+            #[cfg(feature = "mysql")]
+            "mysql" => self.connect_mysql().await,
             #[cfg(feature = "sqlite")]
             "sqlite" => self.connect_sqlite().await,
             other => Err(self.invalid(format!(
-                "unsupported scheme {other:?} in {} (this build takes postgres and sqlite URLs)",
-                self.redacted_url()
+                "unsupported scheme {other:?} in {} (this build takes {} URLs)",
+                self.redacted_url(),
+                SCHEMES.join(", ")
             ))),
         }
     }
@@ -139,6 +154,32 @@ impl DatabaseConfig {
         Ok(sea_orm::SqlxPostgresConnector::from_sqlx_postgres_pool(
             pool,
         ))
+    }
+
+    /// MySQL and MariaDB. The driver sets the session time zone to UTC (`+00:00`); the outbox
+    /// compares times with `UTC_TIMESTAMP(6)` either way.
+    #[cfg(feature = "mysql")]
+    async fn connect_mysql(&self) -> Result<DatabaseConnection> {
+        use sea_orm::sqlx::ConnectOptions as _;
+        use sea_orm::sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
+        let options: MySqlConnectOptions = self.url.parse().map_err(|e| self.parse_error(&e))?;
+        let ping_after = self.ping_if_idle_for;
+        let pool = MySqlPoolOptions::new()
+            .max_connections(self.max_connections)
+            .acquire_timeout(self.acquire_timeout)
+            .test_before_acquire(false)
+            .before_acquire(move |conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for > ping_after {
+                        sea_orm::sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
+            .connect_with(options.disable_statement_logging())
+            .await
+            .map_err(|e| Error::Db(DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e.into()))))?;
+        Ok(sea_orm::SqlxMySqlConnector::from_sqlx_mysql_pool(pool))
     }
 
     #[cfg(feature = "sqlite")]
@@ -188,7 +229,7 @@ mod tests {
         let shown = format!("{config:?}");
         assert!(shown.contains("outbox:***@localhost"), "{shown}");
         assert!(!shown.contains("hunter2"), "{shown}");
-        let bad = DatabaseConfig::new("mysql://u:hunter2@db/x");
+        let bad = DatabaseConfig::new("oracle://u:hunter2@db/x");
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

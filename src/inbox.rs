@@ -83,7 +83,7 @@ impl Inbox {
     ///
     /// # Errors
     ///
-    /// [`Error::UnsupportedBackend`] for databases other than PostgreSQL and SQLite.
+    /// [`Error::UnsupportedBackend`] for databases other than PostgreSQL, SQLite and MySQL.
     pub fn ddl(&self, backend: DbBackend) -> Result<Vec<String>> {
         let t = self.table.as_str();
         // The index name is the table's last segment: `app.inbox` gets `app.inbox_received_idx`'s
@@ -106,6 +106,18 @@ impl Inbox {
     PRIMARY KEY (consumer, message_id)
 ) WITHOUT ROWID"
             ),
+            // MySQL 8 has no `CREATE INDEX IF NOT EXISTS`: the index is part of the table.
+            DbBackend::MySql => {
+                return Ok(vec![format!(
+                    "CREATE TABLE IF NOT EXISTS {t} (
+    consumer    VARCHAR(255) NOT NULL,
+    message_id  BINARY(16)   NOT NULL,
+    received_at DATETIME(6)  NOT NULL DEFAULT (UTC_TIMESTAMP(6)),
+    PRIMARY KEY (consumer, message_id),
+    INDEX {bare}_received_idx (received_at)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+                )]);
+            }
             other => return Err(Error::UnsupportedBackend(format!("{other:?}"))),
         };
         let index = format!("CREATE INDEX IF NOT EXISTS {bare}_received_idx ON {t} (received_at)");
@@ -200,6 +212,24 @@ impl Inbox {
                     Value::from(Utc::now()),
                 ],
             ),
+            // `IGNORE` skips only the duplicate here: the key is the whole primary key, and
+            // a consumer name longer than the column is refused above rather than truncated.
+            DbBackend::MySql => {
+                if consumer.len() > 255 {
+                    return Err(Error::InvalidConfig {
+                        field: "consumer",
+                        reason: format!(
+                            "an inbox consumer name has at most 255 bytes, not {}",
+                            consumer.len()
+                        ),
+                    });
+                }
+                Statement::from_sql_and_values(
+                    backend,
+                    format!("INSERT IGNORE INTO {t} (consumer, message_id) VALUES (?, ?)"),
+                    [Value::from(consumer), Value::from(message_id)],
+                )
+            }
             other => return Err(Error::UnsupportedBackend(format!("{other:?}"))),
         };
         Ok(txn.execute_raw(statement).await?.rows_affected() == 1)
@@ -227,6 +257,13 @@ impl Inbox {
                 [Value::from(
                     Utc::now() - chrono::Duration::milliseconds(millis(older_than)),
                 )],
+            ),
+            DbBackend::MySql => Statement::from_sql_and_values(
+                backend,
+                format!(
+                    "DELETE FROM {t} WHERE received_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND"
+                ),
+                [Value::from(millis(older_than).saturating_mul(1_000))],
             ),
             other => return Err(Error::UnsupportedBackend(format!("{other:?}"))),
         };

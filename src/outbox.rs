@@ -16,9 +16,16 @@ use crate::outbox_message::{ActiveModel, Entity};
 use crate::schema;
 use crate::table_name::TableName;
 
-/// Rows per `INSERT` statement in [`Outbox::emit_many`] on SQLite (multi-row `VALUES`): 8
-/// bound columns a row stays far below SQLite's 32,766 parameter limit.
+/// Rows per `INSERT` statement in [`Outbox::emit_many`] on SQLite and MySQL (multi-row
+/// `VALUES`): 8 bound columns a row stays far below SQLite's 32,766 and MySQL's 65,535
+/// parameter limits.
 const ROWS_PER_STATEMENT: usize = 1_000;
+
+/// Payload bytes per multi-row `INSERT` in [`Outbox::emit_many`] on SQLite and MySQL. A MySQL
+/// statement travels in one packet, which must stay below the server's `max_allowed_packet`
+/// (16 MiB by default on MariaDB, 64 MiB on MySQL 8); a single bigger event goes alone and
+/// gets the server's error if it exceeds that.
+const BYTES_PER_STATEMENT: usize = 4 << 20;
 
 /// The emit side of the outbox, bound to one outbox table.
 ///
@@ -121,8 +128,8 @@ impl Outbox {
     /// that order. Returns the message ids in the same order.
     ///
     /// On PostgreSQL each statement is one `INSERT … SELECT … FROM unnest(…)` of up to 10,000
-    /// rows or 32 MiB of payload, with one array parameter per column; on SQLite, multi-row
-    /// `VALUES` lists of up to 1,000 rows. Either way nothing is committed here: the rows
+    /// rows or 32 MiB of payload, with one array parameter per column; on SQLite and MySQL,
+    /// multi-row `VALUES` lists of up to 1,000 rows or 4 MiB of payload. Either way nothing is committed here: the rows
     /// become visible, and the relay is woken, when the caller's transaction commits.
     ///
     /// # Errors
@@ -167,10 +174,17 @@ impl Outbox {
         let mut rows = events.into_iter().peekable();
         while let Some(first) = rows.next() {
             let shape = has_eta(&first);
+            let mut bytes = first.payload.len();
             let mut chunk = vec![active_model(first, backend, now)];
             while chunk.len() < ROWS_PER_STATEMENT {
-                match rows.next_if(|e| has_eta(e) == shape) {
-                    Some(event) => chunk.push(active_model(event, backend, now)),
+                let fits = |e: &OutboxEvent| {
+                    has_eta(e) == shape && bytes + e.payload.len() <= BYTES_PER_STATEMENT
+                };
+                match rows.next_if(fits) {
+                    Some(event) => {
+                        bytes += event.payload.len();
+                        chunk.push(active_model(event, backend, now));
+                    }
                     None => break,
                 }
             }
@@ -263,12 +277,12 @@ fn has_eta(event: &OutboxEvent) -> bool {
     event.eta.is_some()
 }
 
-/// The active model of one event. On PostgreSQL `created_at` and a missing eta are left to
-/// the column defaults (`now()`, the database clock); SQLite gets this host's time, written in
+/// The active model of one event. On PostgreSQL and MySQL `created_at` and a missing eta are
+/// left to the column defaults (the database clock); SQLite gets this host's time, written in
 /// the one text format all of actix-outbox compares with.
 fn active_model(event: OutboxEvent, backend: DbBackend, now: DateTime<Utc>) -> ActiveModel {
     let headers = event.headers_json();
-    let db_clock = backend == DbBackend::Postgres;
+    let db_clock = backend != DbBackend::Sqlite;
     ActiveModel {
         id: NotSet,
         message_id: Set(event.message_id),

@@ -139,6 +139,13 @@ impl Outbox {
                      send_after = now() WHERE parked_at IS NOT NULL{condition}"
                 ),
             ),
+            DbBackend::MySql => Statement::from_string(
+                backend,
+                format!(
+                    "UPDATE {t} SET parked_at = NULL, attempts = 0, last_error = NULL, \
+                     send_after = UTC_TIMESTAMP(6) WHERE parked_at IS NOT NULL{condition}"
+                ),
+            ),
             _ => Statement::from_sql_and_values(
                 backend,
                 format!(

@@ -1,5 +1,9 @@
 //! `setup`: get-or-create the outbox table, its indexes and (on PostgreSQL) the NOTIFY trigger.
 //!
+//! MySQL and MariaDB have no partial indexes and no `CREATE INDEX IF NOT EXISTS` (MySQL 8):
+//! their table carries its indexes in its `CREATE TABLE`, and `setup` adds any that an existing
+//! table lacks by name.
+//!
 //! No migration tool is needed: `setup` is idempotent and safe to call from every process at
 //! start-up. The exact statements are in `migrations-free.md` (a unit test keeps that file and
 //! [`ddl`] in step).
@@ -28,7 +32,8 @@ pub(crate) const MAX_ORDERING_KEY: usize = 255;
 ///
 /// # Errors
 ///
-/// [`Error::UnsupportedBackend`] for backends other than PostgreSQL and SQLite.
+/// [`Error::UnsupportedBackend`] for a backend this build was not compiled for (MySQL
+/// without the `mysql` feature).
 ///
 /// # Examples
 ///
@@ -44,8 +49,60 @@ pub fn ddl(backend: DbBackend, table: &TableName) -> Result<Vec<String>> {
     match backend {
         DbBackend::Postgres => Ok(postgres_ddl(table.as_str())),
         DbBackend::Sqlite => Ok(sqlite_ddl(table.as_str())),
+        #[cfg(feature = "mysql")]
+        DbBackend::MySql => Ok(mysql_ddl(table.as_str())),
         other => Err(Error::UnsupportedBackend(format!("{other:?}"))),
     }
+}
+
+/// The indexes of a MySQL/MariaDB outbox table: name suffix and columns. The due index leads
+/// with the two `IS NULL` columns, so the claim is one range scan in `send_after, id` order (what
+/// a partial index does on the other backends).
+#[cfg(feature = "mysql")]
+const MYSQL_INDEXES: [(&str, &str); 4] = [
+    ("due_idx", "sent_at, parked_at, send_after, id"),
+    ("sent_idx", "sent_at"),
+    ("parked_idx", "parked_at"),
+    ("key_idx", "ordering_key, id"),
+];
+
+/// One `CREATE TABLE`, indexes inline. Times are `DATETIME(6)` in UTC, defaulting to the
+/// database clock (`UTC_TIMESTAMP(6)`, whatever the session's time zone); the message id is
+/// the UUID's 16 bytes.
+#[cfg(feature = "mysql")]
+fn mysql_ddl(t: &str) -> Vec<String> {
+    let indexes: String = MYSQL_INDEXES
+        .iter()
+        .map(|(name, columns)| format!(",\n    INDEX {t}_{name} ({columns})"))
+        .collect();
+    vec![format!(
+        "CREATE TABLE IF NOT EXISTS {t} (
+    id           BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    message_id   BINARY(16) NOT NULL,
+    routing_key  VARCHAR(255) NOT NULL,
+    payload      LONGBLOB NOT NULL,
+    content_type VARCHAR(255) NOT NULL,
+    headers      JSON NOT NULL DEFAULT ('{{}}'),
+    created_at   DATETIME(6) NOT NULL DEFAULT (UTC_TIMESTAMP(6)),
+    send_after   DATETIME(6) NOT NULL DEFAULT (UTC_TIMESTAMP(6)),
+    expires_at   DATETIME(6) NULL,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    last_error   TEXT NULL,
+    sent_at      DATETIME(6) NULL,
+    parked_at    DATETIME(6) NULL,
+    ordering_key VARCHAR(255) NULL{indexes}
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+    )]
+}
+
+/// The `ALTER TABLE … ADD INDEX` statements for the indexes `present` lacks.
+#[cfg(feature = "mysql")]
+fn mysql_missing_indexes(t: &str, present: &[String]) -> Vec<String> {
+    MYSQL_INDEXES
+        .iter()
+        .filter(|(name, _)| !present.iter().any(|p| *p == format!("{t}_{name}")))
+        .map(|(name, columns)| format!("ALTER TABLE {t} ADD INDEX {t}_{name} ({columns})"))
+        .collect()
 }
 
 fn postgres_ddl(t: &str) -> Vec<String> {
@@ -201,6 +258,38 @@ where
         let lock = format!("SELECT pg_advisory_xact_lock(hashtext('actix_outbox_setup:{table}'))");
         txn.execute_unprepared(&lock).await?;
     }
+    #[cfg(feature = "mysql")]
+    if backend == DbBackend::MySql {
+        // DDL commits implicitly there, so the lock is a named (session) lock, released on
+        // this connection before it goes back to the pool, whatever happened.
+        let lock = format!("outbox_setup:{table}");
+        txn.execute_unprepared(&format!("SELECT GET_LOCK('{lock}', 60)"))
+            .await?;
+        let result = apply(&txn, backend, table, upgrade, &statements).await;
+        let released = txn
+            .execute_unprepared(&format!("SELECT RELEASE_LOCK('{lock}')"))
+            .await;
+        result?;
+        released?;
+        txn.commit().await?;
+        info!(table = %table, backend = ?backend, "outbox table ready");
+        return check_columns(db, table, COLUMNS).await;
+    }
+    apply(&txn, backend, table, upgrade, &statements).await?;
+    txn.commit().await?;
+    info!(table = %table, backend = ?backend, "outbox table ready");
+    check_columns(db, table, COLUMNS).await
+}
+
+/// Runs the DDL of `setup` on `txn`: the ordering-key upgrade of an old table, the
+/// statements, and (MySQL) the indexes an existing table lacks.
+async fn apply<C: ConnectionTrait>(
+    txn: &C,
+    backend: DbBackend,
+    table: &TableName,
+    upgrade: bool,
+    statements: &[String],
+) -> Result<()> {
     if upgrade {
         // A table of a version before ordering keys: the column is added in place (nullable,
         // no default: a catalog change only, however many rows the table holds).
@@ -208,12 +297,33 @@ where
             .await?;
         info!(table = %table, "outbox table upgraded: column ordering_key added");
     }
-    for sql in &statements {
+    for sql in statements {
         txn.execute_unprepared(sql).await?;
     }
-    txn.commit().await?;
-    info!(table = %table, backend = ?backend, "outbox table ready");
-    check_columns(db, table, COLUMNS).await
+    #[cfg(feature = "mysql")]
+    if backend == DbBackend::MySql {
+        let present = mysql_index_names(txn, table).await?;
+        for sql in mysql_missing_indexes(table.as_str(), &present) {
+            txn.execute_unprepared(&sql).await?;
+            info!(table = %table, %sql, "outbox index added");
+        }
+    }
+    Ok(())
+}
+
+/// The names of `table`'s indexes (MySQL/MariaDB, current database).
+#[cfg(feature = "mysql")]
+async fn mysql_index_names<C: ConnectionTrait>(db: &C, table: &TableName) -> Result<Vec<String>> {
+    let sql = format!(
+        "SELECT DISTINCT index_name AS name FROM information_schema.statistics \
+         WHERE table_schema = DATABASE() AND table_name = '{table}'"
+    );
+    let rows = db
+        .query_all_raw(Statement::from_string(DbBackend::MySql, sql))
+        .await?;
+    rows.iter()
+        .map(|r| r.try_get::<String>("", "name").map_err(Error::from))
+        .collect()
 }
 
 /// The statement that adds `ordering_key` to a table of an earlier version. On PostgreSQL
@@ -222,6 +332,9 @@ pub(crate) fn add_ordering_key(backend: DbBackend, table: &TableName) -> String 
     match backend {
         DbBackend::Postgres => {
             format!("ALTER TABLE {table} ADD COLUMN IF NOT EXISTS ordering_key VARCHAR(255)")
+        }
+        DbBackend::MySql => {
+            format!("ALTER TABLE {table} ADD COLUMN ordering_key VARCHAR(255) NULL")
         }
         _ => format!("ALTER TABLE {table} ADD COLUMN ordering_key TEXT"),
     }
@@ -259,6 +372,20 @@ async fn inspect<C: ConnectionTrait>(db: &C, table: &TableName) -> Result<Schema
                             AND attname = 'ordering_key' AND NOT attisdropped)
                     AS has_ordering_key"
         ),
+        DbBackend::MySql => format!(
+            "SELECT EXISTS (SELECT 1 FROM information_schema.tables
+                            WHERE table_schema = DATABASE() AND table_name = '{t}')
+                    AS table_exists,
+                    (SELECT count(DISTINCT index_name) FROM information_schema.statistics
+                     WHERE table_schema = DATABASE() AND table_name = '{t}'
+                       AND index_name IN ('{t}_due_idx', '{t}_sent_idx', '{t}_parked_idx',
+                                          '{t}_key_idx')) = 4
+                    AS complete,
+                    EXISTS (SELECT 1 FROM information_schema.columns
+                            WHERE table_schema = DATABASE() AND table_name = '{t}'
+                              AND column_name = 'ordering_key')
+                    AS has_ordering_key"
+        ),
         _ => format!(
             "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '{t}')
                     AS table_exists,
@@ -278,10 +405,18 @@ async fn inspect<C: ConnectionTrait>(db: &C, table: &TableName) -> Result<Schema
             detail: "catalog query returned no row".into(),
         })?;
     Ok(SchemaState {
-        table_exists: row.try_get::<bool>("", "table_exists")?,
-        complete: row.try_get::<bool>("", "complete")?,
-        has_ordering_key: row.try_get::<bool>("", "has_ordering_key")?,
+        table_exists: flag(&row, "table_exists")?,
+        complete: flag(&row, "complete")?,
+        has_ordering_key: flag(&row, "has_ordering_key")?,
     })
+}
+
+/// A boolean column of a catalog query: MySQL answers a comparison or `EXISTS` as an integer.
+fn flag(row: &sea_orm::QueryResult, column: &str) -> Result<bool> {
+    match row.try_get::<bool>("", column) {
+        Ok(value) => Ok(value),
+        Err(_) => Ok(row.try_get::<i64>("", column)? != 0),
+    }
 }
 
 /// Selects every expected column from the table, so a table made by an older or foreign
@@ -307,7 +442,13 @@ mod tests {
     fn migrations_free_md_shows_the_real_ddl() {
         let doc = include_str!("../migrations-free.md");
         let table = TableName::default();
-        for backend in [DbBackend::Postgres, DbBackend::Sqlite] {
+        let backends = [
+            DbBackend::Postgres,
+            DbBackend::Sqlite,
+            #[cfg(feature = "mysql")]
+            DbBackend::MySql,
+        ];
+        for backend in backends {
             for statement in ddl(backend, &table).expect("supported backend") {
                 assert!(
                     doc.contains(&statement),
@@ -323,9 +464,40 @@ mod tests {
         for sql in ddl(DbBackend::Postgres, &table).expect("postgres") {
             assert!(!sql.contains("outbox"), "{sql}");
         }
+        #[cfg(not(feature = "mysql"))]
         assert!(matches!(
             ddl(DbBackend::MySql, &table),
             Err(Error::UnsupportedBackend(_))
         ));
+    }
+
+    #[cfg(feature = "mysql")]
+    #[test]
+    fn mysql_ddl_carries_its_indexes_and_adds_missing_ones() {
+        let table = TableName::new("app_events").expect("valid");
+        let statements = ddl(DbBackend::MySql, &table).expect("mysql");
+        assert_eq!(statements.len(), 1, "one CREATE TABLE, indexes inline");
+        let create = &statements[0];
+        for index in ["due_idx", "sent_idx", "parked_idx", "key_idx"] {
+            assert!(
+                create.contains(&format!("INDEX app_events_{index} (")),
+                "{create}"
+            );
+        }
+        assert!(
+            create.contains("INDEX app_events_due_idx (sent_at, parked_at, send_after, id)"),
+            "{create}"
+        );
+        assert!(create.contains("DEFAULT (UTC_TIMESTAMP(6))"), "{create}");
+        let present = vec!["PRIMARY".to_owned(), "app_events_due_idx".to_owned()];
+        let missing = mysql_missing_indexes("app_events", &present);
+        assert_eq!(
+            missing,
+            [
+                "ALTER TABLE app_events ADD INDEX app_events_sent_idx (sent_at)",
+                "ALTER TABLE app_events ADD INDEX app_events_parked_idx (parked_at)",
+                "ALTER TABLE app_events ADD INDEX app_events_key_idx (ordering_key, id)",
+            ]
+        );
     }
 }

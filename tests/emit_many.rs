@@ -14,7 +14,7 @@ use sea_orm::{EntityTrait, QueryOrder, TransactionTrait};
 #[tokio::test]
 async fn twelve_thousand_events_in_order_with_every_column() {
     const N: usize = 12_000;
-    for t in common::both_backends().await {
+    for t in common::all_backends().await {
         let db = &t.db;
         setup(db).await.expect("setup");
         let deadline = chrono::Utc::now() + chrono::TimeDelta::hours(2);

@@ -20,7 +20,7 @@ struct UserCreated {
 /// and timestamps; the business row committed alongside.
 #[tokio::test]
 async fn committed_emit_writes_one_row() {
-    for t in common::both_backends().await {
+    for t in common::all_backends().await {
         let db = &t.db;
         setup(db).await.expect("setup");
         db.execute_unprepared("CREATE TABLE users (id BIGINT PRIMARY KEY, name TEXT NOT NULL)")
@@ -65,7 +65,7 @@ async fn committed_emit_writes_one_row() {
 /// Rollback: neither the business row nor the event exists afterwards.
 #[tokio::test]
 async fn rolled_back_emit_leaves_nothing() {
-    for t in common::both_backends().await {
+    for t in common::all_backends().await {
         let db = &t.db;
         setup(db).await.expect("setup");
         let txn = db.begin().await.expect("begin");
@@ -111,7 +111,7 @@ async fn postgres_timestamps_come_from_the_database_clock() {
 /// Bytes payloads are stored as is (no base64), with their content type.
 #[tokio::test]
 async fn raw_bytes_are_stored_verbatim() {
-    for t in common::both_backends().await {
+    for t in common::all_backends().await {
         let db = &t.db;
         setup(db).await.expect("setup");
         let bytes: Vec<u8> = (0..=255).collect();

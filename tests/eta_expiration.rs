@@ -12,7 +12,7 @@ use sea_orm::EntityTrait;
 /// An explicit eta and deadline come back exactly (to the microsecond both backends keep).
 #[tokio::test]
 async fn eta_and_deadline_round_trip() {
-    for t in common::both_backends().await {
+    for t in common::all_backends().await {
         setup(&t.db).await.expect("setup");
         let micro = TimeDelta::microseconds(1);
         let eta = (Utc::now() + TimeDelta::minutes(5))
@@ -37,7 +37,7 @@ async fn eta_and_deadline_round_trip() {
 /// Without an eta the row is due immediately: `send_after <= now` on the backend's clock.
 #[tokio::test]
 async fn default_eta_is_now() {
-    for t in common::both_backends().await {
+    for t in common::all_backends().await {
         setup(&t.db).await.expect("setup");
         let before = Utc::now() - TimeDelta::seconds(5);
         actix_outbox::emit(&t.db, "ping", &()).await.expect("emit");

@@ -10,7 +10,7 @@ use sea_orm::TransactionTrait;
 /// transaction stays usable.
 #[tokio::test]
 async fn bad_routing_keys_write_nothing() {
-    for t in common::both_backends().await {
+    for t in common::all_backends().await {
         setup(&t.db).await.expect("setup");
         let txn = t.db.begin().await.expect("begin");
         let long = "k".repeat(256);
@@ -81,7 +81,7 @@ async fn reserved_headers_are_refused() {
 /// `emit_many` before anything is written, on both backends; 255 bytes is fine.
 #[tokio::test]
 async fn oversize_content_types_write_nothing() {
-    for t in common::both_backends().await {
+    for t in common::all_backends().await {
         setup(&t.db).await.expect("setup");
         let too_long = format!("text/{}", "x".repeat(251));
         let event = || OutboxEvent::bytes("a.b", b"{}".to_vec()).expect("event");

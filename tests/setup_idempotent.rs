@@ -9,7 +9,7 @@ use sea_orm::ConnectionTrait;
 /// Twice in a row, then from 8 concurrent tasks: no error, one table, one trigger.
 #[tokio::test]
 async fn setup_twice_and_concurrently() {
-    for t in common::both_backends().await {
+    for t in common::all_backends().await {
         setup(&t.db).await.expect("first setup");
         setup(&t.db).await.expect("second setup");
         let table = TableName::new("concurrent_outbox").expect("valid");
@@ -23,18 +23,23 @@ async fn setup_twice_and_concurrently() {
         for task in tasks {
             task.await.expect("task").expect("concurrent setup");
         }
-        let count = if t.name.contains('/') {
-            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'concurrent_outbox'"
-                .to_owned()
-        } else {
-            format!(
+        let backend = t.db.get_database_backend();
+        let count = match backend {
+            sea_orm::DbBackend::Sqlite => {
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'concurrent_outbox'"
+                    .to_owned()
+            }
+            sea_orm::DbBackend::MySql => "SELECT count(*) FROM information_schema.tables \
+                 WHERE table_schema = DATABASE() AND table_name = 'concurrent_outbox'"
+                .to_owned(),
+            _ => format!(
                 "SELECT count(*) FROM pg_tables WHERE schemaname = '{}' \
                  AND tablename = 'concurrent_outbox'",
                 t.name
-            )
+            ),
         };
         assert_eq!(t.int(&count).await, 1, "{}", t.name);
-        if !t.name.contains('/') {
+        if backend == sea_orm::DbBackend::Postgres {
             let triggers = t
                 .int("SELECT count(*) FROM pg_trigger WHERE tgname = 'concurrent_outbox_notify'")
                 .await;
@@ -47,7 +52,7 @@ async fn setup_twice_and_concurrently() {
 /// A table named like the outbox but with other columns is a typed error naming the table.
 #[tokio::test]
 async fn foreign_table_is_a_schema_mismatch() {
-    for t in common::both_backends().await {
+    for t in common::all_backends().await {
         t.db.execute_unprepared("CREATE TABLE outbox (id INTEGER PRIMARY KEY, body TEXT)")
             .await
             .expect("foreign table");

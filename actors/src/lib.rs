@@ -88,8 +88,8 @@ pub use broker::{
 };
 pub use exchange::{Topology, TopologyMode, Unroutable};
 pub use relay::{
-    Cleanup, GetRelayStats, RABBITMQ_MAX_MESSAGE_BYTES, RelayActor, RelayConfig, RelayStats,
-    StopRelay, WakeUp,
+    Cleanup, GetRelayStats, MYSQL_POLL_INTERVAL, RABBITMQ_MAX_MESSAGE_BYTES, RelayActor,
+    RelayConfig, RelayStats, StopRelay, WakeUp,
 };
 pub use shutdown::shutdown_signal;
 pub use worker::{

@@ -1,7 +1,8 @@
-//! Shared setup of the service tests: a fresh PostgreSQL schema or SQLite file per test.
+//! Shared setup of the service tests: a fresh PostgreSQL schema, MariaDB database or SQLite
+//! file per test.
 //!
 //! Service tests only compile with `--features service-tests` (`scripts/test` turns it on).
-//! Once on, a missing `DATABASE_URL` or `AMQP_URL` fails the test loudly: run `scripts/test`,
+//! Once on, a missing `DATABASE_URL`, `MYSQL_URL` or `AMQP_URL` fails the test loudly: run `scripts/test`,
 //! or `scripts/services` and export the URLs it prints.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
@@ -61,6 +62,29 @@ impl TestDb {
         let db = Database::connect(options)
             .await
             .expect("connect to test schema");
+        Self { db, name }
+    }
+
+    /// A fresh database on the MySQL/MariaDB server of `MYSQL_URL`, dropped by
+    /// [`cleanup`](Self::cleanup).
+    pub async fn mysql() -> Self {
+        let url = require_env("MYSQL_URL");
+        let admin = actix_outbox::DatabaseConfig::new(url.clone())
+            .with_max_connections(1)
+            .connect()
+            .await
+            .expect("connect to MYSQL_URL");
+        let name = unique("t");
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create test database");
+        admin.close().await.expect("close admin connection");
+        let base = url.rsplit_once('/').map_or(url.as_str(), |(base, _)| base);
+        let db = actix_outbox::DatabaseConfig::new(format!("{base}/{name}"))
+            .connect()
+            .await
+            .expect("connect to the test database");
         Self { db, name }
     }
 
@@ -127,11 +151,20 @@ impl TestDb {
 
     /// Removes what the test created (best effort; CI machines are thrown away anyway).
     pub async fn cleanup(self) {
-        if self.db.get_database_backend() == sea_orm::DbBackend::Postgres {
-            let _ = self
-                .db
-                .execute_unprepared(&format!("DROP SCHEMA {} CASCADE", self.name))
-                .await;
+        match self.db.get_database_backend() {
+            sea_orm::DbBackend::Postgres => {
+                let _ = self
+                    .db
+                    .execute_unprepared(&format!("DROP SCHEMA {} CASCADE", self.name))
+                    .await;
+            }
+            sea_orm::DbBackend::MySql => {
+                let _ = self
+                    .db
+                    .execute_unprepared(&format!("DROP DATABASE {}", self.name))
+                    .await;
+            }
+            _ => {}
         }
         let _ = self.db.close().await;
         if !self.name.contains('/') {
@@ -142,9 +175,18 @@ impl TestDb {
     }
 }
 
-/// Both backends, for tests that must hold on each.
+/// PostgreSQL and SQLite, for tests that must hold on each.
 pub async fn both_backends() -> [TestDb; 2] {
     [TestDb::postgres().await, TestDb::sqlite().await]
+}
+
+/// PostgreSQL, SQLite and MariaDB, for tests that must hold on every backend.
+pub async fn all_backends() -> [TestDb; 3] {
+    [
+        TestDb::postgres().await,
+        TestDb::sqlite().await,
+        TestDb::mysql().await,
+    ]
 }
 
 /// The bounded wait of every test: defined in `process` (which the soak driver includes on its

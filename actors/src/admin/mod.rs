@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use actix::Addr;
 use actix_outbox::{Error, Result, TableName};
-use sea_orm::{DatabaseConnection, DbBackend};
+use sea_orm::DatabaseConnection;
 use serde::Serialize;
 
 use crate::broker::{self, ConnectionSupervisor};
@@ -53,7 +53,7 @@ pub struct TableStatus {
 /// [`Error::Db`] when a query fails (a missing table among them: run `setup`).
 pub async fn table_status(db: &DatabaseConnection, table: &TableName) -> Result<TableStatus> {
     let backend = db.get_database_backend();
-    if !matches!(backend, DbBackend::Postgres | DbBackend::Sqlite) {
+    if !crate::relay::supported(backend) {
         return Err(Error::UnsupportedBackend(format!("{backend:?}")));
     }
     let g = gauges(db, &RelaySql::new(backend, table.clone())).await?;

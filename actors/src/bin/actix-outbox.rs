@@ -237,6 +237,9 @@ struct Which {
 enum Backend {
     Postgres,
     Sqlite,
+    /// MySQL 8 / MariaDB 10.6+ (builds with the `mysql` feature).
+    #[cfg(feature = "mysql")]
+    Mysql,
 }
 
 #[actix::main]
@@ -258,6 +261,8 @@ async fn run(cli: Cli) -> Result<(), Error> {
             let backend = match backend {
                 Backend::Postgres => DbBackend::Postgres,
                 Backend::Sqlite => DbBackend::Sqlite,
+                #[cfg(feature = "mysql")]
+                Backend::Mysql => DbBackend::MySql,
             };
             let statements = ddl(backend, &table)?;
             match cli.json {

@@ -126,7 +126,7 @@ impl RelayActor {
     /// # Errors
     ///
     /// [`Error::InvalidConfig`] for invalid settings, [`Error::UnsupportedBackend`] for
-    /// databases other than PostgreSQL and SQLite.
+    /// databases other than PostgreSQL, SQLite and (with the `mysql` feature) MySQL/MariaDB.
     pub fn new(
         db: DatabaseConnection,
         supervisor: Addr<ConnectionSupervisor>,
@@ -134,12 +134,16 @@ impl RelayActor {
     ) -> Result<Self> {
         config.validate()?;
         let backend = db.get_database_backend();
-        if !matches!(backend, DbBackend::Postgres | DbBackend::Sqlite) {
+        if !supported(backend) {
             return Err(Error::UnsupportedBackend(format!("{backend:?}")));
+        }
+        let mut config = config;
+        if backend == DbBackend::MySql && !config.poll_interval_set {
+            config.poll_interval = super::config::MYSQL_POLL_INTERVAL;
         }
         let sql = RelaySql::new(backend, config.table().clone());
         let concurrency = match backend {
-            DbBackend::Postgres => config.concurrency as usize,
+            DbBackend::Postgres | DbBackend::MySql => config.concurrency as usize,
             _ => 1,
         };
         let metrics = RelayMetrics::new(config.table().as_str());
@@ -183,6 +187,15 @@ impl Handler<GetRelayStats> for RelayActor {
     fn handle(&mut self, _: GetRelayStats, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.stats)
     }
+}
+
+/// Whether the relay runs on `backend` (a connection to MySQL exists only in a build with
+/// SeaORM's MySQL driver, which the `mysql` feature turns on).
+pub(crate) fn supported(backend: DbBackend) -> bool {
+    matches!(
+        backend,
+        DbBackend::Postgres | DbBackend::Sqlite | DbBackend::MySql
+    )
 }
 
 impl RelayActor {

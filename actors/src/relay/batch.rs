@@ -17,7 +17,9 @@ use actix_outbox::outbox_message::{Entity, Model};
 use chrono::Utc;
 use lapin::options::BasicPublishOptions;
 use lapin::{Channel, PublisherConfirm};
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, TransactionTrait};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, IsolationLevel, TransactionTrait,
+};
 use tracing::{Instrument, debug, info_span, warn};
 
 use super::config::{Cleanup, RelayConfig};
@@ -31,8 +33,8 @@ use crate::exchange::{self, Answer, Completed, ReturnKey, resolve};
 
 /// Runs one batch on `db` through `channel`.
 ///
-/// PostgreSQL: claim, publish and settle happen in one transaction holding the claimed rows'
-/// locks (`SKIP LOCKED` keeps other relays off them). SQLite: rows are read outside any
+/// PostgreSQL and MySQL: claim, publish and settle happen in one transaction holding the
+/// claimed rows' locks (`SKIP LOCKED` keeps other relays off them). SQLite: rows are read outside any
 /// transaction (one relay per file) and settled in a short write transaction, so emitting
 /// applications are not blocked while the broker confirms.
 ///
@@ -62,6 +64,28 @@ pub(crate) async fn run_batch(
                 let published = publish_in_order(publisher, config, &rows, &mut t).await;
                 let mut report = settle(&txn, config, sql, &rows, published).await?;
                 report.held_back += held;
+                t.lap(Stage::Settle);
+                txn.commit().await?;
+                t.lap(Stage::Commit);
+                (report, lag)
+            }
+            DbBackend::MySql => {
+                // READ COMMITTED: InnoDB then takes no gap locks for the claim's range, so
+                // applications keep inserting into the outbox while this batch holds its
+                // rows across the broker's confirms (REPEATABLE READ would block them).
+                let txn = db
+                    .begin_with_config(Some(IsolationLevel::ReadCommitted), None)
+                    .await?;
+                txn.execute_unprepared(&RelaySql::mysql_lease(config.claim_lease()))
+                    .await?;
+                t.lap(Stage::Begin);
+                let (rows, held) = claim(&txn, sql, limit).await?;
+                t.lap(Stage::Claim);
+                let lag = due_lag(&rows);
+                let published = publish_in_order(publisher, config, &rows, &mut t).await;
+                let mut report = settle(&txn, config, sql, &rows, published).await?;
+                report.held_back += held;
+                txn.execute_unprepared(RelaySql::MYSQL_LEASE_END).await?;
                 t.lap(Stage::Settle);
                 txn.commit().await?;
                 t.lap(Stage::Commit);

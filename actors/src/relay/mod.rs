@@ -27,7 +27,8 @@ use actix::Message;
 use crate::metrics::RelayMetrics;
 
 pub use actor::RelayActor;
-pub use config::{Cleanup, RABBITMQ_MAX_MESSAGE_BYTES, RelayConfig};
+pub(crate) use actor::supported;
+pub use config::{Cleanup, MYSQL_POLL_INTERVAL, RABBITMQ_MAX_MESSAGE_BYTES, RelayConfig};
 pub(crate) use housekeeping::gauges;
 pub(crate) use sql::RelaySql;
 

@@ -47,6 +47,17 @@ impl RelaySql {
         )
     }
 
+    /// Bounds how long this (MySQL/MariaDB) claim transaction's connection may sit idle:
+    /// past `lease` (whole seconds, at least one) the server closes it, which rolls the
+    /// transaction back and releases the claimed rows. [`RelaySql::MYSQL_LEASE_END`] restores
+    /// the server's default before the connection goes back to the pool.
+    pub(crate) fn mysql_lease(lease: Duration) -> String {
+        format!("SET SESSION wait_timeout = {}", lease.as_secs().max(1))
+    }
+
+    /// Ends [`mysql_lease`](Self::mysql_lease).
+    pub(crate) const MYSQL_LEASE_END: &str = "SET SESSION wait_timeout = @@GLOBAL.wait_timeout";
+
     /// Locks again the rows `ids` (still unsent) after the claim's savepoint was rolled
     /// back, skipping any another batch took meanwhile; in claim order.
     pub(crate) fn relock(&self, ids: &[i64]) -> Statement {
@@ -79,7 +90,7 @@ impl RelaySql {
         let (now_sql, bound) = self.now_sql(now);
         let older_blocked = self.not_blocked(now_sql);
         let lock = match self.backend {
-            DbBackend::Postgres => " FOR UPDATE SKIP LOCKED",
+            DbBackend::Postgres | DbBackend::MySql => " FOR UPDATE SKIP LOCKED",
             _ => "",
         };
         let sql = format!(
@@ -93,10 +104,12 @@ impl RelaySql {
     }
 
     /// The database clock as SQL, and the value to bind for it (SQLite: this host's `now`,
-    /// bound once as `?1`).
+    /// bound once as `?1`). MySQL's is in UTC whatever the session's time zone, as the
+    /// table's `DATETIME(6)` columns are.
     fn now_sql(&self, now: DateTime<Utc>) -> (&'static str, Option<Value>) {
         match self.backend {
             DbBackend::Postgres => ("now()", None),
+            DbBackend::MySql => ("UTC_TIMESTAMP(6)", None),
             _ => ("?1", Some(Value::from(now))),
         }
     }
@@ -150,14 +163,26 @@ impl RelaySql {
     /// only churn the statement cache.
     pub(crate) fn finish(&self, ids: &[i64], keep: bool, now: DateTime<Utc>) -> Statement {
         let t = &self.table;
+        let n = ids.len();
         let ids = id_list(ids);
         match (keep, self.backend) {
+            // `LIMIT` the claimed count: InnoDB locks a row before the server sees it is past
+            // the end of the id range, so without it the statement reached for the next row,
+            // held by another relay's batch, and two such deletes deadlocked (seen here).
+            (false, DbBackend::MySql) => Statement::from_string(
+                self.backend,
+                format!("DELETE FROM {t} WHERE id IN ({ids}) LIMIT {n}"),
+            ),
             (false, _) => {
                 Statement::from_string(self.backend, format!("DELETE FROM {t} WHERE id IN ({ids})"))
             }
             (true, DbBackend::Postgres) => Statement::from_string(
                 self.backend,
                 format!("UPDATE {t} SET sent_at = now() WHERE id IN ({ids})"),
+            ),
+            (true, DbBackend::MySql) => Statement::from_string(
+                self.backend,
+                format!("UPDATE {t} SET sent_at = UTC_TIMESTAMP(6) WHERE id IN ({ids}) LIMIT {n}"),
             ),
             (true, _) => Statement::from_sql_and_values(
                 self.backend,
@@ -188,6 +213,19 @@ impl RelaySql {
                      parked_at = CASE WHEN $3 THEN now() ELSE NULL END WHERE id = {id}"
                 ),
                 [error, Value::from(millis(retry_in)), Value::from(park)],
+            ),
+            DbBackend::MySql => Statement::from_sql_and_values(
+                self.backend,
+                format!(
+                    "UPDATE {t} SET attempts = attempts + 1, last_error = ?, \
+                     send_after = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, \
+                     parked_at = CASE WHEN ? THEN UTC_TIMESTAMP(6) ELSE NULL END WHERE id = {id}"
+                ),
+                [
+                    error,
+                    Value::from(millis(retry_in).saturating_mul(1_000)),
+                    Value::from(park),
+                ],
             ),
             _ => {
                 let due = now + chrono::TimeDelta::from_std(retry_in).unwrap_or_default();
@@ -240,6 +278,16 @@ impl RelaySql {
                      now() AS db_now"
                 ),
             ),
+            DbBackend::MySql => Statement::from_string(
+                self.backend,
+                format!(
+                    "SELECT (SELECT count(*) FROM {t} WHERE {due} UTC_TIMESTAMP(6)) AS due, \
+                     (SELECT min(send_after) FROM {t} WHERE {due} UTC_TIMESTAMP(6)) AS oldest, \
+                     (SELECT count(*) FROM {t} WHERE parked_at IS NOT NULL) AS parked, \
+                     (SELECT count(*) FROM {t} WHERE sent_at IS NOT NULL) AS kept, \
+                     UTC_TIMESTAMP(6) AS db_now"
+                ),
+            ),
             _ => Statement::from_sql_and_values(
                 self.backend,
                 format!(
@@ -265,6 +313,17 @@ impl RelaySql {
                      AND sent_at < now() - $1 * interval '1 millisecond' LIMIT {limit})"
                 ),
                 [Value::from(millis(retention))],
+            ),
+            // MySQL cannot delete from a table it selects from in a subquery; its `DELETE`
+            // takes `ORDER BY … LIMIT` itself.
+            DbBackend::MySql => Statement::from_sql_and_values(
+                self.backend,
+                format!(
+                    "DELETE FROM {t} WHERE sent_at IS NOT NULL \
+                     AND sent_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND \
+                     ORDER BY sent_at LIMIT {limit}"
+                ),
+                [Value::from(millis(retention).saturating_mul(1_000))],
             ),
             _ => {
                 let cutoff = now - chrono::TimeDelta::from_std(retention).unwrap_or_default();
@@ -338,6 +397,46 @@ mod tests {
         assert!(stmt.sql.contains("p.send_after > ?1"), "{}", stmt.sql);
         assert!(!stmt.sql.contains("FOR UPDATE"));
         assert_eq!(stmt.values.map(|v| v.0.len()), Some(1));
+    }
+
+    #[test]
+    fn mysql_claims_skip_locked_rows_by_the_utc_clock() {
+        let mysql = sql(DbBackend::MySql);
+        let claim = mysql.claim(50, Utc::now());
+        assert!(
+            claim.sql.contains("send_after <= UTC_TIMESTAMP(6)"),
+            "{}",
+            claim.sql
+        );
+        assert!(
+            claim.sql.ends_with("LIMIT 50 FOR UPDATE SKIP LOCKED"),
+            "{}",
+            claim.sql
+        );
+        assert!(claim.values.is_none(), "the database clock, nothing bound");
+        let failure =
+            mysql.record_failure(3, "refused", Duration::from_millis(250), false, Utc::now());
+        assert!(
+            failure.sql.contains("INTERVAL ? MICROSECOND"),
+            "{}",
+            failure.sql
+        );
+        let values = failure.values.expect("bound").0;
+        assert_eq!(values[1], Value::from(250_000_i64), "microseconds");
+        let delete = mysql.finish(&[4, 5, 6], false, Utc::now()).sql;
+        assert_eq!(delete, "DELETE FROM app_outbox WHERE id IN (4,5,6) LIMIT 3");
+        let keep = mysql.finish(&[4], true, Utc::now()).sql;
+        assert!(keep.ends_with("WHERE id IN (4) LIMIT 1"), "{keep}");
+        let purge = mysql.purge(Duration::from_secs(1), 100, Utc::now()).sql;
+        assert!(purge.ends_with("ORDER BY sent_at LIMIT 100"), "{purge}");
+        assert!(
+            !purge.contains("SELECT"),
+            "no subquery on the target table: {purge}"
+        );
+        assert_eq!(
+            RelaySql::mysql_lease(Duration::from_millis(1_500)),
+            "SET SESSION wait_timeout = 1"
+        );
     }
 
     #[test]
