@@ -14,18 +14,6 @@ use common::relay::{TestRelay, config};
 use common::{TestDb, wait_for};
 use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
 
-async fn emit_n(t: &TestDb, n: usize, key: &str) -> Vec<uuid::Uuid> {
-    let events: Vec<OutboxEvent> = (0..n)
-        .map(|i| OutboxEvent::json(key, &serde_json::json!({"n": i})).expect("event"))
-        .collect();
-    let txn = t.db.begin().await.expect("begin");
-    let ids = actix_outbox::emit_many(&txn, events)
-        .await
-        .expect("emit_many");
-    txn.commit().await.expect("commit");
-    ids
-}
-
 async fn index_names(t: &TestDb) -> Vec<String> {
     let rows =
         t.db.query_all_raw(Statement::from_string(
@@ -180,7 +168,7 @@ async fn a_relay_drains_exactly_once_and_waits_for_etas() {
     let txn = t.db.begin().await.expect("begin");
     let later_id = actix_outbox::emit_event(&txn, later).await.expect("emit");
     txn.commit().await.expect("commit");
-    let ids = emit_n(&t, 2_000, "user.created").await;
+    let ids = t.emit_backlog(2_000, "user.created").await;
 
     // The test config sets a 500 ms poll; the MySQL default (250 ms) is tested below.
     let relay = TestRelay::start(&t.db, &broker.url, config(&broker.exchange));
@@ -216,7 +204,7 @@ async fn two_relays_share_a_backlog_with_skip_locked() {
     let mut broker = TestBroker::new().await;
     broker.declare_exchange().await;
     let queue = broker.bind_queue(&["#"]).await;
-    let ids = emit_n(&t, 10_000, "bulk.item").await;
+    let ids = t.emit_backlog(10_000, "bulk.item").await;
     let relays: Vec<TestRelay> = (0..2)
         .map(|_| {
             TestRelay::start(
@@ -273,7 +261,7 @@ async fn an_idle_relay_picks_up_a_new_row_by_its_default_poll() {
         || async { (relay.stats().await.rounds > 0).then_some(()) },
     )
     .await;
-    let ids = emit_n(&t, 1, "user.created").await;
+    let ids = t.emit_backlog(1, "user.created").await;
     let seen = broker.drain(&queue, 1, Duration::from_secs(3)).await;
     assert_exactly_once(&seen, &ids);
     relay.stop().await;
@@ -291,7 +279,7 @@ async fn keep_mode_purges_and_refused_rows_are_parked() {
     let mut broker = TestBroker::new().await;
     broker.declare_exchange().await;
     let queue = broker.bind_queue(&["#"]).await;
-    let small = emit_n(&t, 20, "doc.saved").await;
+    let small = t.emit_backlog(20, "doc.saved").await;
     let big = OutboxEvent::bytes("doc.saved", vec![9_u8; 8_192]).expect("event");
     let txn = t.db.begin().await.expect("begin");
     let big_id = actix_outbox::emit_event(&txn, big).await.expect("emit big");

@@ -211,6 +211,34 @@ impl TestBroker {
         assert_exactly_once(&seen, expected);
     }
 
+    /// Consumes (and acks) `queue` until each of `ids` arrived at least once, failing after
+    /// `timeout`: for faults that may cost duplicates. Returns how many times each message id
+    /// came (see [`duplicates`]).
+    pub async fn collect_at_least_once(
+        &self,
+        queue: &str,
+        ids: &[uuid::Uuid],
+        timeout: Duration,
+    ) -> HashMap<String, usize> {
+        let seen = std::sync::Mutex::new(HashMap::<String, usize>::new());
+        super::wait_for(
+            &format!("all {} events delivered", ids.len()),
+            timeout,
+            || async {
+                let batch = self.collect_for(queue, Duration::from_millis(300)).await;
+                let mut seen = seen.lock().expect("seen lock");
+                for d in batch {
+                    let id = d.properties.message_id().as_ref().map(|s| s.to_string());
+                    *seen.entry(id.unwrap_or_default()).or_default() += 1;
+                }
+                ids.iter()
+                    .all(|id| seen.contains_key(&id.to_string()))
+                    .then(|| seen.clone())
+            },
+        )
+        .await
+    }
+
     /// Consumes (and acks) every message that arrives in `queue` within `window`: for
     /// asserting that nothing (more) arrives.
     pub async fn collect_for(
@@ -241,6 +269,11 @@ impl TestBroker {
         }
         let _ = self.conn.close(200, "".into()).await;
     }
+}
+
+/// The deliveries beyond the first of each message id in `seen`.
+pub fn duplicates(seen: &HashMap<String, usize>) -> usize {
+    seen.values().map(|n| n - 1).sum()
 }
 
 /// Asserts every id in `expected` was seen exactly once and nothing else was.

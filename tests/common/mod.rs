@@ -141,6 +141,23 @@ impl TestDb {
         values[0]
     }
 
+    /// Emits `n` JSON events with routing key `key` in one transaction (`emit_many`);
+    /// returns their message ids in order.
+    pub async fn emit_backlog(&self, n: usize, key: &str) -> Vec<uuid::Uuid> {
+        use sea_orm::TransactionTrait;
+        let events: Vec<actix_outbox::OutboxEvent> = (0..n)
+            .map(|i| {
+                actix_outbox::OutboxEvent::json(key, &serde_json::json!({"n": i})).expect("event")
+            })
+            .collect();
+        let txn = self.db.begin().await.expect("begin");
+        let ids = actix_outbox::emit_many(&txn, events)
+            .await
+            .expect("emit_many");
+        txn.commit().await.expect("commit");
+        ids
+    }
+
     /// Waits (bounded by `timeout`, failing with `what`) until the `outbox` table has no row.
     pub async fn wait_outbox_empty(&self, what: &str, timeout: Duration) {
         wait_for(what, timeout, || async {

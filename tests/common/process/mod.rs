@@ -14,7 +14,8 @@
 //!   [`Emitter`]), the ledger ([`FaultRig::tally`], [`FaultRig::wait_recovered`]) and
 //!   [`FaultRig::finish`], the end-of-case checks (outbox empty, queue empty, dead letters
 //!   exactly as expected, nothing unroutable, clean exits, none lost).
-//! - **Service faults** — [`rabbitmqctl`] and [`restart_postgres`], each waiting (bounded)
+//! - **Service faults** — [`rabbitmqctl`], [`restart_postgres`] and [`restart_mariadb`], each
+//!   waiting (bounded)
 //!   until the service is back before returning.
 //!
 //! The code is split by concern: `child.rs` (child processes and binary lookup), `rig.rs`
@@ -39,13 +40,15 @@ use uuid::Uuid;
 
 // What the tests and the soak name; each test binary uses only some of it.
 #[allow(unused_imports)]
+pub use child::{ChildProcess, example_binary};
+#[allow(unused_imports)]
 pub use emitter::{EmitPlan, Emitter};
 #[allow(unused_imports)]
 pub use ledger::{Tally, report};
 #[allow(unused_imports)]
 pub use rig::{FaultRig, WorkerOptions};
 #[allow(unused_imports)]
-pub use services::{rabbitmqctl, restart_broker, restart_postgres};
+pub use services::{rabbitmqctl, restart_broker, restart_mariadb, restart_postgres};
 
 // ------------------------------------------------------------------ names and services ---
 

@@ -98,6 +98,44 @@ pub async fn restart_postgres(database_url: &str) {
     .await;
 }
 
+/// Restarts the local MariaDB server (systemd's unit, else the init script, as
+/// `scripts/services` starts it), then waits (bounded) until it answers on its socket again.
+pub async fn restart_mariadb() {
+    let systemd = std::path::Path::new("/run/systemd/system").is_dir();
+    let output = if systemd {
+        run_tool(
+            "systemctl",
+            vec!["restart".to_owned(), "mariadb".to_owned()],
+        )
+        .await
+    } else {
+        run_tool("/etc/init.d/mariadb", vec!["restart".to_owned()]).await
+    };
+    assert!(
+        output.status.success(),
+        "restarting MariaDB failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let args = vec![
+        "--protocol=socket".to_owned(),
+        "-u".to_owned(),
+        "root".to_owned(),
+        "-e".to_owned(),
+        "SELECT 1".to_owned(),
+    ];
+    wait_for("MariaDB to answer again", Duration::from_secs(60), || {
+        let args = args.clone();
+        async move {
+            run_tool("mariadb", args)
+                .await
+                .status
+                .success()
+                .then_some(())
+        }
+    })
+    .await;
+}
+
 /// The port of a `scheme://user:pass@host:port/...` URL.
 fn url_port(url: &str, default: u16) -> u16 {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
