@@ -42,6 +42,7 @@ pub(super) async fn relay_drain(b: &Bench) -> Result<(), Error> {
     };
     for (runs, &relays) in ours.into_iter().zip(&b.params.relays) {
         let params = json!({"backlog": n, "relays": relays, "batch_size": b.params.batch_size,
+            "backend": format!("{:?}", b.db.get_database_backend()),
             "payload_bytes": b.params.payload_bytes, "queue_type": b.params.queue_type,
             "ceilings": {"lapin_publish_confirms": publish.median.round(), "sql_claim_delete": sql.median.round()}});
         report(
@@ -184,19 +185,24 @@ pub(super) async fn raw_claim_delete_runs(
 
 /// Claims and deletes every due row of `table` by hand, `batch_size` rows a transaction
 /// (`SELECT … FOR UPDATE SKIP LOCKED`, then `DELETE … WHERE id IN (…)`), with nothing
-/// published: the database's share of relaying. Returns how long it took.
+/// published: the database's share of relaying (PostgreSQL or MySQL). Returns how long it took.
 pub(super) async fn bare_claim_delete(
     db: &DatabaseConnection,
     t: &str,
     batch_size: u32,
 ) -> Result<Duration, Error> {
+    let backend = db.get_database_backend();
+    let now = match backend {
+        DbBackend::MySql => "UTC_TIMESTAMP(6)",
+        _ => "now()",
+    };
     let start = Instant::now();
     loop {
         let txn = db.begin().await?;
         let rows = txn
             .query_all_raw(Statement::from_string(
-                DbBackend::Postgres,
-                format!("SELECT id, message_id, routing_key, payload, content_type, headers FROM {t} WHERE sent_at IS NULL AND parked_at IS NULL AND send_after <= now() ORDER BY send_after, id LIMIT {batch_size} FOR UPDATE SKIP LOCKED"),
+                backend,
+                format!("SELECT id, message_id, routing_key, payload, content_type, headers FROM {t} WHERE sent_at IS NULL AND parked_at IS NULL AND send_after <= {now} ORDER BY send_after, id LIMIT {batch_size} FOR UPDATE SKIP LOCKED"),
             ))
             .await?;
         if rows.is_empty() {
@@ -207,8 +213,16 @@ pub(super) async fn bare_claim_delete(
             .iter()
             .map(|r| r.try_get::<i64>("", "id").map(|i| i.to_string()))
             .collect::<Result<_, _>>()?;
-        txn.execute_unprepared(&format!("DELETE FROM {t} WHERE id IN ({})", ids.join(",")))
-            .await?;
+        // On MySQL bounded by the count, as the relay's own delete (see its `finish`).
+        let limit = match backend {
+            DbBackend::MySql => format!(" LIMIT {}", ids.len()),
+            _ => String::new(),
+        };
+        txn.execute_unprepared(&format!(
+            "DELETE FROM {t} WHERE id IN ({}){limit}",
+            ids.join(",")
+        ))
+        .await?;
         txn.commit().await?;
     }
 }
