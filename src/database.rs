@@ -130,13 +130,12 @@ impl DatabaseConfig {
         }
     }
 
-    #[cfg(feature = "postgres")]
-    async fn connect_postgres(&self) -> Result<DatabaseConnection> {
-        use sea_orm::sqlx::ConnectOptions as _;
-        use sea_orm::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-        let options: PgConnectOptions = self.url.parse().map_err(|e| self.parse_error(&e))?;
+    /// The pool settings of every server backend: its size and wait, and a ping only for a
+    /// connection idle longer than `ping_if_idle_for` (not one round trip per checkout).
+    #[cfg(any(feature = "postgres", feature = "mysql"))]
+    fn pool_options<DB: sea_orm::sqlx::Database>(&self) -> sea_orm::sqlx::pool::PoolOptions<DB> {
         let ping_after = self.ping_if_idle_for;
-        let pool = PgPoolOptions::new()
+        sea_orm::sqlx::pool::PoolOptions::<DB>::new()
             .max_connections(self.max_connections)
             .acquire_timeout(self.acquire_timeout)
             .test_before_acquire(false)
@@ -148,6 +147,15 @@ impl DatabaseConfig {
                     Ok(true)
                 })
             })
+    }
+
+    #[cfg(feature = "postgres")]
+    async fn connect_postgres(&self) -> Result<DatabaseConnection> {
+        use sea_orm::sqlx::ConnectOptions as _;
+        use sea_orm::sqlx::postgres::PgConnectOptions;
+        let options: PgConnectOptions = self.url.parse().map_err(|e| self.parse_error(&e))?;
+        let pool = self
+            .pool_options()
             .connect_with(options.disable_statement_logging())
             .await
             .map_err(|e| Error::Db(DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e.into()))))?;
@@ -161,21 +169,10 @@ impl DatabaseConfig {
     #[cfg(feature = "mysql")]
     async fn connect_mysql(&self) -> Result<DatabaseConnection> {
         use sea_orm::sqlx::ConnectOptions as _;
-        use sea_orm::sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
+        use sea_orm::sqlx::mysql::MySqlConnectOptions;
         let options: MySqlConnectOptions = self.url.parse().map_err(|e| self.parse_error(&e))?;
-        let ping_after = self.ping_if_idle_for;
-        let pool = MySqlPoolOptions::new()
-            .max_connections(self.max_connections)
-            .acquire_timeout(self.acquire_timeout)
-            .test_before_acquire(false)
-            .before_acquire(move |conn, meta| {
-                Box::pin(async move {
-                    if meta.idle_for > ping_after {
-                        sea_orm::sqlx::Connection::ping(conn).await?;
-                    }
-                    Ok(true)
-                })
-            })
+        let pool = self
+            .pool_options()
             .connect_with(options.disable_statement_logging())
             .await
             .map_err(|e| Error::Db(DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e.into()))))?;

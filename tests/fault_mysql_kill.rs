@@ -14,7 +14,7 @@ use actix_outbox::setup;
 use common::broker::{TestBroker, duplicates};
 use common::process::{ChildProcess, example_binary};
 use common::relay::{TestRelay, config};
-use common::{TestDb, require_env, wait_for};
+use common::{TestDb, mysql_url, wait_for};
 use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
 
 const BATCH: u32 = 200;
@@ -30,24 +30,19 @@ async fn rows(t: &TestDb) -> i64 {
 /// skips, counted in a transaction that is rolled back.
 async fn rows_held_by_others(t: &TestDb) -> usize {
     let txn = t.db.begin().await.expect("begin");
-    let all = txn
-        .query_all_raw(Statement::from_string(
-            DbBackend::MySql,
-            "SELECT id FROM outbox",
-        ))
-        .await
-        .expect("all rows")
-        .len();
-    let free = txn
-        .query_all_raw(Statement::from_string(
-            DbBackend::MySql,
-            "SELECT id FROM outbox FOR UPDATE SKIP LOCKED",
-        ))
-        .await
-        .expect("unlocked rows")
-        .len();
+    let mut counts = Vec::new();
+    for sql in [
+        "SELECT id FROM outbox",
+        "SELECT id FROM outbox FOR UPDATE SKIP LOCKED",
+    ] {
+        let rows = txn
+            .query_all_raw(Statement::from_string(DbBackend::MySql, sql))
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        counts.push(rows.len());
+    }
     txn.rollback().await.expect("rollback");
-    all - free
+    counts[0] - counts[1]
 }
 
 /// Freezes `relay` (SIGSTOP) at a moment it holds claimed rows: freezes, looks, and resumes
@@ -76,11 +71,9 @@ async fn start_relay_process(
     broker: &TestBroker,
     extra: &[(&str, &str)],
 ) -> ChildProcess {
-    let base = require_env("MYSQL_URL");
-    let base = base.rsplit_once('/').map_or(base.as_str(), |(b, _)| b);
     let env = |k: &str, v: &str| (k.to_owned(), v.to_owned());
     let mut vars = vec![
-        env("DATABASE_URL", &format!("{base}/{}", t.name)),
+        env("DATABASE_URL", &mysql_url(&t.name)),
         env("AMQP_URL", &broker.url),
         env("OUTBOX_EXCHANGE", &broker.exchange),
         env("OUTBOX_BATCH_SIZE", &BATCH.to_string()),

@@ -13,7 +13,7 @@ use actix_outbox::setup;
 use common::broker::{TestBroker, duplicates};
 use common::process::restart_mariadb;
 use common::relay::{TestRelay, config};
-use common::{TestDb, require_env, wait_for};
+use common::{TestDb, mysql_url, wait_for};
 
 const BATCH: u32 = 500;
 /// Batches one relay keeps in flight (its default concurrency).
@@ -45,9 +45,7 @@ async fn mariadb_restart_mid_drain_loses_nothing() {
         .collect_at_least_once(&queue, &ids, Duration::from_secs(180))
         .await;
     // The test's own pooled connections died with the server too: look with a fresh pool.
-    let base = require_env("MYSQL_URL");
-    let base = base.rsplit_once('/').map_or(base.as_str(), |(b, _)| b);
-    let fresh = actix_outbox::DatabaseConfig::new(format!("{base}/{}", t.name))
+    let fresh = actix_outbox::DatabaseConfig::new(mysql_url(&t.name))
         .connect()
         .await
         .expect("connect after the restart");

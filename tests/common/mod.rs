@@ -21,6 +21,14 @@ pub fn require_env(name: &str) -> String {
     }
 }
 
+/// The URL of database `name` on the MySQL/MariaDB server of `MYSQL_URL` (for a test's
+/// own database, see [`TestDb::mysql`]).
+pub fn mysql_url(name: &str) -> String {
+    let url = require_env("MYSQL_URL");
+    let base = url.rsplit_once('/').map_or(url.as_str(), |(base, _)| base);
+    format!("{base}/{name}")
+}
+
 /// A short unique suffix for schema, table, exchange and queue names.
 pub fn unique(prefix: &str) -> String {
     let id = uuid::Uuid::now_v7().simple().to_string();
@@ -80,8 +88,7 @@ impl TestDb {
             .await
             .expect("create test database");
         admin.close().await.expect("close admin connection");
-        let base = url.rsplit_once('/').map_or(url.as_str(), |(base, _)| base);
-        let db = actix_outbox::DatabaseConfig::new(format!("{base}/{name}"))
+        let db = actix_outbox::DatabaseConfig::new(mysql_url(&name))
             .connect()
             .await
             .expect("connect to the test database");

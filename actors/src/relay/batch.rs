@@ -53,30 +53,14 @@ pub(crate) async fn run_batch(
     async move {
         let mut t = StageTimer::new();
         let (report, lag) = match sql.backend() {
-            DbBackend::Postgres => {
-                let txn = db.begin().await?;
-                txn.execute_unprepared(&RelaySql::lease(config.claim_lease()))
-                    .await?;
-                t.lap(Stage::Begin);
-                let (rows, held) = claim(&txn, sql, limit).await?;
-                t.lap(Stage::Claim);
-                let lag = due_lag(&rows);
-                let published = publish_in_order(publisher, config, &rows, &mut t).await;
-                let mut report = settle(&txn, config, sql, &rows, published).await?;
-                report.held_back += held;
-                t.lap(Stage::Settle);
-                txn.commit().await?;
-                t.lap(Stage::Commit);
-                (report, lag)
-            }
-            DbBackend::MySql => {
-                // READ COMMITTED: InnoDB then takes no gap locks for the claim's range, so
-                // applications keep inserting into the outbox while this batch holds its
+            DbBackend::Postgres | DbBackend::MySql => {
+                let mysql = sql.backend() == DbBackend::MySql;
+                // MySQL: READ COMMITTED, so InnoDB takes no gap locks for the claim's range
+                // and applications keep inserting into the outbox while this batch holds its
                 // rows across the broker's confirms (REPEATABLE READ would block them).
-                let txn = db
-                    .begin_with_config(Some(IsolationLevel::ReadCommitted), None)
-                    .await?;
-                txn.execute_unprepared(&RelaySql::mysql_lease(config.claim_lease()))
+                let isolation = mysql.then_some(IsolationLevel::ReadCommitted);
+                let txn = db.begin_with_config(isolation, None).await?;
+                txn.execute_unprepared(&sql.lease(config.claim_lease()))
                     .await?;
                 t.lap(Stage::Begin);
                 let (rows, held) = claim(&txn, sql, limit).await?;
@@ -85,7 +69,9 @@ pub(crate) async fn run_batch(
                 let published = publish_in_order(publisher, config, &rows, &mut t).await;
                 let mut report = settle(&txn, config, sql, &rows, published).await?;
                 report.held_back += held;
-                txn.execute_unprepared(RelaySql::MYSQL_LEASE_END).await?;
+                if let Some(end) = sql.lease_end() {
+                    txn.execute_unprepared(end).await?;
+                }
                 t.lap(Stage::Settle);
                 txn.commit().await?;
                 t.lap(Stage::Commit);

@@ -38,7 +38,7 @@ impl RelaySql {
     ///   and a drain from ~30,000 to ~7,000 rows/s).
     ///
     /// It ends by opening the savepoint the claim runs in (see `ordering::hold_back`).
-    pub(crate) fn lease(lease: Duration) -> String {
+    fn postgres_lease(lease: Duration) -> String {
         format!(
             "SELECT set_config('idle_in_transaction_session_timeout', '{}', true), \
              set_config('jit', 'off', true); SAVEPOINT {}",
@@ -49,14 +49,28 @@ impl RelaySql {
 
     /// Bounds how long this (MySQL/MariaDB) claim transaction's connection may sit idle:
     /// past `lease` (whole seconds, at least one) the server closes it, which rolls the
-    /// transaction back and releases the claimed rows. [`RelaySql::MYSQL_LEASE_END`] restores
+    /// transaction back and releases the claimed rows. [`lease_end`](Self::lease_end) restores
     /// the server's default before the connection goes back to the pool.
-    pub(crate) fn mysql_lease(lease: Duration) -> String {
+    fn mysql_lease(lease: Duration) -> String {
         format!("SET SESSION wait_timeout = {}", lease.as_secs().max(1))
     }
 
     /// Ends [`mysql_lease`](Self::mysql_lease).
-    pub(crate) const MYSQL_LEASE_END: &str = "SET SESSION wait_timeout = @@GLOBAL.wait_timeout";
+    const MYSQL_LEASE_END: &str = "SET SESSION wait_timeout = @@GLOBAL.wait_timeout";
+
+    /// The statement that opens a claim transaction on this server backend (its lease).
+    pub(crate) fn lease(&self, lease: Duration) -> String {
+        match self.backend {
+            DbBackend::MySql => Self::mysql_lease(lease),
+            _ => Self::postgres_lease(lease),
+        }
+    }
+
+    /// The statement that ends the lease before the commit, where it outlives the
+    /// transaction (MySQL's session variable).
+    pub(crate) fn lease_end(&self) -> Option<&'static str> {
+        (self.backend == DbBackend::MySql).then_some(Self::MYSQL_LEASE_END)
+    }
 
     /// Locks again the rows `ids` (still unsent) after the claim's savepoint was rolled
     /// back, skipping any another batch took meanwhile; in claim order.
@@ -434,14 +448,16 @@ mod tests {
             "no subquery on the target table: {purge}"
         );
         assert_eq!(
-            RelaySql::mysql_lease(Duration::from_millis(1_500)),
+            mysql.lease(Duration::from_millis(1_500)),
             "SET SESSION wait_timeout = 1"
         );
+        assert!(mysql.lease_end().is_some(), "the session variable is reset");
+        assert!(sql(DbBackend::Postgres).lease_end().is_none());
     }
 
     #[test]
     fn the_claim_transaction_has_a_lease_and_no_jit() {
-        let s = RelaySql::lease(Duration::from_secs(4));
+        let s = sql(DbBackend::Postgres).lease(Duration::from_secs(4));
         assert!(
             s.contains("'idle_in_transaction_session_timeout', '4000', true"),
             "{s}"
