@@ -267,6 +267,20 @@ impl Bench {
         Ok(())
     }
 
+    /// The end of a scenario: deletes its queue, closes its raw connection and drops its
+    /// outbox table.
+    async fn teardown(&self, conn: Connection, queue: &str, table: &str) -> Result<(), Error> {
+        let ch = conn.create_channel().await?;
+        let _ = ch
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await;
+        let _ = conn.close(200, "".into()).await;
+        self.db
+            .execute_unprepared(&format!("DROP TABLE IF EXISTS {table}"))
+            .await?;
+        Ok(())
+    }
+
     async fn purge(&self, conn: &Connection, name: &str) -> Result<(), Error> {
         let ch = conn.create_channel().await?;
         ch.queue_purge(name.into(), QueuePurgeOptions::default())

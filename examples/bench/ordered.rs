@@ -60,14 +60,7 @@ async fn relay_side(b: &Bench) -> Result<(), Error> {
             0.5,
         );
     }
-    let ch = conn.create_channel().await?;
-    let _ = ch
-        .queue_delete(queue.into(), QueueDeleteOptions::default())
-        .await;
-    let _ = conn.close(200, "".into()).await;
-    b.db.execute_unprepared("DROP TABLE IF EXISTS bench_ordered_outbox")
-        .await?;
-    Ok(())
+    b.teardown(conn, queue, "bench_ordered_outbox").await
 }
 
 /// Prefetch of the second ordered listener (the first keeps the default, 1).

@@ -54,14 +54,7 @@ pub(super) async fn relay_drain(b: &Bench) -> Result<(), Error> {
             0.7,
         );
     }
-    let ch = conn.create_channel().await?;
-    let _ = ch
-        .queue_delete(queue.into(), QueueDeleteOptions::default())
-        .await;
-    let _ = conn.close(200, "".into()).await;
-    b.db.execute_unprepared("DROP TABLE IF EXISTS bench_relay_outbox")
-        .await?;
-    Ok(())
+    b.teardown(conn, queue, "bench_relay_outbox").await
 }
 
 /// Starts `relays` relays on the empty table and waits until each has finished its first

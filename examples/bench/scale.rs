@@ -76,14 +76,7 @@ pub(super) async fn scale(b: &Bench) -> Result<(), Error> {
             0.7,
         );
     }
-    let ch = conn.create_channel().await?;
-    let _ = ch
-        .queue_delete(queue.into(), QueueDeleteOptions::default())
-        .await;
-    let _ = conn.close(200, "".into()).await;
-    b.db.execute_unprepared("DROP TABLE IF EXISTS bench_scale_outbox")
-        .await?;
-    Ok(())
+    b.teardown(conn, queue, "bench_scale_outbox").await
 }
 
 /// Fills a fresh table with `size` rows, drains it with a relay process, then drains
