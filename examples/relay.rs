@@ -13,12 +13,14 @@
 //! `outbox`), `OUTBOX_EXCHANGE` (default `outbox`), `OUTBOX_BATCH_SIZE` (default 500),
 //! `OUTBOX_RELAY_CONCURRENCY` (batches in flight, default 2), `RUST_LOG` (default `info`;
 //! `actix_outbox_actors::relay::batch=debug` logs each batch's stage timings),
+//! `OUTBOX_ADAPTIVE_POLL` (`min,max`, e.g. `2ms,100ms`: poll adaptively, for a table whose
+//! NOTIFY trigger is off), `OUTBOX_LISTEN=0` (no LISTEN connection),
 //! `OUTBOX_METRICS=1` (record metrics into a Prometheus recorder; the benchmark's "metrics on"
 //! runs; serve them as `examples/actix_web/ops.rs` does). On stop it finishes the batch in flight, closes the broker
 //! connection, then the database, and prints its counters.
 
 use actix::Actor;
-use actix_outbox::{DatabaseConfig, Error, TableName, redact_url};
+use actix_outbox::{DatabaseConfig, Error, TableName, parse_duration, redact_url};
 use actix_outbox_actors::{
     BrokerConfig, ConnectionSupervisor, RelayActor, RelayConfig, StopBroker, StopRelay,
 };
@@ -78,6 +80,16 @@ async fn main() -> Result<(), Error> {
     }
     if let Some(n) = env_number_opt("OUTBOX_CLAIM_LEASE_MS")? {
         config = config.with_claim_lease(ms(n));
+    }
+    if let Ok(poll) = std::env::var("OUTBOX_ADAPTIVE_POLL") {
+        let (min, max) = poll.split_once(',').ok_or_else(|| Error::InvalidConfig {
+            field: "OUTBOX_ADAPTIVE_POLL",
+            reason: format!("{poll:?}: expected two durations, as in 2ms,100ms"),
+        })?;
+        config = config.with_adaptive_poll(parse_duration(min)?, parse_duration(max)?);
+    }
+    if std::env::var("OUTBOX_LISTEN").is_ok_and(|v| v == "0") {
+        config = config.with_listen(false);
     }
     config.validate()?;
 

@@ -84,6 +84,7 @@ pub mod headers;
 pub mod inbox;
 #[cfg(feature = "migration")]
 pub mod migration;
+mod notify;
 #[cfg(feature = "otel")]
 pub mod otel;
 mod outbox;
@@ -121,6 +122,7 @@ pub use table_name::{MAX_TABLE_NAME_LEN, TableName};
 pub mod __private {
     //! Items shared with `actix-outbox-actors`; not part of the public API.
     pub use crate::duration::require_positive;
+    pub use crate::notify::notify_state_query;
     pub use crate::redact::redact_unparsed;
     pub use crate::schema::{COLUMNS, notify_channel_query};
 }

@@ -89,6 +89,33 @@ impl Outbox {
         schema::setup(db, &self.table).await
     }
 
+    /// Turns this table's PostgreSQL NOTIFY trigger on or off, for every process that emits
+    /// into it (`ALTER TABLE … ENABLE | DISABLE TRIGGER`; [`setup`](Self::setup) keeps the
+    /// switch as it finds it).
+    ///
+    /// On (the default), each emitting commit wakes the relays at once, but PostgreSQL then
+    /// serialises those commits. Off, emitting commits group-commit like any other and relays
+    /// must poll: give them `RelayConfig::with_adaptive_poll` (in `actix-outbox-actors`), or
+    /// they wake only at their poll interval. See `docs/tuning.md`, "Wake-ups".
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) on SQLite and MySQL (no NOTIFY
+    /// there), [`Error::SchemaMismatch`](crate::Error::SchemaMismatch) when the table or its
+    /// trigger does not exist (run `setup` first), [`Error::Db`](crate::Error::Db).
+    pub async fn set_notify<C: ConnectionTrait>(&self, db: &C, on: bool) -> Result<()> {
+        crate::notify::set_notify(db, &self.table, on).await
+    }
+
+    /// Whether this table's PostgreSQL NOTIFY trigger is on.
+    ///
+    /// # Errors
+    ///
+    /// As [`set_notify`](Self::set_notify).
+    pub async fn notify_enabled<C: ConnectionTrait>(&self, db: &C) -> Result<bool> {
+        crate::notify::notify_enabled(db, &self.table).await
+    }
+
     /// Emits one JSON event through `db`, normally the caller's open transaction: the event
     /// exists if and only if that transaction commits. Returns the message id.
     ///

@@ -313,7 +313,7 @@ pub(super) async fn end_to_end(b: &Bench) -> Result<(), Error> {
     let mut floor_parts_ms: Vec<[f64; 3]> = Vec::new();
     for _ in 0..b.params.runs {
         // The production layout: relay and worker in their own processes.
-        let (worker, mut relay) = spawn_pipeline(b, &table, exchange, queue, n as u64).await?;
+        let (worker, mut relay) = spawn_pipeline(b, &table, exchange, queue, n as u64, &[]).await?;
         // Drains the relay's log (a full pipe would block it).
         let relay_log = collect_batch_stages(&mut relay);
         tokio::time::sleep(Duration::from_secs(2)).await; // start-up, not synchronisation

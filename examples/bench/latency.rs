@@ -73,10 +73,25 @@ pub(super) fn percentile(sorted: &[u64], p: f64) -> f64 {
 /// Emit → handler latency at a fixed rate (1,000/s by default) for 10 s, with the relay and
 /// the worker each in its own process (the production layout): the `relay` example and this
 /// program in `--worker-process` mode. Also reports both processes' peak RSS (`footprint`).
+/// How the relay of a latency run learns of new rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Wake {
+    /// The table's NOTIFY trigger and the relay's LISTEN (the default set-up).
+    Notify,
+    /// The trigger switched off (`Outbox::set_notify`) and the relay polling adaptively
+    /// ([`ADAPTIVE_POLL`]), without LISTEN.
+    Poll,
+}
+
+/// The relay's adaptive poll in [`Wake::Poll`] runs (`OUTBOX_ADAPTIVE_POLL` of the relay
+/// example): 2 ms after a batch with rows, doubling after each empty look up to 100 ms.
+pub(super) const ADAPTIVE_POLL: &str = "2ms,100ms";
+
 pub(super) async fn latency(
     b: &Bench,
     print_latency: bool,
     print_footprint: bool,
+    wake: Wake,
 ) -> Result<(), Error> {
     let (exchange, queue) = (
         "bench_latency",
@@ -87,8 +102,18 @@ pub(super) async fn latency(
     b.db.execute_unprepared("DROP TABLE IF EXISTS bench_latency_outbox")
         .await?;
     outbox.setup(&b.db).await?;
+    let relay_env: &[(&str, &str)] = match wake {
+        Wake::Notify => &[],
+        Wake::Poll => {
+            outbox.set_notify(&b.db, false).await?;
+            &[
+                ("OUTBOX_ADAPTIVE_POLL", ADAPTIVE_POLL),
+                ("OUTBOX_LISTEN", "0"),
+            ]
+        }
+    };
     let total = b.params.rate * b.params.latency_seconds;
-    let (worker, mut relay) = spawn_pipeline(b, &table, exchange, &queue, total).await?;
+    let (worker, mut relay) = spawn_pipeline(b, &table, exchange, &queue, total, relay_env).await?;
     let relay_log = collect_batch_stages(&mut relay);
     // Both processes connect, declare and LISTEN before the load starts (start-up, not sync).
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -108,13 +133,17 @@ pub(super) async fn latency(
     let achieved = total as f64 / emitting;
     let kept_up = l.len() as u64 == total && achieved >= 0.95 * b.params.rate as f64;
     let p99 = percentile(&l, 0.99);
+    let wake_up = match wake {
+        Wake::Notify => json!("NOTIFY trigger + LISTEN"),
+        Wake::Poll => json!({"trigger": "off", "adaptive_poll": ADAPTIVE_POLL}),
+    };
     let params = json!({"rate": b.params.rate, "seconds": b.params.latency_seconds, "queue_type": b.params.queue_type,
-        "prefetch": b.params.prefetch, "layout": "emitter, relay and worker in separate processes"});
+        "prefetch": b.params.prefetch, "layout": "emitter, relay and worker in separate processes", "wake_up": wake_up});
     if print_latency {
         println!(
             "{}",
             json!({
-                "scenario": "latency",
+                "scenario": match wake { Wake::Notify => "latency", Wake::Poll => "latency_poll" },
                 "params": params,
                 "result": {"p50_ms": percentile(&l, 0.5), "p95_ms": percentile(&l, 0.95), "p99_ms": p99, "max_ms": percentile(&l, 1.0),
                            "handled": l.len(), "emitted": total, "achieved_rate": achieved.round(), "kept_up": kept_up},
@@ -147,6 +176,7 @@ pub(super) async fn spawn_pipeline(
     exchange: &str,
     queue: &str,
     expected: u64,
+    relay_env: &[(&str, &str)],
 ) -> Result<(std::process::Child, std::process::Child), Error> {
     // Messages left by an interrupted earlier run would distort the numbers: start empty.
     let conn = b.raw_connection().await?;
@@ -172,6 +202,7 @@ pub(super) async fn spawn_pipeline(
         .map_err(|e| bad("worker process", e.to_string()))?;
     let mut worker = worker;
     let relay = relay_command(b, table.as_str(), exchange)?
+        .envs(relay_env.iter().copied())
         .spawn()
         .map_err(|e| {
             // An orphaned worker would keep consuming the next run's messages.

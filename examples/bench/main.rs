@@ -15,7 +15,8 @@
 //! min and max, the ceiling's median, their ratio and the target ratio.
 //!
 //! Scenarios: `emit`, `emit_many`, `relay_drain`, `consume`, `end_to_end`, `latency` (with a
-//! per-stage breakdown from the relay's `batch done` events), `latency_floor` (the same
+//! per-stage breakdown from the relay's `batch done` events), `latency_poll` (the same with
+//! the table's NOTIFY trigger off and the relay polling adaptively), `latency_floor` (the same
 //! pipeline written bare, without this library), `footprint` and `ordered` (per-key
 //! ordering beside the unordered path: relay drains with 100 keys and with one, an ordered
 //! listener against a plain queue) and `scale` (backlogs of `--scale-sizes` rows drained by
@@ -99,6 +100,7 @@ impl Params {
                 "consume",
                 "end_to_end",
                 "latency",
+                "latency_poll",
                 "latency_floor",
                 "footprint",
                 "ordered",
@@ -346,10 +348,11 @@ async fn main() -> Result<(), Error> {
             "end_to_end" => end_to_end(&bench).await?,
             "latency" => {
                 let footprint_too = bench.params.scenarios.iter().any(|s| s == "footprint");
-                latency(&bench, true, footprint_too).await?
+                latency(&bench, true, footprint_too, Wake::Notify).await?
             }
+            "latency_poll" => latency(&bench, true, false, Wake::Poll).await?,
             "footprint" if bench.params.scenarios.iter().any(|s| s == "latency") => {}
-            "footprint" => latency(&bench, false, true).await?,
+            "footprint" => latency(&bench, false, true, Wake::Notify).await?,
             "latency_floor" => latency_floor(&bench).await?,
             other => return Err(bad("scenario", format!("unknown scenario {other}"))),
         }

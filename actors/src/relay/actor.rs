@@ -10,7 +10,8 @@
 //! It keeps up to `concurrency` batches in flight (see `batch`): claim due rows, publish them
 //! pipelined with confirms, delete (or mark) the confirmed ones, all in one transaction. After
 //! a full batch it runs the next at once; otherwise it sleeps until a NOTIFY, the poll interval
-//! or the next due row, whichever comes first. A broker or database error drops the channel
+//! or the next due row, whichever comes first (with adaptive polling: until its next look,
+//! soon after a batch with rows, later after each empty one). A broker or database error drops the channel
 //! and pauses with exponential backoff ([`State::BackingOff`]: wake-ups wait for the pause to
 //! end); the rows of a failed batch are released untouched.
 //!
@@ -91,8 +92,10 @@ pub struct RelayActor {
     /// Consecutive claims that found nothing (drives the due timer's backoff: see
     /// `fate::due_wait`).
     empty_rounds: u32,
-    /// The timer for the next due row, if one is set.
+    /// The timer for the next due row (or, with adaptive polling, the next look), if set.
     due_timer: Option<SpawnHandle>,
+    /// When the last batch started (adaptive polling counts its next look from there).
+    last_start: std::time::Instant,
     /// The LISTEN task (PostgreSQL).
     listener: Option<tokio::task::JoinHandle<()>>,
     /// When housekeeping (purge, unroutable depth) runs next.
@@ -163,6 +166,7 @@ impl RelayActor {
             empty_rounds: 0,
             probe: Probe::default(),
             due_timer: None,
+            last_start: std::time::Instant::now(),
             listener: None,
             housekeeping: Schedule::new(),
             stats: RelayStats::default(),
@@ -215,6 +219,14 @@ impl RelayActor {
         }
         self.running += 1;
         self.wake_again = false;
+        self.last_start = std::time::Instant::now();
+        if let Some(poll) = self.config.adaptive_poll
+            && self.empty_rounds == 0
+        {
+            // Busy: the next look starts `min` from now, in the other slot if this one is
+            // still running then.
+            self.arm_due_timer(poll.min, ctx);
+        }
         let limit = self.probe.limit(self.config.batch_size);
         let channel = self.channels.pop();
         let chores = self.housekeeping.take(self.config.poll_interval);
@@ -303,6 +315,15 @@ impl RelayActor {
             for _ in self.running..self.probe.slots(self.concurrency) {
                 self.start_batch(ctx);
             }
+        } else if let Some(poll) = self.config.adaptive_poll {
+            // Adaptive polling: while batches find rows, one starts every `min` (counted from
+            // the last start, so both slots take turns); after each empty look the wait
+            // doubles. Batches take their housekeeping turns themselves.
+            let wait = match self.empty_rounds {
+                0 => poll.min.saturating_sub(self.last_start.elapsed()),
+                n => poll.delay(n),
+            };
+            self.arm_due_timer(wait, ctx);
         } else if self.running == 0 {
             self.idle(ctx);
         }

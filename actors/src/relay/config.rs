@@ -73,6 +73,9 @@ pub struct RelayConfig {
     pub(crate) topology: TopologyMode,
     /// Listen for PostgreSQL NOTIFY (ignored on SQLite).
     pub(crate) listen: bool,
+    /// Adaptive polling: after a batch that found rows look again after `min`, after each
+    /// empty look twice as long, up to `max` (`None`: wake-ups and the poll interval only).
+    pub(crate) adaptive_poll: Option<Backoff>,
     /// The largest payload the broker takes (RabbitMQ's `max_message_size`).
     pub(crate) max_message_bytes: usize,
 }
@@ -101,6 +104,7 @@ impl Default for RelayConfig {
             unroutable: Unroutable::AlternateExchange,
             topology: TopologyMode::Declare,
             listen: true,
+            adaptive_poll: None,
             max_message_bytes: RABBITMQ_MAX_MESSAGE_BYTES,
         }
     }
@@ -252,6 +256,19 @@ impl RelayConfig {
         self
     }
 
+    /// Polls adaptively, for tables whose NOTIFY trigger is off
+    /// (`Outbox::set_notify(&db, false)`) or for MySQL: after a batch that found rows the
+    /// relay looks again after `min`; after each look that found none it waits twice as
+    /// long, up to `max`. So a busy relay follows new rows within about `min`, and an idle
+    /// one costs one empty claim (an index probe) per `max`. The poll interval stays the
+    /// safety net. Defaults to off (NOTIFY and the poll interval). `docs/tuning.md`,
+    /// "Wake-ups", compares the two with numbers.
+    #[must_use]
+    pub fn with_adaptive_poll(mut self, min: Duration, max: Duration) -> Self {
+        self.adaptive_poll = Some(Backoff::new(min, max));
+        self
+    }
+
     /// The table this relay drains.
     #[must_use]
     pub fn table(&self) -> &TableName {
@@ -309,6 +326,9 @@ impl RelayConfig {
         }
         self.retry_backoff.validate("retry_backoff")?;
         self.error_backoff.validate("error_backoff")?;
+        if let Some(poll) = &self.adaptive_poll {
+            poll.validate("adaptive_poll")?;
+        }
         if let Cleanup::Keep { retention } = self.cleanup {
             positive("retention", retention)?;
         }
@@ -368,6 +388,17 @@ mod tests {
             field_of(d().with_retry_backoff(Duration::from_secs(2), Duration::from_secs(1))),
             "retry_backoff"
         );
+        assert_eq!(
+            field_of(d().with_adaptive_poll(Duration::ZERO, Duration::from_millis(100))),
+            "adaptive_poll"
+        );
+        assert_eq!(
+            field_of(d().with_adaptive_poll(Duration::from_secs(1), Duration::from_millis(100))),
+            "adaptive_poll"
+        );
+        d().with_adaptive_poll(Duration::from_millis(2), Duration::from_millis(100))
+            .validate()
+            .expect("a positive minimum below the maximum");
         assert_eq!(
             field_of(d().with_cleanup(Cleanup::Keep {
                 retention: Duration::ZERO

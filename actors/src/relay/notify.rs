@@ -80,3 +80,22 @@ async fn channel_of(db: &DatabaseConnection, table: &TableName) -> Result<String
         detail: "the table is not on the search path: run `setup` first".into(),
     })
 }
+
+/// Warns once, at start, when the table's NOTIFY trigger is off (`Outbox::set_notify`) and
+/// this relay has no adaptive polling: new rows then wait up to `poll` for it.
+pub(crate) fn warn_if_trigger_off(db: &DatabaseConnection, table: TableName, poll: Duration) {
+    let db = db.clone();
+    actix::spawn(async move {
+        let outbox = actix_outbox::Outbox::new(table.clone());
+        match outbox.notify_enabled(&db).await {
+            Ok(false) => warn!(
+                %table,
+                ?poll,
+                "the table's NOTIFY trigger is off and this relay does not poll adaptively: \
+                 new rows wait up to the poll interval (set RelayConfig::with_adaptive_poll)"
+            ),
+            Ok(true) => {}
+            Err(e) => debug!(error = %e, %table, "cannot read the NOTIFY trigger's state"),
+        }
+    });
+}

@@ -30,6 +30,13 @@ impl Actor for RelayActor {
                 ctx.address().recipient(),
             ));
         }
+        if self.sql.backend() == DbBackend::Postgres && self.config.adaptive_poll.is_none() {
+            super::super::notify::warn_if_trigger_off(
+                &self.db,
+                self.config.table().clone(),
+                self.config.poll_interval,
+            );
+        }
         if self.sql.backend() == DbBackend::Sqlite {
             self.state = State::Standby;
         }
