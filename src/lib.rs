@@ -30,6 +30,7 @@
 //! - `outbox_event` — [`OutboxEvent`]: payload plus eta, expiration, headers, tracking ids.
 //! - [`outbox_message`] — the SeaORM entity of the outbox table.
 //! - `schema` — [`ddl`]: the statements `setup` runs per backend.
+//! - `notify` — [`Outbox::set_notify`]: the PostgreSQL NOTIFY trigger as an on/off switch.
 //! - `routing_key` / `binding_key` — [`RoutingKey`] validation, [`BindingKey`] wildcards.
 //! - `table_name` — [`TableName`], a validated SQL identifier.
 //! - `codec` — [`Codec`] (JSON, MessagePack, raw bytes) and [`RawPayload`].
