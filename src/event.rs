@@ -81,6 +81,34 @@ impl<T> Event<T> {
         }
     }
 
+    /// The event a consumer hands to its handler, built from what the delivery carried (no
+    /// fresh id is drawn: that costs a `getrandom` system call per message).
+    pub(crate) fn received(parts: Received, payload: T) -> Self {
+        let Received {
+            routing_key,
+            message_id,
+            attempt,
+            tracking_ids,
+            correlation_id,
+            deadline,
+            headers,
+            queue,
+            ordering_key,
+        } = parts;
+        Self {
+            payload,
+            routing_key,
+            message_id,
+            attempt,
+            tracking_ids,
+            correlation_id,
+            deadline,
+            headers,
+            queue,
+            ordering_key,
+        }
+    }
+
     /// Sets the correlation id. Defaults to the first id of the tracking chain.
     #[must_use]
     pub fn with_correlation_id(mut self, id: Option<String>) -> Self {
@@ -232,6 +260,35 @@ impl<T> Event<T> {
             ordering_key: self.ordering_key,
         }
     }
+}
+
+/// What a consumer read from a delivery, for [`Event::received`] (through
+/// `__private::received_event`; not part of the public API).
+#[derive(Debug)]
+pub struct Received {
+    /// The key the event was emitted with.
+    pub routing_key: String,
+    /// The AMQP message id as a UUID.
+    pub message_id: Uuid,
+    /// The attempt number (1-based).
+    pub attempt: u32,
+    /// The tracking chain, ending in this event's id.
+    pub tracking_ids: Vec<String>,
+    /// The correlation id, when set.
+    pub correlation_id: Option<String>,
+    /// The deadline, when set.
+    pub deadline: Option<DateTime<Utc>>,
+    /// The user headers.
+    pub headers: Map<String, Value>,
+    /// The queue it was consumed from.
+    pub queue: String,
+    /// The ordering key, when set.
+    pub ordering_key: Option<String>,
+}
+
+/// [`Event::received`], for `actix-outbox-actors`.
+pub fn received_event<T>(parts: Received, payload: T) -> Event<T> {
+    Event::received(parts, payload)
 }
 
 #[cfg(test)]

@@ -123,6 +123,7 @@ pub use table_name::{MAX_TABLE_NAME_LEN, TableName};
 pub mod __private {
     //! Items shared with `actix-outbox-actors`; not part of the public API.
     pub use crate::duration::require_positive;
+    pub use crate::event::{Received, received_event};
     pub use crate::notify::notify_state_query;
     pub use crate::redact::redact_unparsed;
     pub use crate::schema::{COLUMNS, notify_channel_query};

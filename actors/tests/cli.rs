@@ -22,6 +22,39 @@ fn ddl_prints_what_setup_runs() {
     assert_eq!(printed, ddl(DbBackend::Sqlite, &table).expect("ddl"));
 }
 
+/// `notify off` switches the table's trigger off (the library reads the same state), `status`
+/// reports it, `on` restores it; a table that was never set up is a clear error.
+#[actix_rt::test]
+async fn notify_switches_the_trigger() {
+    let table_name = unique("cli_notify");
+    let db = Database::connect(env("DATABASE_URL")).await.expect("db");
+    let outbox = Outbox::new(TableName::new(table_name.as_str()).expect("name"));
+    let missing = cli_async(vec![
+        "notify".into(),
+        "status".into(),
+        "--table".into(),
+        table_name.clone(),
+    ])
+    .await;
+    assert_fails(&missing, 1, "run `setup` first");
+    outbox.setup(&db).await.expect("setup");
+    let run = |action: &str| {
+        let args = ["notify", action, "--table", table_name.as_str(), "--json"].map(String::from);
+        cli_async(args.to_vec())
+    };
+    let off = stdout_json(&run("off").await);
+    assert_eq!(off["notify"], false, "{off}");
+    assert!(!outbox.notify_enabled(&db).await.expect("state"));
+    assert_eq!(stdout_json(&run("status").await)["notify"], false);
+    assert_eq!(stdout_json(&run("on").await)["notify"], true);
+    assert!(outbox.notify_enabled(&db).await.expect("state"));
+    db.execute_unprepared(&format!(
+        "DROP TABLE {table_name}; DROP FUNCTION {table_name}_notify()"
+    ))
+    .await
+    .expect("drop");
+}
+
 #[actix_rt::test]
 async fn status_and_parked_rows() {
     let table_name = unique("cli");

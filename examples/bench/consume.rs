@@ -97,6 +97,31 @@ pub(super) async fn publish_raw(
     n: usize,
     keys: usize,
 ) -> Result<(), Error> {
+    publish_raw_as(b, ch, exchange, n, keys, Format::Bare).await
+}
+
+/// What a raw message carries besides the payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Format {
+    /// Message id, content type, persistent: the least a tuned publisher sends.
+    Bare,
+    /// What the relay sends for an event emitted with `OutboxEvent::json`: the same
+    /// plus the `x-outbox-routing-key` and `x-outbox-tracking-ids` headers, the correlation id
+    /// (the chain's root) and the timestamp. Those are the outbox's semantics (retries keep
+    /// the original key; handlers see the causal chain), and they cost the broker and the
+    /// client's frame parsing on every message.
+    Outbox,
+}
+
+/// [`publish_raw`] with messages of `format`.
+pub(super) async fn publish_raw_as(
+    b: &Bench,
+    ch: &lapin::Channel,
+    exchange: &str,
+    n: usize,
+    keys: usize,
+    format: Format,
+) -> Result<(), Error> {
     let body = serde_json::to_vec(&b.payload).map_err(Error::Json)?;
     for chunk in (0..n)
         .collect::<Vec<_>>()
@@ -108,16 +133,32 @@ pub(super) async fn publish_raw(
         // the best plain lapin we know).
         let mut written = Vec::with_capacity(chunk.len());
         for &i in chunk {
+            let id = uuid::Uuid::now_v7().to_string();
             let mut props = BasicProperties::default()
-                .with_message_id(uuid::Uuid::now_v7().to_string().into())
+                .with_message_id(id.as_str().into())
                 .with_content_type("application/json".into())
                 .with_delivery_mode(2);
+            let mut headers = FieldTable::default();
+            if format == Format::Outbox {
+                headers.insert(
+                    actix_outbox::headers::TRACKING_IDS.into(),
+                    AMQPValue::FieldArray(vec![AMQPValue::LongString(id.as_str().into())].into()),
+                );
+                headers.insert(
+                    actix_outbox::headers::ROUTING_KEY.into(),
+                    AMQPValue::LongString("bench.item".into()),
+                );
+                props = props
+                    .with_correlation_id(id.as_str().into())
+                    .with_timestamp(chrono::Utc::now().timestamp() as u64);
+            }
             if keys > 0 {
-                let mut headers = FieldTable::default();
                 headers.insert(
                     actix_outbox::headers::ORDERING_KEY.into(),
                     AMQPValue::LongString(format!("key-{}", i % keys).into()),
                 );
+            }
+            if format == Format::Outbox || keys > 0 {
                 props = props.with_headers(headers);
             }
             let mut publish = Box::pin(ch.basic_publish(
@@ -304,7 +345,8 @@ pub(super) async fn end_to_end(b: &Bench) -> Result<(), Error> {
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
     let (mut ours, mut raw, mut composed) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut raw_coalesced, mut ack_frames) = (Vec::new(), 0);
+    let (mut raw_coalesced, mut raw_outbox_format, mut ack_frames) = (Vec::new(), Vec::new(), 0);
+    let mut cpu_raw_outbox_format = json!(null);
     // µs of CPU per message, per process, of the last run: ours, and each raw ceiling.
     let (mut cpu_ours, mut cpu_raw, mut cpu_raw_coalesced) =
         (json!(null), json!(null), json!(null));
@@ -352,31 +394,42 @@ pub(super) async fn end_to_end(b: &Bench) -> Result<(), Error> {
             &[("relay", relay_cpu), ("worker", worker_cpu)],
         );
 
-        // The raw ceiling, both ways of acking, in alternating order across runs.
+        // The raw ceiling: bare messages acked one by one (the ceiling) or coalesced,
+        // and the relay's message format acked one by one; in rotating order across runs.
         let mut pubsub = Duration::ZERO;
-        let modes = match raw.len() % 2 {
-            0 => [RawAcks::Each, RawAcks::Coalesced],
-            _ => [RawAcks::Coalesced, RawAcks::Each],
-        };
-        for mode in modes {
+        let mut modes = [
+            (RawAcks::Each, Format::Bare),
+            (RawAcks::Coalesced, Format::Bare),
+            (RawAcks::Each, Format::Outbox),
+        ];
+        modes.rotate_left(raw.len() % 3);
+        for (acks, format) in modes {
+            // Each from an empty queue: a raw consumer stops after `n` deliveries and may
+            // leave some of its own publishes behind for the next (seen: 217 messages).
+            b.purge(&conn, queue).await?;
             let cpu_before = ServiceCpu::now();
             let start = Instant::now();
-            let consuming = consume_raw(&conn, queue, b.params.prefetch, n, mode);
-            let publishing = publish_raw(b, &pub_ch, exchange, n, 0);
+            let consuming = consume_raw(&conn, queue, b.params.prefetch, n, acks);
+            let publishing = publish_raw_as(b, &pub_ch, exchange, n, 0, format);
             let (c, p) = tokio::join!(consuming, publishing);
             c?;
             p?;
             let took = start.elapsed();
             let cpu = ServiceCpu::now().per_message_since(&cpu_before, n, "bench (raw)", &[]);
-            match mode {
-                RawAcks::Each => {
+            let rate = n as f64 / took.as_secs_f64();
+            match (acks, format) {
+                (RawAcks::Each, Format::Bare) => {
                     pubsub = took;
                     cpu_raw = cpu;
-                    raw.push(n as f64 / took.as_secs_f64());
+                    raw.push(rate);
                 }
-                RawAcks::Coalesced => {
+                (RawAcks::Coalesced, _) => {
                     cpu_raw_coalesced = cpu;
-                    raw_coalesced.push(n as f64 / took.as_secs_f64());
+                    raw_coalesced.push(rate);
+                }
+                (RawAcks::Each, Format::Outbox) => {
+                    cpu_raw_outbox_format = cpu;
+                    raw_outbox_format.push(rate);
                 }
             }
         }
@@ -394,6 +447,7 @@ pub(super) async fn end_to_end(b: &Bench) -> Result<(), Error> {
         .await?;
     let composed = summarize(composed);
     let raw_coalesced = summarize(raw_coalesced);
+    let raw_outbox_format = summarize(raw_outbox_format);
     let mut relay_stages = stages_json(&[], &last_stages);
     if let Some(stages) = relay_stages.as_object_mut() {
         stages.remove("emit_commit"); // the emit here is one transaction, timed above
@@ -411,9 +465,12 @@ pub(super) async fn end_to_end(b: &Bench) -> Result<(), Error> {
             "median": composed.median.round(), "ratio": ((summarize(ours.clone()).median / composed.median) * 1000.0).round() / 1000.0},
         // The same raw pipeline with coalesced acks (one `multiple` ack per 64 messages).
         "ceiling_coalesced_acks": {"median": raw_coalesced.median.round(), "ratio": ((summarize(ours.clone()).median / raw_coalesced.median) * 1000.0).round() / 1000.0},
+        // The same raw pipeline publishing the relay's message format (its headers and
+        // properties), acks one by one.
+        "ceiling_outbox_format": {"median": raw_outbox_format.median.round(), "ratio": ((summarize(ours.clone()).median / raw_outbox_format.median) * 1000.0).round() / 1000.0},
         // µs of CPU per message, per process, in the last run (from /proc).
         "worker_ack_frames": ack_frames,
-        "cpu_us_per_msg": {"ours": cpu_ours, "raw": cpu_raw, "raw_coalesced_acks": cpu_raw_coalesced}});
+        "cpu_us_per_msg": {"ours": cpu_ours, "raw": cpu_raw, "raw_coalesced_acks": cpu_raw_coalesced, "raw_outbox_format": cpu_raw_outbox_format}});
     report(
         "end_to_end",
         params,

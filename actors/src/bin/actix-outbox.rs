@@ -13,6 +13,7 @@
 //! actix-outbox topology export --listen 'welcome_mailer=user.created,user.*' > defs.json
 //! actix-outbox topology export --listen 'shipping=order.*' --ordered shipping=4
 //! actix-outbox topology check --listen 'welcome_mailer=user.created,user.*'
+//! actix-outbox notify off                            # no NOTIFY: relays poll adaptively
 //! actix-outbox ddl --backend sqlite                  # the statements `setup` runs
 //! ```
 //!
@@ -86,12 +87,30 @@ enum Command {
     /// The exchanges, queues and bindings a worker configuration needs.
     #[command(subcommand)]
     Topology(TopologyCommand),
+    /// The table's PostgreSQL NOTIFY trigger: `on`, `off` (relays must then poll
+    /// adaptively), or `status`.
+    Notify {
+        /// What to do.
+        #[arg(value_enum)]
+        action: NotifyAction,
+    },
     /// The statements `setup` runs for the table.
     Ddl {
         /// The database backend.
         #[arg(long, value_enum, default_value_t = Backend::Postgres)]
         backend: Backend,
     },
+}
+
+/// What `notify` does.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum NotifyAction {
+    /// Emitting commits wake the relays (the default).
+    On,
+    /// No NOTIFY: emitting commits group-commit; relays need `with_adaptive_poll`.
+    Off,
+    /// Prints whether the trigger is on.
+    Status,
 }
 
 #[derive(Debug, Subcommand)]
@@ -277,6 +296,12 @@ async fn run(cli: Cli) -> Result<(), Error> {
             let _ = db.close().await;
             result
         }
+        Command::Notify { action } => {
+            let db = database(&cli).await?;
+            let result = notify(&cli, &db, &Outbox::new(table), *action).await;
+            let _ = db.close().await;
+            result
+        }
         Command::Dlq(command) => dlq(&cli, command).await,
         Command::Unroutable(UnroutableCommand::Replay { limit, moving }) => {
             let options = replay_options(*limit, None, moving)?;
@@ -311,6 +336,37 @@ async fn run(cli: Cli) -> Result<(), Error> {
             result
         }
     }
+}
+
+/// `notify on|off|status`: switches the trigger (when asked), then prints its state.
+async fn notify(
+    cli: &Cli,
+    db: &DatabaseConnection,
+    outbox: &Outbox,
+    action: NotifyAction,
+) -> Result<(), Error> {
+    match action {
+        NotifyAction::On => outbox.set_notify(db, true).await?,
+        NotifyAction::Off => outbox.set_notify(db, false).await?,
+        NotifyAction::Status => {}
+    }
+    let on = outbox.notify_enabled(db).await?;
+    match cli.json {
+        true => println!(
+            "{}",
+            serde_json::json!({"table": outbox.table().as_str(), "notify": on})
+        ),
+        false => println!(
+            "{}: NOTIFY trigger {}",
+            outbox.table(),
+            if on {
+                "on"
+            } else {
+                "off (relays need adaptive polling)"
+            }
+        ),
+    }
+    Ok(())
 }
 
 async fn database(cli: &Cli) -> Result<DatabaseConnection, Error> {

@@ -26,7 +26,9 @@ use actix_outbox::Error;
 
 pub(crate) use answer::{Answer, Completed, ReturnKey, resolve};
 pub(crate) use declare::{declare_exchange, declare_exchange_def, declare_queue_def, queue_counts};
-pub(crate) use fields::{json_to_amqp, long, table_len, table_to_json};
+#[cfg(test)]
+pub(crate) use fields::table_to_json;
+pub(crate) use fields::{amqp_to_json, json_to_amqp, long, table_len};
 pub(crate) use names::{MAX_NAME_LEN, check_exchange_name, check_queue_name};
 pub(crate) use topology::QueueLayout;
 pub use topology::{BindingDef, DLQ_DELIVERY_LIMIT, ExchangeDef, ExchangeType, QueueDef, Topology};

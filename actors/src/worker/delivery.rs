@@ -125,10 +125,15 @@ where
     async move {
         let deadline = meta.deadline;
         let routing_key = meta.routing_key.clone();
-        let mut meta = meta;
+        let mut next = Some(meta);
         let (outcome, handler_time, fate, attempt) = loop {
+            let Some(meta) = next.take() else {
+                unreachable!("every pass that loops sets the next attempt's metadata")
+            };
             let attempt = meta.attempt;
-            let (outcome, handler_time) = handle(&job, &delivery, meta.clone()).await;
+            // Only an ordered listener tries again in place and needs the metadata again.
+            let kept = (job.spec.partitions > 0).then(|| meta.clone());
+            let (outcome, handler_time) = handle(&job, &delivery, meta).await;
             let fate = decide(&outcome, attempt, &job.spec.policy);
             let fate = expire_if_past(fate, deadline, Utc::now());
             match fate {
@@ -142,7 +147,10 @@ where
                     }
                     debug!(?delay, attempt, "retrying in place (ordered listener)");
                     tokio::time::sleep(delay).await;
-                    meta.attempt = attempt.saturating_add(1);
+                    next = kept.map(|mut meta| {
+                        meta.attempt = attempt.saturating_add(1);
+                        meta
+                    });
                 }
                 fate => break (outcome, handler_time, fate, attempt),
             }

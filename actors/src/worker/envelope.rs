@@ -5,6 +5,7 @@
 
 use std::any::TypeId;
 
+use actix_outbox::__private::{Received, received_event};
 use actix_outbox::headers as h;
 use actix_outbox::{Codec, Event, RawPayload};
 use chrono::{DateTime, Utc};
@@ -14,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::exchange::table_to_json;
+use crate::exchange::amqp_to_json;
 
 /// Headers RabbitMQ sets itself: never shown to handlers as user headers, and never copied
 /// onto our retry and dead-letter copies (on a quorum queue, a copied `x-delivery-count`
@@ -96,8 +97,14 @@ impl DeliveryMeta {
             Some(AMQPValue::FieldArray(ids)) => ids.as_slice().iter().filter_map(as_text).collect(),
             _ => vec![message_id.to_string()],
         };
-        let mut user_headers = headers.map(table_to_json).unwrap_or_default();
-        user_headers.retain(|name, _| !is_reserved(name));
+        // Only what is left once ours and the broker's are set aside is converted.
+        let user_headers = headers.map_or_else(Map::new, |t| {
+            t.inner()
+                .iter()
+                .filter(|(name, _)| !is_reserved(name.as_str()))
+                .map(|(name, value)| (name.as_str().to_owned(), amqp_to_json(value)))
+                .collect()
+        });
         Self {
             routing_key,
             message_id,
@@ -121,15 +128,18 @@ impl DeliveryMeta {
 
     /// The event handed to the handler.
     pub(crate) fn into_event<T>(self, payload: T, queue: &str) -> Event<T> {
-        Event::new(self.routing_key, payload)
-            .with_queue(queue)
-            .with_message_id(self.message_id)
-            .with_attempt(self.attempt)
-            .with_tracking_ids(self.tracking_ids)
-            .with_correlation_id(self.correlation_id)
-            .with_deadline(self.deadline)
-            .with_headers(self.user_headers)
-            .with_ordering_key(self.ordering_key)
+        let parts = Received {
+            routing_key: self.routing_key,
+            message_id: self.message_id,
+            attempt: self.attempt,
+            tracking_ids: self.tracking_ids,
+            correlation_id: self.correlation_id,
+            deadline: self.deadline,
+            headers: self.user_headers,
+            queue: queue.to_owned(),
+            ordering_key: self.ordering_key,
+        };
+        received_event(parts, payload)
     }
 }
 
@@ -267,6 +277,7 @@ fn long(s: &str) -> AMQPValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exchange::table_to_json;
     use lapin::types::FieldArray;
 
     fn props(headers: &[(&str, AMQPValue)]) -> BasicProperties {
