@@ -222,12 +222,9 @@ pub(crate) async fn publish(
             .unzip();
     // Every confirm of this channel has completed now (the channel is this batch's alone), so
     // the returns they carried are all in: each row's answer is read against that set.
-    let keys: Vec<ReturnKey> = published
-        .iter()
-        .map(|&i| return_key(config, &rows[i]))
-        .collect();
+    let key_of = |j: usize| return_key(config, &rows[published[j]]);
     drop(spans); // the confirms are in: the PRODUCER spans end here
-    for (&i, answer) in published.iter().zip(resolve(&keys, completed)) {
+    for (&i, answer) in published.iter().zip(resolve(key_of, completed)) {
         if let Some(why) = answer.channel_error() {
             channel_error.get_or_insert_with(|| why.to_owned());
         }

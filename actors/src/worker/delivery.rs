@@ -340,7 +340,7 @@ async fn publish<T: Send + 'static>(
     };
     let wait: Duration = job.spec.confirm_timeout;
     let completed = Completed::read(tokio::time::timeout(wait, confirm).await, wait);
-    let mut answers = resolve(&[key], vec![completed]);
+    let mut answers = resolve(|_| key.clone(), vec![completed]);
     answers
         .pop()
         .unwrap_or(Answer::Unknown("no answer".to_owned()))
