@@ -84,8 +84,15 @@ pub(super) enum Wake {
 }
 
 /// The relay's adaptive poll in [`Wake::Poll`] runs (`OUTBOX_ADAPTIVE_POLL` of the relay
-/// example): 2 ms after a batch with rows, doubling after each empty look up to 100 ms.
-pub(super) const ADAPTIVE_POLL: &str = "2ms,100ms";
+/// example): 1 ms after the last batch started while batches find rows, doubling after each
+/// empty look up to 100 ms.
+/// `BENCH_ADAPTIVE_POLL` sets another (`min,max`).
+pub(super) const ADAPTIVE_POLL: &str = "1ms,100ms";
+
+/// The adaptive poll of this run: `BENCH_ADAPTIVE_POLL`, else [`ADAPTIVE_POLL`].
+fn adaptive_poll() -> String {
+    std::env::var("BENCH_ADAPTIVE_POLL").unwrap_or_else(|_| ADAPTIVE_POLL.to_owned())
+}
 
 pub(super) async fn latency(
     b: &Bench,
@@ -102,12 +109,13 @@ pub(super) async fn latency(
     b.db.execute_unprepared("DROP TABLE IF EXISTS bench_latency_outbox")
         .await?;
     outbox.setup(&b.db).await?;
+    let poll = adaptive_poll();
     let relay_env: &[(&str, &str)] = match wake {
         Wake::Notify => &[],
         Wake::Poll => {
             outbox.set_notify(&b.db, false).await?;
             &[
-                ("OUTBOX_ADAPTIVE_POLL", ADAPTIVE_POLL),
+                ("OUTBOX_ADAPTIVE_POLL", poll.as_str()),
                 ("OUTBOX_LISTEN", "0"),
             ]
         }
@@ -135,7 +143,7 @@ pub(super) async fn latency(
     let p99 = percentile(&l, 0.99);
     let wake_up = match wake {
         Wake::Notify => json!("NOTIFY trigger + LISTEN"),
-        Wake::Poll => json!({"trigger": "off", "adaptive_poll": ADAPTIVE_POLL}),
+        Wake::Poll => json!({"trigger": "off", "adaptive_poll": poll}),
     };
     let params = json!({"rate": b.params.rate, "seconds": b.params.latency_seconds, "queue_type": b.params.queue_type,
         "prefetch": b.params.prefetch, "layout": "emitter, relay and worker in separate processes", "wake_up": wake_up});
