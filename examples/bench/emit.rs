@@ -32,23 +32,30 @@ pub(super) async fn emit(b: &Bench) -> Result<(), Error> {
     db.execute_unprepared(plain).await?;
     let outbox = actix_outbox::Outbox::new(actix_outbox::TableName::new("bench_emit_outbox")?);
     let payload = serde_json::to_vec(&b.payload).map_err(Error::Json)?;
-    let (mut ours, mut raw) = (Vec::new(), Vec::new());
+    let (mut ours, mut raw, mut quiet) = (Vec::new(), Vec::new(), Vec::new());
+    let emit_tasks = || {
+        timed_tasks(b, |db| {
+            let outbox = outbox.clone();
+            let payload = b.payload.clone();
+            async move {
+                let txn = db.begin().await?;
+                txn.execute_unprepared("INSERT INTO bench_users (name) VALUES ('bench')")
+                    .await?;
+                outbox.emit(&txn, "bench.emit", &payload).await?;
+                txn.commit().await?;
+                Ok(())
+            }
+        })
+    };
     for _ in 0..b.params.runs {
-        ours.push(
-            timed_tasks(b, |db| {
-                let outbox = outbox.clone();
-                let payload = b.payload.clone();
-                async move {
-                    let txn = db.begin().await?;
-                    txn.execute_unprepared("INSERT INTO bench_users (name) VALUES ('bench')")
-                        .await?;
-                    outbox.emit(&txn, "bench.emit", &payload).await?;
-                    txn.commit().await?;
-                    Ok(())
-                }
-            })
-            .await?,
-        );
+        ours.push(emit_tasks().await?);
+        if backend == DbBackend::Postgres {
+            // The same with the table's NOTIFY trigger off (relays would poll adaptively).
+            outbox.set_notify(db, false).await?;
+            let rate = emit_tasks().await;
+            outbox.set_notify(db, true).await?;
+            quiet.push(rate?);
+        }
         raw.push(
             timed_tasks(b, |db| {
                 let payload = payload.clone();
@@ -75,8 +82,15 @@ pub(super) async fn emit(b: &Bench) -> Result<(), Error> {
             .await?,
         );
     }
+    let raw_median = summarize(raw.clone()).median;
+    let trigger_off = (!quiet.is_empty()).then(|| {
+        let quiet = summarize(quiet);
+        json!({"median": quiet.median.round(), "ratio": ((quiet.median / raw_median) * 1000.0).round() / 1000.0})
+    });
     let params = json!({"tasks": b.params.emit_tasks, "seconds": b.params.emit_seconds,
-        "payload_bytes": b.params.payload_bytes, "backend": format!("{backend:?}")});
+        "payload_bytes": b.params.payload_bytes, "backend": format!("{backend:?}"),
+        // PostgreSQL: ours with the NOTIFY trigger off (`Outbox::set_notify`), same run.
+        "trigger_off": trigger_off});
     report(
         "emit",
         params,

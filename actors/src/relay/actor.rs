@@ -319,10 +319,7 @@ impl RelayActor {
             // Adaptive polling: while batches find rows, one starts every `min` (counted from
             // the last start, so both slots take turns); after each empty look the wait
             // doubles. Batches take their housekeeping turns themselves.
-            let wait = match self.empty_rounds {
-                0 => poll.min.saturating_sub(self.last_start.elapsed()),
-                n => poll.delay(n),
-            };
+            let wait = fate::poll_wait(&poll, self.empty_rounds, self.last_start.elapsed());
             self.arm_due_timer(wait, ctx);
         } else if self.running == 0 {
             self.idle(ctx);

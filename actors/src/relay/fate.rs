@@ -13,6 +13,7 @@ use tracing::warn;
 
 use super::config::RelayConfig;
 use super::envelope;
+use crate::backoff::Backoff;
 use crate::exchange::{Answer, Unroutable, bounded_reason};
 
 /// What happens to one claimed row.
@@ -256,6 +257,16 @@ pub(crate) fn due_wait(due_in: Duration, empty_rounds: u32, poll: Duration) -> O
     Some((due_in.max(floor) + Duration::from_millis(5)).min(poll))
 }
 
+/// How long an adaptively polling relay waits before its next look: while batches find rows
+/// (`empty_rounds` 0), `min` counted from the last batch's start (`since_start` ago), so the
+/// batch slots take turns; after `n` empty looks in a row, `min · 2ⁿ` up to `max`.
+pub(crate) fn poll_wait(poll: &Backoff, empty_rounds: u32, since_start: Duration) -> Duration {
+    match empty_rounds {
+        0 => poll.min.saturating_sub(since_start),
+        n => poll.delay(n),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -423,5 +434,30 @@ mod tests {
             ..BatchReport::default()
         };
         assert_eq!(plan.report, want);
+    }
+
+    #[test]
+    fn adaptive_polling_keeps_pace_while_busy_and_backs_off_when_idle() {
+        let poll = Backoff::new(Duration::from_millis(2), Duration::from_millis(100));
+        let ms = Duration::from_millis;
+        assert_eq!(
+            poll_wait(&poll, 0, ms(0)),
+            ms(2),
+            "busy: min after the last start"
+        );
+        assert_eq!(poll_wait(&poll, 0, ms(1)), ms(1), "counted from the start");
+        assert_eq!(
+            poll_wait(&poll, 0, ms(5)),
+            ms(0),
+            "a batch longer than min: at once"
+        );
+        assert_eq!(
+            poll_wait(&poll, 1, ms(0)),
+            ms(4),
+            "one empty look: twice min"
+        );
+        assert_eq!(poll_wait(&poll, 3, ms(0)), ms(16));
+        assert_eq!(poll_wait(&poll, 10, ms(0)), ms(100), "capped at max");
+        assert_eq!(poll_wait(&poll, u32::MAX, ms(0)), ms(100), "no overflow");
     }
 }
