@@ -262,7 +262,7 @@ impl<T> Event<T> {
     }
 }
 
-/// What a consumer read from a delivery, for [`Event::received`] (through
+/// What a consumer read from a delivery, for `Event::received` (through
 /// `__private::received_event`; not part of the public API).
 #[derive(Debug)]
 pub struct Received {
@@ -286,7 +286,7 @@ pub struct Received {
     pub ordering_key: Option<String>,
 }
 
-/// [`Event::received`], for `actix-outbox-actors`.
+/// `Event::received`, for `actix-outbox-actors`.
 pub fn received_event<T>(parts: Received, payload: T) -> Event<T> {
     Event::received(parts, payload)
 }
