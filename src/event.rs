@@ -84,28 +84,17 @@ impl<T> Event<T> {
     /// The event a consumer hands to its handler, built from what the delivery carried (no
     /// fresh id is drawn: that costs a `getrandom` system call per message).
     pub(crate) fn received(parts: Received, payload: T) -> Self {
-        let Received {
-            routing_key,
-            message_id,
-            attempt,
-            tracking_ids,
-            correlation_id,
-            deadline,
-            headers,
-            queue,
-            ordering_key,
-        } = parts;
         Self {
             payload,
-            routing_key,
-            message_id,
-            attempt,
-            tracking_ids,
-            correlation_id,
-            deadline,
-            headers,
-            queue,
-            ordering_key,
+            routing_key: parts.routing_key,
+            message_id: parts.message_id,
+            attempt: parts.attempt,
+            tracking_ids: parts.tracking_ids,
+            correlation_id: parts.correlation_id,
+            deadline: parts.deadline,
+            headers: parts.headers,
+            queue: parts.queue,
+            ordering_key: parts.ordering_key,
         }
     }
 
