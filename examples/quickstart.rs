@@ -300,7 +300,9 @@ async fn reset_queues(broker: &Addr<ConnectionSupervisor>) -> Result<(), Error> 
             .queue_delete(queue.into(), lapin::options::QueueDeleteOptions::default())
             .await?;
     }
-    let _ = channel.close(200, "reset done".into()).await;
+    // Bounded: a lapin close can wait forever if the broker closes the channel at that moment.
+    let closing = channel.close(200, "reset done".into());
+    let _ = tokio::time::timeout(Duration::from_secs(5), closing).await;
     Ok(())
 }
 

@@ -91,10 +91,8 @@ pub(super) async fn broker_latency_floor(b: &Bench, exchange: &str) -> Result<Va
     let (received, published) = tokio::join!(receiving, publishing);
     published?;
     let mut l = received?;
-    let _ = ch
-        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-        .await;
-    let _ = conn.close(200, "".into()).await;
+    close_channel(ch).await;
+    delete_queue_and_close(conn, &queue).await;
     l.sort_unstable();
     Ok(
         json!({"p50_ms": percentile(&l, 0.5), "p95_ms": percentile(&l, 0.95), "p99_ms": percentile(&l, 0.99), "max_ms": percentile(&l, 1.0), "received": l.len()}),

@@ -254,7 +254,7 @@ pub(super) async fn consume_raw(
     for r in futures_util::future::join_all(acks).await {
         r?;
     }
-    let _ = ch.close(200, "".into()).await;
+    close_channel(ch).await;
     Ok(())
 }
 
@@ -310,7 +310,7 @@ pub(super) async fn consume(b: &Bench) -> Result<(), Error> {
         raw.push(n as f64 / start.elapsed().as_secs_f64());
     }
     broker.send(StopBroker).await?;
-    let _ = conn.close(200, "".into()).await;
+    close_raw(conn).await;
     let params = json!({"messages": n, "prefetch": b.params.prefetch, "queue_type": b.params.queue_type, "payload_bytes": b.params.payload_bytes, "handler": "no-op"});
     report(
         "consume",
@@ -442,7 +442,7 @@ pub(super) async fn end_to_end(b: &Bench) -> Result<(), Error> {
         composed.push(n as f64 / (insert + claim_delete + pubsub).as_secs_f64());
         floor_parts_ms.push([insert, claim_delete, pubsub].map(|d| d.as_secs_f64() * 1e3));
     }
-    let _ = conn.close(200, "".into()).await;
+    close_raw(conn).await;
     b.db.execute_unprepared("DROP TABLE IF EXISTS bench_e2e_outbox, bench_e2e_plain")
         .await?;
     let composed = summarize(composed);

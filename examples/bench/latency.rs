@@ -187,13 +187,7 @@ pub(super) async fn spawn_pipeline(
     relay_env: &[(&str, &str)],
 ) -> Result<(std::process::Child, std::process::Child), Error> {
     // Messages left by an interrupted earlier run would distort the numbers: start empty.
-    let conn = b.raw_connection().await?;
-    let _ = conn
-        .create_channel()
-        .await?
-        .queue_delete(queue.into(), QueueDeleteOptions::default())
-        .await;
-    let _ = conn.close(200, "".into()).await;
+    delete_queue_and_close(b.raw_connection().await?, queue).await;
     let exe = std::env::current_exe().map_err(|e| bad("exe", e.to_string()))?;
     let worker = std::process::Command::new(&exe)
         .args([

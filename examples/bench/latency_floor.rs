@@ -134,12 +134,7 @@ pub(super) async fn latency_floor(b: &Bench) -> Result<(), Error> {
     for sql in TEARDOWN {
         b.db.execute_unprepared(sql).await?;
     }
-    let _ = conn
-        .create_channel()
-        .await?
-        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-        .await;
-    let _ = conn.close(200, "".into()).await;
+    delete_queue_and_close(conn, &queue).await;
     let (total, emitting, mut commits) = emitted?;
     commits.sort_unstable();
     let report = report?;
@@ -222,7 +217,7 @@ pub(super) async fn raw_relay_process() -> Result<(), Error> {
             }
         }
     }
-    let _ = conn.close(200, "".into()).await;
+    close_raw(conn).await;
     // `close` waits for every pooled connection, the listener's too: release it first.
     drop(listener);
     pool.close().await;
@@ -309,7 +304,7 @@ pub(super) async fn raw_worker_process() -> Result<(), Error> {
         latencies.push(now_us().saturating_sub(p.sent_us));
         delivery.acker.ack(BasicAckOptions::default()).await?;
     }
-    let _ = conn.close(200, "".into()).await;
+    close_raw(conn).await;
     println!(
         "{}",
         json!({"handled": latencies.len(), "latencies_us": latencies})

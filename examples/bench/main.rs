@@ -272,11 +272,7 @@ impl Bench {
     /// The end of a scenario: deletes its queue, closes its raw connection and drops its
     /// outbox table.
     async fn teardown(&self, conn: Connection, queue: &str, table: &str) -> Result<(), Error> {
-        let ch = conn.create_channel().await?;
-        let _ = ch
-            .queue_delete(queue.into(), QueueDeleteOptions::default())
-            .await;
-        let _ = conn.close(200, "".into()).await;
+        delete_queue_and_close(conn, queue).await;
         self.db
             .execute_unprepared(&format!("DROP TABLE IF EXISTS {table}"))
             .await?;
@@ -287,8 +283,37 @@ impl Bench {
         let ch = conn.create_channel().await?;
         ch.queue_purge(name.into(), QueuePurgeOptions::default())
             .await?;
+        close_channel(ch).await;
         Ok(())
     }
+}
+
+/// How long the bench waits for a raw connection or channel to close, or for a queue it no
+/// longer needs to be deleted. Unbounded, a CI smoke run once hung for ten minutes in a
+/// connection close whose socket was already gone.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// Closes a raw connection, bounded by `CLOSE_WAIT`. Close its channels first (awaited): lapin
+/// 4.12 closes a dropped channel in the background, and when that races the connection's close
+/// it logs "Connection error: invalid channel state: Closing (channel.close)".
+async fn close_raw(conn: Connection) {
+    let _ = tokio::time::timeout(CLOSE_WAIT, conn.close(200, "".into())).await;
+}
+
+/// Closes a raw channel, bounded by `CLOSE_WAIT`.
+async fn close_channel(ch: lapin::Channel) {
+    let _ = tokio::time::timeout(CLOSE_WAIT, ch.close(200, "".into())).await;
+}
+
+/// Deletes `queue` (with whatever it holds) on a channel of its own, closes that channel and
+/// then `conn`, each step bounded by `CLOSE_WAIT`.
+async fn delete_queue_and_close(conn: Connection, queue: &str) {
+    if let Ok(Ok(ch)) = tokio::time::timeout(CLOSE_WAIT, conn.create_channel()).await {
+        let deleting = ch.queue_delete(queue.into(), QueueDeleteOptions::default());
+        let _ = tokio::time::timeout(CLOSE_WAIT, deleting).await;
+        close_channel(ch).await;
+    }
+    close_raw(conn).await;
 }
 
 fn async_rs_runtime(handle: tokio::runtime::Handle) -> async_rs::TokioRuntime {

@@ -130,7 +130,7 @@ async fn consumer_side(b: &Bench) -> Result<(), Error> {
             .exchange_delete(hash.as_str().into(), Default::default())
             .await;
     }
-    let _ = conn.close(200, "".into()).await;
+    close_raw(conn).await;
     let [unordered, one, ahead] = results;
     let unordered = summarize(unordered);
     for (prefetch, runs) in [(1, one), (AHEAD, ahead)] {

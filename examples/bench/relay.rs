@@ -154,7 +154,7 @@ pub(super) async fn raw_publish_once(
     publish_raw(b, &ch, exchange, b.params.messages, 0).await?;
     let rate = b.params.messages as f64 / start.elapsed().as_secs_f64();
     b.purge(conn, queue).await?;
-    let _ = ch.close(200, "".into()).await;
+    close_channel(ch).await;
     Ok(rate)
 }
 
