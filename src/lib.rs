@@ -126,7 +126,7 @@ pub mod __private {
     pub use crate::event::{Received, received_event};
     pub use crate::notify::notify_state_query;
     pub use crate::redact::redact_unparsed;
-    pub use crate::schema::{COLUMNS, notify_channel_query};
+    pub use crate::schema::{COLUMNS, name_missing_table, notify_channel_query};
 }
 
 /// The types most users need: `use actix_outbox::prelude::*;`.

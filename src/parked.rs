@@ -86,7 +86,8 @@ impl Outbox {
     ///
     /// # Errors
     ///
-    /// [`Error::Db`] when the query fails.
+    /// [`Error::SchemaMismatch`] when the table does not exist, [`Error::Db`] when the query
+    /// fails.
     pub async fn parked<C: ConnectionTrait>(
         &self,
         db: &C,
@@ -96,28 +97,31 @@ impl Outbox {
         use sea_orm::EntityTrait;
         let t = self.table();
         let backend = db.get_database_backend();
-        let mut found = Vec::new();
-        let mut after = 0_i64;
-        // Filtered in pages: a binding key's wildcards do not translate to SQL.
-        while found.len() < limit as usize {
-            let sql = format!(
-                "SELECT {} FROM {t} WHERE parked_at IS NOT NULL AND id > {after} \
+        let rows = async {
+            let mut found = Vec::new();
+            let mut after = 0_i64;
+            // Filtered in pages: a binding key's wildcards do not translate to SQL.
+            while found.len() < limit as usize {
+                let sql = format!(
+                    "SELECT {} FROM {t} WHERE parked_at IS NOT NULL AND id > {after} \
                  ORDER BY id LIMIT 500",
-                crate::schema::COLUMNS
-            );
-            let page = Entity::find()
-                .from_raw_sql(Statement::from_string(backend, sql))
-                .all(db)
-                .await?;
-            let Some(last) = page.last() else { break };
-            after = last.id;
-            let matching = page
-                .into_iter()
-                .filter(|row| key.is_none_or(|k| k.matches(&row.routing_key)));
-            found.extend(matching.map(ParkedRow::from));
-        }
-        found.truncate(limit as usize);
-        Ok(found)
+                    crate::schema::COLUMNS
+                );
+                let page = Entity::find()
+                    .from_raw_sql(Statement::from_string(backend, sql))
+                    .all(db)
+                    .await?;
+                let Some(last) = page.last() else { break };
+                after = last.id;
+                let matching = page
+                    .into_iter()
+                    .filter(|row| key.is_none_or(|k| k.matches(&row.routing_key)));
+                found.extend(matching.map(ParkedRow::from));
+            }
+            found.truncate(limit as usize);
+            Ok(found)
+        };
+        crate::schema::name_missing_table(db, t, rows.await).await
     }
 
     /// Un-parks the selected rows so that relays send them again: clears `parked_at`, the
@@ -126,7 +130,8 @@ impl Outbox {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] for an empty id list, [`Error::Db`] when the update fails.
+    /// [`Error::InvalidConfig`] for an empty id list, [`Error::SchemaMismatch`] when the table
+    /// does not exist, [`Error::Db`] when the update fails.
     pub async fn retry_parked<C: ConnectionTrait>(&self, db: &C, which: &Parked) -> Result<u64> {
         let t = self.table();
         let condition = which.condition()?;
@@ -155,7 +160,10 @@ impl Outbox {
                 [Value::from(Utc::now())],
             ),
         };
-        let retried = db.execute_raw(stmt).await?.rows_affected();
+        let retried = db.execute_raw(stmt).await.map_err(Error::from);
+        let retried = crate::schema::name_missing_table(db, t, retried)
+            .await?
+            .rows_affected();
         if retried > 0 && backend == DbBackend::Postgres {
             // The trigger only fires on INSERT: tell the relays themselves.
             let notify = format!(
@@ -171,14 +179,18 @@ impl Outbox {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] for an empty id list, [`Error::Db`] when the delete fails.
+    /// [`Error::InvalidConfig`] for an empty id list, [`Error::SchemaMismatch`] when the table
+    /// does not exist, [`Error::Db`] when the delete fails.
     pub async fn discard_parked<C: ConnectionTrait>(&self, db: &C, which: &Parked) -> Result<u64> {
         let t = self.table();
         let condition = which.condition()?;
         let sql = format!("DELETE FROM {t} WHERE parked_at IS NOT NULL{condition}");
         let backend = db.get_database_backend();
-        Ok(db
+        let deleted = db
             .execute_raw(Statement::from_string(backend, sql))
+            .await
+            .map_err(Error::from);
+        Ok(crate::schema::name_missing_table(db, t, deleted)
             .await?
             .rows_affected())
     }

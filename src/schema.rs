@@ -419,6 +419,31 @@ fn flag(row: &sea_orm::QueryResult, column: &str) -> Result<bool> {
     }
 }
 
+/// `result`, except that a database error on a table that does not exist (never set up, or
+/// a misspelt name) becomes an [`Error::SchemaMismatch`] saying so, instead of the database's
+/// own "relation does not exist" with a position in the SQL. The catalog is asked only when
+/// the query already failed.
+///
+/// # Errors
+///
+/// `result`'s error, named as above when the table is missing.
+pub async fn name_missing_table<C: ConnectionTrait, T>(
+    db: &C,
+    table: &TableName,
+    result: Result<T>,
+) -> Result<T> {
+    match result {
+        Err(error @ Error::Db(_)) => match inspect(db, table).await {
+            Ok(state) if !state.table_exists => Err(Error::SchemaMismatch {
+                table: table.to_string(),
+                detail: "the table does not exist: run `setup` first".into(),
+            }),
+            _ => Err(error),
+        },
+        other => other,
+    }
+}
+
 /// Selects every expected column from the table, so a table made by an older or foreign
 /// definition fails here with a clear error rather than later in the relay.
 async fn check_columns<C: ConnectionTrait>(db: &C, table: &TableName, columns: &str) -> Result<()> {

@@ -6,12 +6,13 @@ mod common;
 
 use std::time::Duration;
 
-use actix_outbox::{BindingKey, Error, Outbox, Parked, setup};
+use actix_outbox::{BindingKey, Error, Outbox, Parked, TableName, setup};
 use actix_outbox_actors::TopologyMode;
 use common::broker::TestBroker;
 use common::relay::{TestRelay, config};
 use common::{TestDb, wait_for};
 use lapin::ExchangeKind;
+use sea_orm::ConnectionTrait;
 
 /// Marks the rows with these routing keys parked, as the relay would.
 async fn park(t: &TestDb, keys: &[&str]) {
@@ -86,6 +87,45 @@ async fn list_retry_and_discard() {
             3,
             "every row left is due again with its attempts reset"
         );
+        t.cleanup().await;
+    }
+}
+
+/// A table that was never set up (or a misspelt name) is named as such by every parked-row
+/// call, not reported as the database's "relation does not exist"; nothing is created.
+#[tokio::test]
+async fn a_missing_table_is_named() {
+    for t in common::all_backends().await {
+        let outbox = Outbox::new(TableName::new("never_set_up").expect("name"));
+        let missing = |result: Result<u64, Error>, what: &str| match result {
+            Err(Error::SchemaMismatch { table, detail }) => {
+                assert_eq!(table, "never_set_up", "{} {what}", t.name);
+                assert!(
+                    detail.contains("run `setup` first"),
+                    "{} {what}: {detail}",
+                    t.name
+                );
+            }
+            other => panic!("{} {what}: expected SchemaMismatch, got {other:?}", t.name),
+        };
+        let listed = outbox.parked(&t.db, 10, None).await;
+        missing(listed.map(|rows| rows.len() as u64), "list");
+        missing(outbox.retry_parked(&t.db, &Parked::All).await, "retry");
+        missing(outbox.discard_parked(&t.db, &Parked::All).await, "discard");
+        // A table of that name that is not an outbox table fails with the database's own
+        // error (its columns are missing), not with "does not exist".
+        t.db.execute_unprepared("CREATE TABLE never_set_up (x INTEGER)")
+            .await
+            .expect("create a foreign table");
+        let foreign = outbox.parked(&t.db, 10, None).await;
+        assert!(
+            matches!(foreign, Err(Error::Db(_))),
+            "{} {foreign:?}",
+            t.name
+        );
+        t.db.execute_unprepared("DROP TABLE never_set_up")
+            .await
+            .expect("drop");
         t.cleanup().await;
     }
 }

@@ -155,6 +155,16 @@ async fn status_and_parked_rows() {
     assert_fails(&run(&["retry", "abc"]), 2, "invalid value");
     assert_fails(&run(&["retry"]), 2, "required");
     assert_fails(&run(&["list", "--key", "user..x"]), 1, "binding key");
+    assert_fails(
+        &cli(&["status", "--table", "no_such_outbox_here"]),
+        1,
+        "the table does not exist: run `setup` first",
+    );
+    assert_fails(
+        &cli(&["parked", "list", "--table", "no_such_outbox_here"]),
+        1,
+        "the table does not exist: run `setup` first",
+    );
     let unreachable = cli(&[
         "status",
         "--table",

@@ -49,14 +49,16 @@ pub struct TableStatus {
 ///
 /// # Errors
 ///
-/// [`Error::UnsupportedBackend`] for databases other than PostgreSQL and SQLite,
-/// [`Error::Db`] when a query fails (a missing table among them: run `setup`).
+/// [`Error::UnsupportedBackend`] for a database the relay does not support,
+/// [`Error::SchemaMismatch`] when the table does not exist (run `setup`), [`Error::Db`] when
+/// a query fails.
 pub async fn table_status(db: &DatabaseConnection, table: &TableName) -> Result<TableStatus> {
     let backend = db.get_database_backend();
     if !crate::relay::supported(backend) {
         return Err(Error::UnsupportedBackend(format!("{backend:?}")));
     }
-    let g = gauges(db, &RelaySql::new(backend, table.clone())).await?;
+    let g = gauges(db, &RelaySql::new(backend, table.clone())).await;
+    let g = actix_outbox::__private::name_missing_table(db, table, g).await?;
     Ok(TableStatus {
         table: table.to_string(),
         due: g.due,
