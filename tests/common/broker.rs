@@ -156,7 +156,7 @@ impl TestBroker {
             .queue_declare(queue.into(), passive, FieldTable::default())
             .await
             .unwrap_or_else(|e| panic!("queue {queue} should exist: {e}"));
-        let _ = channel.close(200, "".into()).await;
+        close_channel(channel).await;
         q.message_count()
     }
 
@@ -266,8 +266,9 @@ impl TestBroker {
                     .exchange_delete(ex.into(), ExchangeDeleteOptions::default())
                     .await;
             }
+            close_channel(channel).await;
         }
-        let _ = self.conn.close(200, "".into()).await;
+        close_connection(&self.conn).await;
     }
 }
 
@@ -366,6 +367,18 @@ pub async fn consume_and_ack(conn: &Connection, queue: &str, until: Until) -> Ve
             .await
             .unwrap_or_else(|e| panic!("ack what was consumed from {queue}: {e}"));
     }
-    let _ = channel.close(200, "".into()).await;
+    close_channel(channel).await;
     out
+}
+
+/// Closes `channel`, bounded by 5 s. Close channels rather than drop them before their
+/// connection closes: lapin closes a dropped channel in the background, and when that races
+/// the connection's close it logs a connection error (and once hung that close for good).
+pub async fn close_channel(channel: Channel) {
+    let _ = tokio::time::timeout(Duration::from_secs(5), channel.close(200, "".into())).await;
+}
+
+/// Closes `conn`, bounded by 5 s.
+pub async fn close_connection(conn: &Connection) {
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn.close(200, "".into())).await;
 }

@@ -142,12 +142,9 @@ impl WorkerEnv {
         if let Ok(conn) =
             Connection::connect(&self.broker.url, ConnectionProperties::default()).await
         {
-            if let Ok(channel) = conn.create_channel().await {
-                super::process::delete_topology(&channel, &queues, &exchanges).await;
-            }
-            let _ = conn.close(200, "".into()).await;
+            super::process::delete_topology(conn, &queues, &exchanges).await;
         }
-        let _ = self.conn.close(200, "".into()).await;
+        super::broker::close_connection(&self.conn).await;
         self.broker.cleanup().await;
     }
 

@@ -147,17 +147,26 @@ where
     }
 }
 
-/// Deletes `queues` and `exchanges` (best effort: what is already gone is fine).
-pub async fn delete_topology(channel: &lapin::Channel, queues: &[String], exchanges: &[String]) {
+/// Deletes `queues` and `exchanges` on a channel of its own (best effort: what is already gone
+/// is fine), then closes that channel and `conn`, each bounded by 5 s.
+pub async fn delete_topology(conn: lapin::Connection, queues: &[String], exchanges: &[String]) {
     use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
-    for q in queues {
-        let _ = channel
-            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-            .await;
+    if let Ok(channel) = conn.create_channel().await {
+        for q in queues {
+            let _ = channel
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        for e in exchanges {
+            let _ = channel
+                .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
+        }
+        // Closed, not dropped, before the connection: see `broker::close_channel` (this
+        // module is also built into examples that do not have `broker`).
+        let closing = channel.close(200, "".into());
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), closing).await;
     }
-    for e in exchanges {
-        let _ = channel
-            .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
-            .await;
-    }
+    let closing = conn.close(200, "".into());
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), closing).await;
 }

@@ -510,7 +510,7 @@ impl FaultRig {
                 .await;
         }
         let conn = self.amqp().await;
-        if let Ok(channel) = conn.create_channel().await {
+        {
             let n = &self.names;
             let mut queues = self.handler_queues();
             queues.extend([n.dlq(), n.unroutable()]);
@@ -524,9 +524,8 @@ impl FaultRig {
                 queues.push(n.delay(*ms));
                 exchanges.push(n.delay(*ms));
             }
-            super::delete_topology(&channel, &queues, &exchanges).await;
+            super::delete_topology(conn, &queues, &exchanges).await;
         }
-        let _ = conn.close(200, "".into()).await;
         let _ = self.db.close().await;
         if std::env::var_os("FAULT_KEEP_LOGS").is_none() {
             let _ = std::fs::remove_dir_all(&self.log_dir);
