@@ -9,6 +9,13 @@ use lapin::Channel;
 ///
 /// Fails with [`Error::Shutdown`](actix_outbox::Error::Shutdown) after [`StopBroker`], or with [`Error::Amqp`](actix_outbox::Error::Amqp) when the
 /// connection broke while the channel was being opened (ask again).
+///
+/// The channel is yours: close it (`channel.close(200, …)`, awaited, best bounded by a
+/// timeout) when done, rather than dropping it. lapin 4 closes a dropped channel in the
+/// background, and if [`StopBroker`] closes the connection at that moment the two race: lapin
+/// logs "Connection error: invalid channel state: Closing (channel.close)" at ERROR, and an
+/// unbounded connection close can then wait forever (seen with a raw connection in this
+/// project's benchmark; the supervisor bounds its own close by 5 s).
 #[derive(Debug, Message)]
 #[rtype(result = "Result<Channel>")]
 pub struct GetChannel;
