@@ -71,8 +71,12 @@ async fn notifications_stay_in_their_schema() {
     broker.drain(&queue, 1, Duration::from_secs(5)).await;
     let rounds = relay.stats().await.rounds - before;
     let stats = relay.stop().await;
+    // This row costs a round and a follow-up look; the warm-up can leave up to three more
+    // behind `before` on a loaded machine (its last follow-up, and a wake that arrived while a
+    // batch ran: a CI run once counted 4). Each of the ten commits over there, 20 ms apart,
+    // would add one more if their notifications reached this relay.
     assert!(
-        rounds <= 3,
+        rounds <= 5,
         "{rounds} claim rounds for one row: commits in the other schema woke the relay ({stats:?})"
     );
     assert_eq!(
